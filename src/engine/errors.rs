@@ -1,0 +1,209 @@
+//! One error type for the engine, with stable codes mirrored by the JS error classes
+//! (`lib/errors.js`). Classification decides what the stream survives.
+
+use std::fmt;
+
+use mongodb::error::{Error as DriverError, ErrorKind};
+
+use super::redact::redact;
+
+/// Stable error codes. The strings are public API: JS maps them to error classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// A user option has the wrong type or value.
+    InvalidOption,
+    /// 286: the position fell off the oplog.
+    ChangeStreamHistoryLost,
+    /// 260: the token cannot be resumed from (e.g. `resumeAfter` an invalidate token).
+    InvalidResumeToken,
+    /// 280: the server cannot continue this stream (token not found, `_id` modified).
+    ChangeStreamFatal,
+    /// Authentication or authorization failure.
+    Unauthorized,
+    /// The pipeline or watch options were rejected by the server.
+    InvalidPipeline,
+    /// The user's `backoff.maxRetries` ran out during an outage.
+    RetriesExhausted,
+    /// A network error or server selection failure (resumable).
+    Network,
+    /// Any other server error.
+    ServerError,
+    /// The client library itself failed (bad reply, internal error).
+    ClientError,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidOption => "InvalidOption",
+            ErrorCode::ChangeStreamHistoryLost => "ChangeStreamHistoryLost",
+            ErrorCode::InvalidResumeToken => "InvalidResumeToken",
+            ErrorCode::ChangeStreamFatal => "ChangeStreamFatal",
+            ErrorCode::Unauthorized => "Unauthorized",
+            ErrorCode::InvalidPipeline => "InvalidPipeline",
+            ErrorCode::RetriesExhausted => "RetriesExhausted",
+            ErrorCode::Network => "NetworkError",
+            ErrorCode::ServerError => "ServerError",
+            ErrorCode::ClientError => "ClientError",
+        }
+    }
+}
+
+/// An engine error: what JS receives as `NativeErrorInfo`. Messages are redacted at
+/// construction, so no credential can leak through any later path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub server_code: Option<i32>,
+    pub code_name: Option<String>,
+    pub labels: Vec<String>,
+    /// Whether the stream may re-open after this error.
+    pub resumable: bool,
+}
+
+impl EngineError {
+    pub fn new(code: ErrorCode, message: impl AsRef<str>) -> Self {
+        EngineError {
+            code,
+            message: redact(message.as_ref()),
+            server_code: None,
+            code_name: None,
+            labels: Vec::new(),
+            resumable: false,
+        }
+    }
+
+    pub fn invalid_option(name: &str, expected: &str, got: &str) -> Self {
+        Self::new(
+            ErrorCode::InvalidOption,
+            format!("option \"{name}\" must be {expected}, got {got}"),
+        )
+    }
+
+    /// Classifies a driver error by the spec's resumability rules (see
+    /// shared/reference/change-streams.md), by code first: some servers send 286 without
+    /// the `NonResumableChangeStreamError` label.
+    pub fn from_driver(err: &DriverError) -> Self {
+        let mut labels: Vec<String> = err.labels().iter().cloned().collect();
+        labels.sort();
+        let message = err.to_string();
+        let (code, server_code, code_name, resumable) = match err.kind.as_ref() {
+            ErrorKind::Command(cmd) => {
+                let resumable = is_resumable_server_error(cmd.code, &labels);
+                (
+                    code_for_server_error(cmd.code),
+                    Some(cmd.code),
+                    Some(cmd.code_name.clone()),
+                    resumable,
+                )
+            }
+            ErrorKind::Io(_)
+            | ErrorKind::ServerSelection { .. }
+            | ErrorKind::ConnectionPoolCleared { .. }
+            | ErrorKind::DnsResolve { .. } => (ErrorCode::Network, None, None, true),
+            ErrorKind::Authentication { .. } => (ErrorCode::Unauthorized, None, None, false),
+            ErrorKind::InvalidArgument { .. } => (ErrorCode::InvalidOption, None, None, false),
+            _ => (ErrorCode::ClientError, None, None, false),
+        };
+        EngineError {
+            code,
+            message: redact(&message),
+            server_code,
+            code_name,
+            labels,
+            resumable,
+        }
+    }
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+/// Server codes that are resumable on any server version (the spec's pre-4.4 list plus
+/// CursorNotFound); 4.4+ servers also label them `ResumableChangeStreamError`.
+const RESUMABLE_CODES: &[i32] = &[
+    6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 63, 150, 13388, 234, 133,
+    43,
+];
+
+/// Codes that are never resumable, whatever labels a server attaches.
+const FATAL_CODES: &[i32] = &[260, 280, 286];
+
+fn is_resumable_server_error(code: i32, labels: &[String]) -> bool {
+    if FATAL_CODES.contains(&code) || labels.iter().any(|l| l == "NonResumableChangeStreamError")
+    {
+        return false;
+    }
+    RESUMABLE_CODES.contains(&code) || labels.iter().any(|l| l == "ResumableChangeStreamError")
+}
+
+fn code_for_server_error(code: i32) -> ErrorCode {
+    match code {
+        286 => ErrorCode::ChangeStreamHistoryLost,
+        260 => ErrorCode::InvalidResumeToken,
+        280 => ErrorCode::ChangeStreamFatal,
+        // Unauthorized, AuthenticationFailed.
+        13 | 18 => ErrorCode::Unauthorized,
+        // Unknown stage, both resume options, token plus time, bad $changeStream option,
+        // FailedToParse, InvalidOptions, TypeMismatch, Location40573 (not a replica set).
+        40324 | 50865 | 40674 | 40415 | 9 | 72 | 14 | 40573 => ErrorCode::InvalidPipeline,
+        c if RESUMABLE_CODES.contains(&c) => ErrorCode::Network,
+        _ => ErrorCode::ServerError,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(l: &[&str]) -> Vec<String> {
+        l.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_spec_code_is_resumable_without_labels() {
+        for code in RESUMABLE_CODES {
+            assert!(is_resumable_server_error(*code, &[]), "code {code}");
+        }
+    }
+
+    #[test]
+    fn label_makes_unknown_code_resumable() {
+        assert!(is_resumable_server_error(
+            12345,
+            &labels(&["ResumableChangeStreamError"])
+        ));
+        assert!(!is_resumable_server_error(12345, &[]));
+    }
+
+    #[test]
+    fn history_lost_is_fatal_even_with_a_resumable_label() {
+        assert!(!is_resumable_server_error(
+            286,
+            &labels(&["ResumableChangeStreamError"])
+        ));
+        assert!(!is_resumable_server_error(
+            6,
+            &labels(&["NonResumableChangeStreamError"])
+        ));
+        assert_eq!(code_for_server_error(286), ErrorCode::ChangeStreamHistoryLost);
+        assert_eq!(code_for_server_error(260), ErrorCode::InvalidResumeToken);
+        assert_eq!(code_for_server_error(280), ErrorCode::ChangeStreamFatal);
+    }
+
+    #[test]
+    fn invalid_option_names_the_option() {
+        let e = EngineError::invalid_option("batchSize", "a non-negative integer", "string");
+        assert_eq!(e.code, ErrorCode::InvalidOption);
+        assert_eq!(
+            e.message,
+            "option \"batchSize\" must be a non-negative integer, got string"
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! The engine: plain Rust, no napi types. Opens and resumes change streams, classifies
+//! errors, backs off, and decides how to re-open.
+
+pub mod backoff;
+pub mod batch;
+pub mod client_pool;
+pub mod errors;
+pub mod redact;
+pub mod resume;
+pub mod spec;
+pub mod stream;
+
+pub use errors::{EngineError, ErrorCode};
+pub use spec::WatchSpec;
+pub use stream::{ChangeStreamEngine, EndReason, EventBatch, StreamItem, StreamState};

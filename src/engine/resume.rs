@@ -1,0 +1,256 @@
+//! Mutable resume state (the spec's cached token) and the ONE function that decides how a
+//! stream is opened or re-opened.
+
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
+
+use super::spec::{Scope, StartPoint, WatchSpec};
+
+/// What the engine knows about its position.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResumeState {
+    /// The spec's cached resume token.
+    token: Option<RawDocumentBuf>,
+    /// Whether any event has been handed out (decides startAfter vs resumeAfter).
+    event_returned: bool,
+    /// `operationTime` of the first `aggregate` reply, kept only when the user gave no
+    /// start option: without a token, a re-open starts there instead of "now".
+    initial_operation_time: Option<Timestamp>,
+}
+
+impl ResumeState {
+    /// At start the cached token is the user's `startAfter`/`resumeAfter`, if any.
+    pub fn new(spec: &WatchSpec) -> Self {
+        let token = match &spec.start {
+            StartPoint::ResumeAfter(t) | StartPoint::StartAfter(t) => {
+                RawDocumentBuf::from_document(t).ok()
+            }
+            _ => None,
+        };
+        ResumeState {
+            token,
+            ..ResumeState::default()
+        }
+    }
+
+    pub fn token(&self) -> Option<&RawDocumentBuf> {
+        self.token.as_ref()
+    }
+
+    /// Records the reply to the first `aggregate` of this stream.
+    pub fn record_open(&mut self, spec: &WatchSpec, operation_time: Option<Timestamp>) {
+        if spec.start == StartPoint::Now && self.initial_operation_time.is_none() {
+            self.initial_operation_time = operation_time;
+        }
+    }
+
+    /// Applies one batch that is handed out whole: the cached token becomes the
+    /// postBatchResumeToken, or the last event's `_id` when the server sent none.
+    /// Returns whether the position moved.
+    pub fn record_batch(
+        &mut self,
+        event_count: usize,
+        last_event_id: Option<RawDocumentBuf>,
+        post_batch_token: Option<RawDocumentBuf>,
+    ) -> bool {
+        if event_count > 0 {
+            self.event_returned = true;
+        }
+        let next = post_batch_token.or(last_event_id);
+        match next {
+            Some(token) if self.token.as_ref() != Some(&token) => {
+                self.token = Some(token);
+                true
+            }
+            _ => event_count > 0,
+        }
+    }
+}
+
+/// THE choice of start point, for the first open and every re-open (spec "Resume
+/// Process"): a cached token → `startAfter` if the user started with `startAfter` and no
+/// event has been returned yet, else `resumeAfter`; no token → `startAtOperationTime`
+/// (the user's, else the first reply's `operationTime`); else the original command.
+pub fn choose_start(spec: &WatchSpec, state: &ResumeState) -> StartPoint {
+    if let Some(token) = state.token.as_ref().and_then(|t| t.to_document().ok()) {
+        let started_after = matches!(spec.start, StartPoint::StartAfter(_));
+        return if started_after && !state.event_returned {
+            StartPoint::StartAfter(token)
+        } else {
+            StartPoint::ResumeAfter(token)
+        };
+    }
+    match (&spec.start, state.initial_operation_time) {
+        (StartPoint::StartAtOperationTime(ts), _) => StartPoint::StartAtOperationTime(*ts),
+        (_, Some(ts)) => StartPoint::StartAtOperationTime(ts),
+        _ => StartPoint::Now,
+    }
+}
+
+/// The `aggregate` command for a start point. Returns the database to run it on too.
+pub fn aggregate_command(spec: &WatchSpec, start: &StartPoint) -> Document {
+    let mut stage = spec.stage_options.clone();
+    match start {
+        StartPoint::Now => {}
+        StartPoint::ResumeAfter(t) => {
+            stage.insert("resumeAfter", t.clone());
+        }
+        StartPoint::StartAfter(t) => {
+            stage.insert("startAfter", t.clone());
+        }
+        StartPoint::StartAtOperationTime(ts) => {
+            stage.insert("startAtOperationTime", *ts);
+        }
+    }
+    let target = match &spec.scope {
+        Scope::Cluster => {
+            stage.insert("allChangesForCluster", true);
+            Bson::Int32(1)
+        }
+        Scope::Database(_) => Bson::Int32(1),
+        Scope::Collection { coll, .. } => Bson::String(coll.clone()),
+    };
+    let mut pipeline: Vec<Bson> = Vec::with_capacity(spec.pipeline.len() + 1);
+    pipeline.push(Bson::Document(doc! {"$changeStream": stage}));
+    pipeline.extend(spec.pipeline.iter().cloned().map(Bson::Document));
+    let mut cursor = Document::new();
+    if let Some(n) = spec.batch_size {
+        cursor.insert("batchSize", n as i64);
+    }
+    let mut cmd = doc! {"aggregate": target, "pipeline": pipeline, "cursor": cursor};
+    if let Some(c) = &spec.collation {
+        cmd.insert("collation", c.clone());
+    }
+    if let Some(c) = &spec.comment {
+        cmd.insert("comment", c.clone());
+    }
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: Document) -> WatchSpec {
+        let mut d = doc! {"uri": "mongodb://h", "db": "d", "collection": "c"};
+        d.extend(extra);
+        WatchSpec::from_document(&d).unwrap()
+    }
+
+    fn raw(d: Document) -> RawDocumentBuf {
+        RawDocumentBuf::from_document(&d).unwrap()
+    }
+
+    #[test]
+    fn fresh_stream_starts_now_then_at_operation_time() {
+        let s = spec(doc! {});
+        let mut st = ResumeState::new(&s);
+        assert_eq!(choose_start(&s, &st), StartPoint::Now);
+        let ts = Timestamp {
+            time: 10,
+            increment: 2,
+        };
+        st.record_open(&s, Some(ts));
+        assert_eq!(choose_start(&s, &st), StartPoint::StartAtOperationTime(ts));
+    }
+
+    #[test]
+    fn token_wins_over_operation_time() {
+        let s = spec(doc! {});
+        let mut st = ResumeState::new(&s);
+        st.record_open(
+            &s,
+            Some(Timestamp {
+                time: 1,
+                increment: 1,
+            }),
+        );
+        assert!(st.record_batch(0, None, Some(raw(doc! {"_data": "01"}))));
+        assert_eq!(
+            choose_start(&s, &st),
+            StartPoint::ResumeAfter(doc! {"_data": "01"})
+        );
+    }
+
+    #[test]
+    fn start_after_is_kept_until_an_event_is_returned() {
+        let s = spec(doc! {"startAfter": {"_data": "00"}});
+        let mut st = ResumeState::new(&s);
+        assert_eq!(
+            choose_start(&s, &st),
+            StartPoint::StartAfter(doc! {"_data": "00"})
+        );
+        // An empty batch advances the token but returns no event: still startAfter.
+        assert!(st.record_batch(0, None, Some(raw(doc! {"_data": "01"}))));
+        assert_eq!(
+            choose_start(&s, &st),
+            StartPoint::StartAfter(doc! {"_data": "01"})
+        );
+        assert!(st.record_batch(1, Some(raw(doc! {"_data": "02"})), None));
+        assert_eq!(
+            choose_start(&s, &st),
+            StartPoint::ResumeAfter(doc! {"_data": "02"})
+        );
+    }
+
+    #[test]
+    fn user_resume_after_and_start_time_are_used_first() {
+        let s = spec(doc! {"resumeAfter": {"_data": "aa"}});
+        assert_eq!(
+            choose_start(&s, &ResumeState::new(&s)),
+            StartPoint::ResumeAfter(doc! {"_data": "aa"})
+        );
+        let ts = Timestamp {
+            time: 7,
+            increment: 0,
+        };
+        let s = spec(doc! {"startAtOperationTime": ts});
+        let mut st = ResumeState::new(&s);
+        st.record_open(
+            &s,
+            Some(Timestamp {
+                time: 99,
+                increment: 0,
+            }),
+        );
+        assert_eq!(choose_start(&s, &st), StartPoint::StartAtOperationTime(ts));
+    }
+
+    #[test]
+    fn batch_end_token_prefers_post_batch_token() {
+        let s = spec(doc! {});
+        let mut st = ResumeState::new(&s);
+        st.record_batch(
+            2,
+            Some(raw(doc! {"_data": "05"})),
+            Some(raw(doc! {"_data": "06"})),
+        );
+        assert_eq!(st.token(), Some(&raw(doc! {"_data": "06"})));
+        // An empty batch that does not move the token is not progress.
+        assert!(!st.record_batch(0, None, Some(raw(doc! {"_data": "06"}))));
+        assert!(!st.record_batch(0, None, None));
+    }
+
+    #[test]
+    fn aggregate_shapes() {
+        let s = spec(doc! {"fullDocument": "updateLookup", "batchSize": 5, "pipeline": [{"$match": {"x": 1}}]});
+        let cmd = aggregate_command(&s, &StartPoint::ResumeAfter(doc! {"_data": "01"}));
+        assert_eq!(
+            cmd,
+            doc! {
+                "aggregate": "c",
+                "pipeline": [
+                    {"$changeStream": {"fullDocument": "updateLookup", "resumeAfter": {"_data": "01"}}},
+                    {"$match": {"x": 1}},
+                ],
+                "cursor": {"batchSize": 5i64},
+            }
+        );
+        let cluster = WatchSpec::from_document(&doc! {"uri": "mongodb://h"}).unwrap();
+        let cmd = aggregate_command(&cluster, &StartPoint::Now);
+        assert_eq!(
+            cmd,
+            doc! {"aggregate": 1, "pipeline": [{"$changeStream": {"allChangesForCluster": true}}], "cursor": {}}
+        );
+        assert_eq!(cluster.command_db(), "admin");
+    }
+}

@@ -1,0 +1,428 @@
+//! The immutable arguments of a watch, parsed and validated from one BSON document
+//! (what the native layer receives from JS). Mutable resume state lives in `resume.rs`.
+
+use std::time::Duration;
+
+use mongodb::bson::{Bson, Document, Timestamp};
+
+use super::backoff::BackoffPolicy;
+use super::errors::EngineError;
+
+/// What is watched.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scope {
+    Cluster,
+    Database(String),
+    Collection { db: String, coll: String },
+}
+
+/// Where a stream starts, as given by the user (or chosen for a re-open).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StartPoint {
+    /// No start option: the server's "now".
+    Now,
+    ResumeAfter(Document),
+    StartAfter(Document),
+    StartAtOperationTime(Timestamp),
+}
+
+/// Immutable watch arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchSpec {
+    pub uri: String,
+    pub scope: Scope,
+    pub pipeline: Vec<Document>,
+    /// Options that go into the `$changeStream` stage besides the start point.
+    pub stage_options: Document,
+    pub start: StartPoint,
+    pub batch_size: Option<u32>,
+    pub max_await_time: Option<Duration>,
+    pub collation: Option<Document>,
+    pub comment: Option<Bson>,
+    pub backoff: BackoffPolicy,
+}
+
+const KNOWN_FIELDS: &[&str] = &[
+    "uri",
+    "db",
+    "collection",
+    "pipeline",
+    "fullDocument",
+    "fullDocumentBeforeChange",
+    "resumeAfter",
+    "startAfter",
+    "startAtOperationTime",
+    "batchSize",
+    "maxAwaitTimeMS",
+    "showExpandedEvents",
+    "collation",
+    "comment",
+    "backoff",
+];
+
+impl WatchSpec {
+    /// Parses and validates. Every error names the option and the expected type.
+    pub fn from_document(doc: &Document) -> Result<Self, EngineError> {
+        if let Some(unknown) = doc.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
+            return Err(EngineError::new(
+                super::errors::ErrorCode::InvalidOption,
+                format!("unknown option \"{unknown}\""),
+            ));
+        }
+        let uri = match doc.get("uri") {
+            Some(Bson::String(s)) if !s.is_empty() => s.clone(),
+            Some(other) => {
+                return Err(EngineError::invalid_option(
+                    "uri",
+                    "a non-empty connection string",
+                    type_name(other),
+                ))
+            }
+            None => {
+                return Err(EngineError::invalid_option(
+                    "uri",
+                    "a non-empty connection string",
+                    "nothing",
+                ))
+            }
+        };
+        let db = optional_string(doc, "db")?;
+        let coll = optional_string(doc, "collection")?;
+        let scope = match (db, coll) {
+            (None, None) => Scope::Cluster,
+            (Some(db), None) => Scope::Database(db),
+            (Some(db), Some(coll)) => Scope::Collection { db, coll },
+            (None, Some(_)) => {
+                return Err(EngineError::invalid_option(
+                    "db",
+                    "a database name when \"collection\" is given",
+                    "nothing",
+                ))
+            }
+        };
+        let pipeline = match doc.get("pipeline") {
+            None | Some(Bson::Null) => Vec::new(),
+            Some(Bson::Array(stages)) => stages
+                .iter()
+                .map(|s| match s {
+                    Bson::Document(d) => Ok(d.clone()),
+                    other => Err(EngineError::invalid_option(
+                        "pipeline",
+                        "an array of stage documents",
+                        &format!("an array containing {}", type_name(other)),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => {
+                return Err(EngineError::invalid_option(
+                    "pipeline",
+                    "an array of stage documents",
+                    type_name(other),
+                ))
+            }
+        };
+
+        let mut stage_options = Document::new();
+        for name in ["fullDocument", "fullDocumentBeforeChange"] {
+            if let Some(value) = optional_string(doc, name)? {
+                stage_options.insert(name, value);
+            }
+        }
+        if let Some(flag) = optional_bool(doc, "showExpandedEvents")? {
+            stage_options.insert("showExpandedEvents", flag);
+        }
+
+        let start = parse_start(doc)?;
+        let batch_size = optional_whole(doc, "batchSize", u32::MAX as u64)?.map(|n| n as u32);
+        let max_await_time = optional_whole(doc, "maxAwaitTimeMS", u32::MAX as u64)?
+            .map(Duration::from_millis);
+        let collation = optional_document(doc, "collation")?;
+        let comment = doc.get("comment").filter(|c| !matches!(c, Bson::Null)).cloned();
+        let backoff = match doc.get("backoff") {
+            None | Some(Bson::Null) => BackoffPolicy::default(),
+            Some(Bson::Document(b)) => parse_backoff(b)?,
+            Some(other) => {
+                return Err(EngineError::invalid_option(
+                    "backoff",
+                    "an object",
+                    type_name(other),
+                ))
+            }
+        };
+        Ok(WatchSpec {
+            uri,
+            scope,
+            pipeline,
+            stage_options,
+            start,
+            batch_size,
+            max_await_time,
+            collation,
+            comment,
+            backoff,
+        })
+    }
+
+    /// The database the `aggregate` runs against.
+    pub fn command_db(&self) -> &str {
+        match &self.scope {
+            Scope::Cluster => "admin",
+            Scope::Database(db) | Scope::Collection { db, .. } => db,
+        }
+    }
+
+    /// A namespace label for logs and stored records (never contains the URI).
+    pub fn namespace(&self) -> String {
+        match &self.scope {
+            Scope::Cluster => String::from("<cluster>"),
+            Scope::Database(db) => db.clone(),
+            Scope::Collection { db, coll } => format!("{db}.{coll}"),
+        }
+    }
+}
+
+fn parse_start(doc: &Document) -> Result<StartPoint, EngineError> {
+    let resume_after = optional_document(doc, "resumeAfter")?;
+    let start_after = optional_document(doc, "startAfter")?;
+    let at_time = match doc.get("startAtOperationTime") {
+        None | Some(Bson::Null) => None,
+        Some(Bson::Timestamp(ts)) => Some(*ts),
+        Some(other) => {
+            return Err(EngineError::invalid_option(
+                "startAtOperationTime",
+                "a BSON Timestamp",
+                type_name(other),
+            ))
+        }
+    };
+    match (resume_after, start_after, at_time) {
+        (None, None, None) => Ok(StartPoint::Now),
+        (Some(token), None, None) => Ok(StartPoint::ResumeAfter(token)),
+        (None, Some(token), None) => Ok(StartPoint::StartAfter(token)),
+        (None, None, Some(ts)) => Ok(StartPoint::StartAtOperationTime(ts)),
+        _ => Err(EngineError::new(
+            super::errors::ErrorCode::InvalidOption,
+            "options \"resumeAfter\", \"startAfter\" and \"startAtOperationTime\" are mutually exclusive",
+        )),
+    }
+}
+
+fn parse_backoff(b: &Document) -> Result<BackoffPolicy, EngineError> {
+    const FIELDS: &[&str] = &["initialDelayMS", "multiplier", "maxDelayMS", "maxRetries"];
+    if let Some(unknown) = b.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(EngineError::new(
+            super::errors::ErrorCode::InvalidOption,
+            format!("unknown option \"backoff.{unknown}\""),
+        ));
+    }
+    let mut policy = BackoffPolicy::default();
+    if let Some(ms) = optional_whole(b, "initialDelayMS", u32::MAX as u64)
+        .map_err(|e| prefix(e, "backoff."))?
+    {
+        policy.initial = Duration::from_millis(ms);
+    }
+    if let Some(ms) =
+        optional_whole(b, "maxDelayMS", u32::MAX as u64).map_err(|e| prefix(e, "backoff."))?
+    {
+        policy.max = Duration::from_millis(ms);
+    }
+    match b.get("multiplier") {
+        None | Some(Bson::Null) => {}
+        Some(v) => match as_f64(v) {
+            Some(m) if m >= 1.0 && m.is_finite() => policy.multiplier = m,
+            _ => {
+                return Err(EngineError::invalid_option(
+                    "backoff.multiplier",
+                    "a number ≥ 1",
+                    &describe(v),
+                ))
+            }
+        },
+    }
+    policy.max_retries = optional_whole(b, "maxRetries", u32::MAX as u64)
+        .map_err(|e| prefix(e, "backoff."))?
+        .map(|n| n as u32);
+    Ok(policy)
+}
+
+fn prefix(mut e: EngineError, p: &str) -> EngineError {
+    e.message = e.message.replacen("option \"", &format!("option \"{p}"), 1);
+    e
+}
+
+fn optional_string(doc: &Document, name: &str) -> Result<Option<String>, EngineError> {
+    match doc.get(name) {
+        None | Some(Bson::Null) => Ok(None),
+        Some(Bson::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+        Some(other) => Err(EngineError::invalid_option(
+            name,
+            "a non-empty string",
+            &describe(other),
+        )),
+    }
+}
+
+fn optional_bool(doc: &Document, name: &str) -> Result<Option<bool>, EngineError> {
+    match doc.get(name) {
+        None | Some(Bson::Null) => Ok(None),
+        Some(Bson::Boolean(b)) => Ok(Some(*b)),
+        Some(other) => Err(EngineError::invalid_option(
+            name,
+            "a boolean",
+            type_name(other),
+        )),
+    }
+}
+
+fn optional_document(doc: &Document, name: &str) -> Result<Option<Document>, EngineError> {
+    match doc.get(name) {
+        None | Some(Bson::Null) => Ok(None),
+        Some(Bson::Document(d)) => Ok(Some(d.clone())),
+        Some(other) => Err(EngineError::invalid_option(
+            name,
+            "an object",
+            type_name(other),
+        )),
+    }
+}
+
+/// JS numbers arrive as int32, int64 or double; accept any that holds a whole number.
+fn optional_whole(doc: &Document, name: &str, max: u64) -> Result<Option<u64>, EngineError> {
+    let value = match doc.get(name) {
+        None | Some(Bson::Null) => return Ok(None),
+        Some(v) => v,
+    };
+    let expected = "a non-negative integer";
+    match as_f64(value) {
+        Some(n) if n >= 0.0 && n.fract() == 0.0 && n <= max as f64 => Ok(Some(n as u64)),
+        _ => Err(EngineError::invalid_option(name, expected, &describe(value))),
+    }
+}
+
+fn as_f64(v: &Bson) -> Option<f64> {
+    match v {
+        Bson::Int32(n) => Some(*n as f64),
+        Bson::Int64(n) => Some(*n as f64),
+        Bson::Double(n) => Some(*n),
+        _ => None,
+    }
+}
+
+/// The type name, plus the value for numbers (so "got -1" says what was wrong).
+fn describe(v: &Bson) -> String {
+    match as_f64(v) {
+        Some(n) => format!("{n}"),
+        None => type_name(v).to_string(),
+    }
+}
+
+/// Type names as a JS user would say them.
+fn type_name(v: &Bson) -> &'static str {
+    match v {
+        Bson::Double(_) | Bson::Int32(_) | Bson::Int64(_) | Bson::Decimal128(_) => "number",
+        Bson::String(_) | Bson::Symbol(_) => "string",
+        Bson::Array(_) => "array",
+        Bson::Document(_) => "object",
+        Bson::Boolean(_) => "boolean",
+        Bson::Null | Bson::Undefined => "null",
+        Bson::Timestamp(_) => "Timestamp",
+        Bson::DateTime(_) => "Date",
+        Bson::ObjectId(_) => "ObjectId",
+        Bson::Binary(_) => "Binary",
+        Bson::RegularExpression(_) => "RegExp",
+        _ => "an unsupported BSON value",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::doc;
+
+    #[test]
+    fn minimal_collection_spec() {
+        let spec = WatchSpec::from_document(&doc! {"uri": "mongodb://h", "db": "d", "collection": "c"})
+            .unwrap();
+        assert_eq!(
+            spec.scope,
+            Scope::Collection {
+                db: "d".into(),
+                coll: "c".into()
+            }
+        );
+        assert_eq!(spec.start, StartPoint::Now);
+        assert_eq!(spec.backoff, BackoffPolicy::default());
+        assert_eq!(spec.command_db(), "d");
+    }
+
+    #[test]
+    fn errors_name_the_option_and_type() {
+        let cases = [
+            (doc! {"uri": 1}, "option \"uri\" must be a non-empty connection string, got number"),
+            (
+                doc! {"uri": "mongodb://h", "batchSize": "x"},
+                "option \"batchSize\" must be a non-negative integer, got string",
+            ),
+            (
+                doc! {"uri": "mongodb://h", "batchSize": -1},
+                "option \"batchSize\" must be a non-negative integer, got -1",
+            ),
+            (
+                doc! {"uri": "mongodb://h", "maxAwaitTimeMS": 1.5},
+                "option \"maxAwaitTimeMS\" must be a non-negative integer, got 1.5",
+            ),
+            (
+                doc! {"uri": "mongodb://h", "pipeline": "x"},
+                "option \"pipeline\" must be an array of stage documents, got string",
+            ),
+            (
+                doc! {"uri": "mongodb://h", "backoff": {"initialDelayMS": "x"}},
+                "option \"backoff.initialDelayMS\" must be a non-negative integer, got string",
+            ),
+            (
+                doc! {"uri": "mongodb://h", "backoff": {"multiplier": 0.5}},
+                "option \"backoff.multiplier\" must be a number ≥ 1, got 0.5",
+            ),
+            (
+                doc! {"uri": "mongodb://h", "startAtOperationTime": 5},
+                "option \"startAtOperationTime\" must be a BSON Timestamp, got number",
+            ),
+            (doc! {"uri": "mongodb://h", "bogus": 1}, "unknown option \"bogus\""),
+        ];
+        for (input, expected) in cases {
+            let err = WatchSpec::from_document(&input).unwrap_err();
+            assert_eq!(err.message, expected);
+        }
+    }
+
+    #[test]
+    fn start_options_are_exclusive() {
+        let err = WatchSpec::from_document(
+            &doc! {"uri": "mongodb://h", "resumeAfter": {"_data": "a"}, "startAfter": {"_data": "a"}},
+        )
+        .unwrap_err();
+        assert!(err.message.contains("mutually exclusive"));
+    }
+
+    #[test]
+    fn backoff_and_stage_options_parse() {
+        let spec = WatchSpec::from_document(&doc! {
+            "uri": "mongodb://h", "db": "d",
+            "fullDocument": "updateLookup", "showExpandedEvents": true,
+            "backoff": {"initialDelayMS": 5, "multiplier": 3, "maxDelayMS": 50, "maxRetries": 4},
+            "batchSize": 10i64, "maxAwaitTimeMS": 250.0,
+        })
+        .unwrap();
+        assert_eq!(spec.scope, Scope::Database("d".into()));
+        assert_eq!(
+            spec.stage_options,
+            doc! {"fullDocument": "updateLookup", "showExpandedEvents": true}
+        );
+        assert_eq!(spec.backoff.initial, Duration::from_millis(5));
+        assert_eq!(spec.backoff.multiplier, 3.0);
+        assert_eq!(spec.backoff.max, Duration::from_millis(50));
+        assert_eq!(spec.backoff.max_retries, Some(4));
+        assert_eq!(spec.batch_size, Some(10));
+        assert_eq!(spec.max_await_time, Some(Duration::from_millis(250)));
+    }
+}

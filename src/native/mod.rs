@@ -1,0 +1,3 @@
+//! The napi layer: converts options, hands batches to JS as Buffers. No policy here.
+
+mod stream;

@@ -1,0 +1,145 @@
+use std::sync::Arc;
+
+use mongodb::bson::Document;
+use napi::bindgen_prelude::Buffer;
+use napi::{Error, Result, Status};
+use napi_derive::napi;
+
+use crate::engine::{ChangeStreamEngine, EndReason, EngineError, StreamItem, WatchSpec};
+
+/// `NativeErrorInfo` of docs/native-contract.md.
+#[napi(object)]
+pub struct NativeErrorInfo {
+    pub code: String,
+    pub message: String,
+    pub server_code: Option<i32>,
+    pub code_name: Option<String>,
+    pub labels: Vec<String>,
+}
+
+impl From<EngineError> for NativeErrorInfo {
+    fn from(e: EngineError) -> Self {
+        NativeErrorInfo {
+            code: e.code.as_str().to_string(),
+            message: e.message,
+            server_code: e.server_code,
+            code_name: e.code_name,
+            labels: e.labels,
+        }
+    }
+}
+
+/// One item of `nextBatch()`; which fields are set depends on `kind`.
+#[napi(object)]
+pub struct NativeItem {
+    pub kind: String,
+    pub events: Option<Buffer>,
+    pub count: Option<u32>,
+    pub end_token: Option<Buffer>,
+    pub attempt: Option<u32>,
+    pub delay_ms: Option<f64>,
+    pub attempts: Option<u32>,
+    pub downtime_ms: Option<f64>,
+    pub error: Option<NativeErrorInfo>,
+    pub reason: Option<String>,
+}
+
+impl NativeItem {
+    fn of(kind: &str) -> Self {
+        NativeItem {
+            kind: kind.to_string(),
+            events: None,
+            count: None,
+            end_token: None,
+            attempt: None,
+            delay_ms: None,
+            attempts: None,
+            downtime_ms: None,
+            error: None,
+            reason: None,
+        }
+    }
+}
+
+impl From<StreamItem> for NativeItem {
+    fn from(item: StreamItem) -> Self {
+        match item {
+            StreamItem::Batch(b) => NativeItem {
+                events: Some(b.events.into()),
+                count: Some(b.count as u32),
+                end_token: b.end_token.map(|t| t.into_bytes().into()),
+                ..NativeItem::of("batch")
+            },
+            StreamItem::Reconnecting {
+                attempt,
+                delay,
+                error,
+            } => NativeItem {
+                attempt: Some(attempt),
+                delay_ms: Some(delay.as_millis() as f64),
+                error: Some(error.into()),
+                ..NativeItem::of("reconnecting")
+            },
+            StreamItem::Resumed { attempts, downtime } => NativeItem {
+                attempts: Some(attempts),
+                downtime_ms: Some(downtime.as_millis() as f64),
+                ..NativeItem::of("resumed")
+            },
+            StreamItem::Failed(error) => NativeItem {
+                error: Some(error.into()),
+                ..NativeItem::of("error")
+            },
+            StreamItem::Ended(reason) => NativeItem {
+                reason: Some(
+                    match reason {
+                        EndReason::Closed => "closed",
+                        EndReason::Invalidated => "invalidated",
+                    }
+                    .to_string(),
+                ),
+                ..NativeItem::of("end")
+            },
+        }
+    }
+}
+
+#[napi]
+pub struct NativeChangeStream {
+    engine: Arc<ChangeStreamEngine>,
+}
+
+#[napi]
+impl NativeChangeStream {
+    /// `spec`: one BSON document with every option (docs/native-contract.md).
+    #[napi(constructor)]
+    pub fn new(spec: Buffer) -> Result<Self> {
+        let doc = Document::from_reader(spec.as_ref()).map_err(|e| {
+            Error::new(
+                Status::InvalidArg,
+                format!("the options could not be read as BSON: {e}"),
+            )
+        })?;
+        let spec =
+            WatchSpec::from_document(&doc).map_err(|e| Error::new(Status::InvalidArg, e.message))?;
+        Ok(NativeChangeStream {
+            engine: Arc::new(ChangeStreamEngine::new(spec)),
+        })
+    }
+
+    #[napi]
+    pub async fn next_batch(&self) -> Result<NativeItem> {
+        Ok(self.engine.next().await.into())
+    }
+
+    #[napi]
+    pub async fn close(&self) -> Result<()> {
+        self.engine.close().await;
+        Ok(())
+    }
+
+    /// The engine's state name (for diagnostics; `health()` builds on it).
+    #[napi]
+    pub fn state(&self) -> String {
+        self.engine.state().as_str().to_string()
+    }
+}
