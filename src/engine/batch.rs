@@ -97,14 +97,28 @@ mod tests {
         assert_eq!(b.events, expected);
         assert_eq!(b.last_event_id, Some(raw(doc! {"_data": "02"})));
         assert_eq!(b.post_batch_token, Some(raw(doc! {"_data": "03"})));
-        assert_eq!(b.operation_time, Some(Timestamp { time: 7, increment: 0 }));
-        assert_eq!(b.last_cluster_time, Some(Timestamp { time: 6, increment: 1 }));
+        assert_eq!(
+            b.operation_time,
+            Some(Timestamp {
+                time: 7,
+                increment: 0
+            })
+        );
+        assert_eq!(
+            b.last_cluster_time,
+            Some(Timestamp {
+                time: 6,
+                increment: 1
+            })
+        );
         assert!(b.invalidated);
     }
 
     #[test]
     fn event_without_id_is_fatal() {
-        let reply = raw(doc! {"cursor": {"id": 1i64, "firstBatch": [{"operationType": "insert"}]}, "ok": 1});
+        let reply = raw(
+            doc! {"cursor": {"id": 1i64, "firstBatch": [{"operationType": "insert"}]}, "ok": 1},
+        );
         assert_eq!(
             parse_reply(&reply).unwrap_err().code,
             ErrorCode::ChangeStreamFatal

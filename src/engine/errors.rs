@@ -87,7 +87,12 @@ impl EngineError {
     pub fn from_driver(err: &DriverError) -> Self {
         let mut labels: Vec<String> = err.labels().iter().cloned().collect();
         labels.sort();
-        let message = err.to_string();
+        let message = match err.kind.as_ref() {
+            // The driver's Display appends the raw server reply; the code, name and
+            // message say it all.
+            ErrorKind::Command(cmd) => format!("{} ({}): {}", cmd.code_name, cmd.code, cmd.message),
+            kind => kind.to_string(),
+        };
         let (code, server_code, code_name, resumable) = match err.kind.as_ref() {
             ErrorKind::Command(cmd) => {
                 let resumable = is_resumable_server_error(cmd.code, &labels);
@@ -128,16 +133,14 @@ impl std::error::Error for EngineError {}
 /// Server codes that are resumable on any server version (the spec's pre-4.4 list plus
 /// CursorNotFound); 4.4+ servers also label them `ResumableChangeStreamError`.
 const RESUMABLE_CODES: &[i32] = &[
-    6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 63, 150, 13388, 234, 133,
-    43,
+    6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 63, 150, 13388, 234, 133, 43,
 ];
 
 /// Codes that are never resumable, whatever labels a server attaches.
 const FATAL_CODES: &[i32] = &[260, 280, 286];
 
 fn is_resumable_server_error(code: i32, labels: &[String]) -> bool {
-    if FATAL_CODES.contains(&code) || labels.iter().any(|l| l == "NonResumableChangeStreamError")
-    {
+    if FATAL_CODES.contains(&code) || labels.iter().any(|l| l == "NonResumableChangeStreamError") {
         return false;
     }
     RESUMABLE_CODES.contains(&code) || labels.iter().any(|l| l == "ResumableChangeStreamError")
@@ -192,7 +195,10 @@ mod tests {
             6,
             &labels(&["NonResumableChangeStreamError"])
         ));
-        assert_eq!(code_for_server_error(286), ErrorCode::ChangeStreamHistoryLost);
+        assert_eq!(
+            code_for_server_error(286),
+            ErrorCode::ChangeStreamHistoryLost
+        );
         assert_eq!(code_for_server_error(260), ErrorCode::InvalidResumeToken);
         assert_eq!(code_for_server_error(280), ErrorCode::ChangeStreamFatal);
     }

@@ -13,3 +13,6 @@ pub mod stream;
 pub use errors::{EngineError, ErrorCode};
 pub use spec::WatchSpec;
 pub use stream::{ChangeStreamEngine, EndReason, EventBatch, StreamItem, StreamState};
+
+#[cfg(test)]
+mod live_tests;

@@ -232,7 +232,9 @@ mod tests {
 
     #[test]
     fn aggregate_shapes() {
-        let s = spec(doc! {"fullDocument": "updateLookup", "batchSize": 5, "pipeline": [{"$match": {"x": 1}}]});
+        let s = spec(
+            doc! {"fullDocument": "updateLookup", "batchSize": 5, "pipeline": [{"$match": {"x": 1}}]},
+        );
         let cmd = aggregate_command(&s, &StartPoint::ResumeAfter(doc! {"_data": "01"}));
         assert_eq!(
             cmd,

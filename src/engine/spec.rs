@@ -134,10 +134,13 @@ impl WatchSpec {
 
         let start = parse_start(doc)?;
         let batch_size = optional_whole(doc, "batchSize", u32::MAX as u64)?.map(|n| n as u32);
-        let max_await_time = optional_whole(doc, "maxAwaitTimeMS", u32::MAX as u64)?
-            .map(Duration::from_millis);
+        let max_await_time =
+            optional_whole(doc, "maxAwaitTimeMS", u32::MAX as u64)?.map(Duration::from_millis);
         let collation = optional_document(doc, "collation")?;
-        let comment = doc.get("comment").filter(|c| !matches!(c, Bson::Null)).cloned();
+        let comment = doc
+            .get("comment")
+            .filter(|c| !matches!(c, Bson::Null))
+            .cloned();
         let backoff = match doc.get("backoff") {
             None | Some(Bson::Null) => BackoffPolicy::default(),
             Some(Bson::Document(b)) => parse_backoff(b)?,
@@ -216,8 +219,8 @@ fn parse_backoff(b: &Document) -> Result<BackoffPolicy, EngineError> {
         ));
     }
     let mut policy = BackoffPolicy::default();
-    if let Some(ms) = optional_whole(b, "initialDelayMS", u32::MAX as u64)
-        .map_err(|e| prefix(e, "backoff."))?
+    if let Some(ms) =
+        optional_whole(b, "initialDelayMS", u32::MAX as u64).map_err(|e| prefix(e, "backoff."))?
     {
         policy.initial = Duration::from_millis(ms);
     }
@@ -295,7 +298,11 @@ fn optional_whole(doc: &Document, name: &str, max: u64) -> Result<Option<u64>, E
     let expected = "a non-negative integer";
     match as_f64(value) {
         Some(n) if n >= 0.0 && n.fract() == 0.0 && n <= max as f64 => Ok(Some(n as u64)),
-        _ => Err(EngineError::invalid_option(name, expected, &describe(value))),
+        _ => Err(EngineError::invalid_option(
+            name,
+            expected,
+            &describe(value),
+        )),
     }
 }
 
@@ -341,8 +348,9 @@ mod tests {
 
     #[test]
     fn minimal_collection_spec() {
-        let spec = WatchSpec::from_document(&doc! {"uri": "mongodb://h", "db": "d", "collection": "c"})
-            .unwrap();
+        let spec =
+            WatchSpec::from_document(&doc! {"uri": "mongodb://h", "db": "d", "collection": "c"})
+                .unwrap();
         assert_eq!(
             spec.scope,
             Scope::Collection {
@@ -358,7 +366,10 @@ mod tests {
     #[test]
     fn errors_name_the_option_and_type() {
         let cases = [
-            (doc! {"uri": 1}, "option \"uri\" must be a non-empty connection string, got number"),
+            (
+                doc! {"uri": 1},
+                "option \"uri\" must be a non-empty connection string, got number",
+            ),
             (
                 doc! {"uri": "mongodb://h", "batchSize": "x"},
                 "option \"batchSize\" must be a non-negative integer, got string",
@@ -387,7 +398,10 @@ mod tests {
                 doc! {"uri": "mongodb://h", "startAtOperationTime": 5},
                 "option \"startAtOperationTime\" must be a BSON Timestamp, got number",
             ),
-            (doc! {"uri": "mongodb://h", "bogus": 1}, "unknown option \"bogus\""),
+            (
+                doc! {"uri": "mongodb://h", "bogus": 1},
+                "unknown option \"bogus\"",
+            ),
         ];
         for (input, expected) in cases {
             let err = WatchSpec::from_document(&input).unwrap_err();

@@ -27,7 +27,9 @@ pub enum StreamState {
     Idle,
     Opening,
     Streaming,
-    Reconnecting { attempt: u32 },
+    Reconnecting {
+        attempt: u32,
+    },
     Closing,
     Closed,
     Failed,
@@ -63,7 +65,6 @@ pub enum EndReason {
 }
 
 /// A batch as handed to the consumer.
-#[derive(Debug)]
 pub struct EventBatch {
     /// `count` BSON documents back to back.
     pub events: Vec<u8>,
@@ -71,6 +72,16 @@ pub struct EventBatch {
     /// The resume token after the whole batch.
     pub end_token: Option<RawDocumentBuf>,
     pub last_cluster_time: Option<Timestamp>,
+}
+
+impl std::fmt::Debug for EventBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBatch")
+            .field("count", &self.count)
+            .field("bytes", &self.events.len())
+            .field("last_cluster_time", &self.last_cluster_time)
+            .finish()
+    }
 }
 
 /// What `next()` yields.
@@ -277,7 +288,9 @@ impl Worker {
                 return;
             }
             let start = choose_start(&self.spec, &self.resume);
-            let opened = self.or_cancel(open_cursor(&client, &self.spec, &start)).await;
+            let opened = self
+                .or_cancel(open_cursor(&client, &self.spec, &start))
+                .await;
             let flow = match opened {
                 None => Flow::Stop,
                 Some(Ok(cursor)) => self.pump(cursor).await,
@@ -337,9 +350,9 @@ impl Worker {
                     return Flow::Stop;
                 }
             };
-            if first_reply {
+            let is_open_reply = std::mem::take(&mut first_reply);
+            if is_open_reply {
                 self.resume.record_open(&self.spec, parsed.operation_time);
-                first_reply = false;
             }
             let advanced = self.resume.record_batch(
                 parsed.count,
@@ -354,7 +367,11 @@ impl Worker {
                 continue;
             }
             let mut permit = permit;
-            if let Some(outage) = self.outage.take() {
+            // The outage ends on real progress: an event, or a getMore that moved the
+            // position. A successful `aggregate` alone proves little (the next getMore may
+            // fail again), so its reply does not reset the backoff.
+            let progressed = parsed.count > 0 || !is_open_reply;
+            if let Some(outage) = self.outage.take_if(|_| progressed) {
                 tracing::info!(
                     attempts = outage.failures,
                     downtime_ms = outage.since.elapsed().as_millis() as u64,
@@ -414,7 +431,10 @@ impl Worker {
         }
         let delay = self.spec.backoff.delay(attempt);
         tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, error = %error, "change stream reconnecting");
-        if !self.shared.transition(StreamState::Reconnecting { attempt }) {
+        if !self
+            .shared
+            .transition(StreamState::Reconnecting { attempt })
+        {
             return false;
         }
         let announced = self.or_cancel(self.tx.send(StreamItem::Reconnecting {
@@ -435,7 +455,9 @@ impl Worker {
             return;
         }
         // The consumer learns of the failure from this item; if it is gone, nobody waits.
-        let _ = self.or_cancel(self.tx.send(StreamItem::Failed(error))).await;
+        let _ = self
+            .or_cancel(self.tx.send(StreamItem::Failed(error)))
+            .await;
     }
 
     /// Runs `f` unless the stream is closed first; `None` means "closed".

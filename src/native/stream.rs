@@ -93,7 +93,7 @@ impl From<StreamItem> for NativeItem {
                 reason: Some(
                     match reason {
                         EndReason::Closed => "closed",
-                        EndReason::Invalidated => "invalidated",
+                        EndReason::Invalidated => "invalidate",
                     }
                     .to_string(),
                 ),
@@ -119,8 +119,8 @@ impl NativeChangeStream {
                 format!("the options could not be read as BSON: {e}"),
             )
         })?;
-        let spec =
-            WatchSpec::from_document(&doc).map_err(|e| Error::new(Status::InvalidArg, e.message))?;
+        let spec = WatchSpec::from_document(&doc)
+            .map_err(|e| Error::new(Status::InvalidArg, e.message))?;
         Ok(NativeChangeStream {
             engine: Arc::new(ChangeStreamEngine::new(spec)),
         })

@@ -1,0 +1,107 @@
+'use strict';
+// Shared helpers for the node tests. Every test that needs a server gets one from the
+// project's harness (or MONGODB_URI). No sleeps as synchronisation: wait on events or
+// conditions, always with a deadline.
+
+const { once } = require('node:events');
+const { MongoClient } = require('mongodb');
+const { startServer, skipIfExternal } = require('../harness');
+
+let counter = 0;
+/** A database name unique to this process and call, so tests can share a MONGODB_URI. */
+function uniqueDb(prefix = 'rcs') {
+  counter += 1;
+  return `${prefix}_${process.pid}_${Date.now().toString(36)}_${counter}`;
+}
+
+/**
+ * Starts a server and a driver client; `t.after` closes both. Returns
+ * `{ server, client, db, coll, dbName, collName }` with a fresh, existing collection.
+ */
+async function setup(t, serverOptions = {}) {
+  const server = await startServer(serverOptions);
+  const client = new MongoClient(server.uri, { serverSelectionTimeoutMS: 15000 });
+  await client.connect();
+  const dbName = uniqueDb();
+  const collName = 'orders';
+  const db = client.db(dbName);
+  const coll = await db.createCollection(collName);
+  t.after(async () => {
+    await client.close().catch(() => {});
+    await server.close();
+  });
+  return { server, client, db, coll, dbName, collName };
+}
+
+/** Inserts `{ seq }` documents for seq in [from, to). */
+async function insertSeq(coll, from, to) {
+  const docs = [];
+  for (let seq = from; seq < to; seq++) docs.push({ seq });
+  if (docs.length) await coll.insertMany(docs);
+}
+
+/** Rejects after `ms` with a message saying what was awaited. */
+function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** The next `name` event (its first argument) matching `predicate`, within `ms`. */
+async function waitForEvent(emitter, name, predicate = () => true, ms = 30000) {
+  const ac = new AbortController();
+  const waiting = (async () => {
+    for (;;) {
+      const [arg] = await once(emitter, name, { signal: ac.signal });
+      if (predicate(arg)) return arg;
+    }
+  })();
+  try {
+    return await withTimeout(waiting, ms, `"${name}"`);
+  } finally {
+    ac.abort();
+    waiting.catch(() => {});
+  }
+}
+
+/** Pulls `n` events with next(), within `ms`; returns them in order. */
+async function nextN(stream, n, ms = 30000) {
+  const events = [];
+  await withTimeout(
+    (async () => {
+      while (events.length < n) {
+        const event = await stream.next();
+        if (event === null) throw new Error(`stream closed after ${events.length} of ${n} events`);
+        events.push(event);
+      }
+    })(),
+    ms,
+    `${n} events (got ${events.length})`,
+  );
+  return events;
+}
+
+/** The `fullDocument.seq` of insert events. */
+function seqs(events) {
+  return events.filter((e) => e.operationType === 'insert').map((e) => e.fullDocument.seq);
+}
+
+/** [from, to) as an array. */
+function range(from, to) {
+  return Array.from({ length: to - from }, (_, i) => from + i);
+}
+
+module.exports = {
+  setup,
+  uniqueDb,
+  insertSeq,
+  withTimeout,
+  waitForEvent,
+  nextN,
+  seqs,
+  range,
+  skipIfExternal,
+  startServer,
+};

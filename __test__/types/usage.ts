@@ -1,0 +1,158 @@
+// Typical user code against the hand-written index.d.ts. Type-checked only (never run):
+// `npx tsc -p __test__/types`. Lines marked @ts-expect-error must stay errors.
+
+import { MongoClient, Timestamp } from 'mongodb';
+import type { ChangeStreamDocument, ChangeStreamInsertDocument, Document } from 'mongodb';
+import {
+  watch,
+  ResilientChangeStream,
+  ResilientChangeStreamError,
+  ChangeStreamHistoryLostError,
+  RetriesExhaustedError,
+  InvalidOptionError,
+  ModeConflictError,
+  StreamClosedError,
+  type CloseEvent,
+  type ReconnectingEvent,
+  type ResumeToken,
+  type WatchOptions,
+} from 'resilient-change-stream';
+
+interface Order {
+  _id: string;
+  total: number;
+  customer: string;
+}
+
+declare function loadToken(): Promise<ResumeToken | undefined>;
+declare function saveToken(token: ResumeToken): Promise<void>;
+
+async function iterate(client: MongoClient): Promise<void> {
+  const orders = client.db('shop').collection<Order>('orders');
+
+  const options: WatchOptions = {
+    fullDocument: 'updateLookup',
+    resumeAfter: await loadToken(),
+    batchSize: 100,
+    maxAwaitTimeMS: 1000,
+    backoff: { initialDelayMS: 50, multiplier: 1.5, maxDelayMS: 10_000, maxRetries: null },
+  };
+  const stream = watch<Order>(orders, [{ $match: { operationType: 'insert' } }], options);
+  for await (const event of stream) {
+    if (event.operationType === 'insert') {
+      const total: number = event.fullDocument.total;
+      console.log(event.documentKey._id, total);
+    }
+    await saveToken(stream.resumeToken);
+  }
+
+  // The schema is inferred from a typed collection; the pipeline may be left out.
+  const inferred = watch(orders, { showExpandedEvents: true });
+  const next = await inferred.next();
+  if (next !== null && next.operationType === 'update') {
+    const total: number | undefined = next.fullDocument?.total;
+    console.log(total, next.updateDescription.updatedFields);
+  }
+  const maybe: ChangeStreamDocument<Order> | null = await inferred.tryNext();
+  const has: boolean = await inferred.hasNext();
+  console.log(maybe, has, inferred.closed, inferred.getResumeToken());
+  inferred.stream({ transform: (change) => JSON.stringify(change) }).pipe(process.stdout);
+  await inferred.close();
+
+  // @ts-expect-error next() resolves null once closed: callers must check
+  const unchecked: ChangeStreamDocument<Order> = await inferred.next();
+  console.log(unchecked);
+}
+
+function emitter(client: MongoClient): ResilientChangeStream<Order> {
+  const stream = watch<Order>(client.db('shop').collection('orders'));
+  stream
+    .on('change', async (e) => {
+      if (e.operationType === 'insert' && e.fullDocument.total > 100) await saveToken(e._id);
+    })
+    .on('reconnecting', ({ attempt, delayMs, error }: ReconnectingEvent) => {
+      console.warn(`attempt ${attempt} in ${delayMs} ms:`, error.code, error.serverCode, error.labels);
+    })
+    .on('resumed', (info) => console.log(info.attempts, info.downtimeMs))
+    .on('resumeTokenChanged', (token) => void saveToken(token))
+    .on('error', (err) => {
+      if (err instanceof ChangeStreamHistoryLostError) console.error('resync needed', err.codeName);
+      else if (err instanceof RetriesExhaustedError) console.error(err.message);
+    })
+    .once('close', (info: CloseEvent) => {
+      if (info.reason === 'error') console.error(info.error.message);
+    });
+  return stream;
+}
+
+function explicitForm(): ResilientChangeStream {
+  return new ResilientChangeStream({
+    uri: 'mongodb://localhost:27017/?replicaSet=rs0',
+    db: 'shop',
+    collection: 'orders',
+    pipeline: [{ $project: { fullDocument: 1 } }],
+    startAtOperationTime: new Timestamp({ t: 1_700_000_000, i: 1 }),
+    fullDocumentBeforeChange: 'whenAvailable',
+    collation: { locale: 'en' },
+    comment: { app: 'billing' },
+    useBigInt64: true,
+  });
+}
+
+// A pipeline that reshapes events: the second type argument types them.
+async function reshaped(client: MongoClient): Promise<void> {
+  interface Slim extends Document {
+    _id: ResumeToken;
+    total: number;
+  }
+  const stream = watch<Order, Slim>(client.db('shop').collection<Order>('orders'), [
+    { $project: { total: '$fullDocument.total' } },
+  ]);
+  const slim = await stream.next();
+  if (slim) console.log(slim.total.toFixed(2));
+  const insert: ChangeStreamInsertDocument<Order> | null = null;
+  console.log(insert);
+}
+
+function errors(err: unknown): void {
+  if (err instanceof ResilientChangeStreamError) {
+    const code: string = err.code;
+    const labels: string[] = err.labels;
+    console.log(code, labels, err.name);
+  }
+  if (err instanceof InvalidOptionError) {
+    const code: 'InvalidOption' = err.code;
+    console.log(code);
+  }
+  console.log(err instanceof ModeConflictError, err instanceof StreamClosedError);
+}
+
+function wrongUsage(client: MongoClient, stream: ResilientChangeStream<Order>): void {
+  const orders = client.db('shop').collection<Order>('orders');
+  // @ts-expect-error batchSize is a number
+  watch(orders, [], { batchSize: 'x' });
+  // @ts-expect-error unknown option
+  watch(orders, { fullDocuments: 'updateLookup' });
+  // @ts-expect-error not a fullDocument mode
+  watch(orders, { fullDocument: 'always' });
+  // @ts-expect-error maxRetries is a count or null
+  watch(orders, { backoff: { maxRetries: 'forever' } });
+  // @ts-expect-error the pipeline is an array of stages
+  watch(orders, '$match');
+  // @ts-expect-error not a driver object
+  watch('mongodb://localhost', []);
+  // @ts-expect-error the explicit form needs a uri
+  new ResilientChangeStream({ db: 'shop' });
+  // @ts-expect-error change listeners receive the change document
+  stream.on('change', (e: string) => console.log(e));
+  // @ts-expect-error reconnecting info has no such field
+  stream.on('reconnecting', (info) => console.log(info.retryIn));
+  // @ts-expect-error a token, not a number
+  stream.on('resumeTokenChanged', (token: number) => console.log(token));
+  // @ts-expect-error no such event
+  stream.on('changed', () => {});
+  // @ts-expect-error insert documents have a typed fullDocument
+  stream.on('change', (e) => e.operationType === 'insert' && e.fullDocument.missing);
+}
+
+export { iterate, emitter, explicitForm, reshaped, errors, wrongUsage };

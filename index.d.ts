@@ -1,0 +1,319 @@
+// Hand-written typings for resilient-change-stream (the JS facade in index.js / lib/).
+// Driver types come from `mongodb`, an optional peer dependency: `import type` only.
+
+import { EventEmitter } from 'node:events';
+import { Readable } from 'node:stream';
+import type {
+  ChangeStreamDocument,
+  Collection,
+  CollationOptions,
+  Db,
+  Document,
+  MongoClient,
+  ResumeToken,
+  Timestamp,
+} from 'mongodb';
+
+export type { ResumeToken };
+
+/**
+ * How the engine waits between re-open attempts after a resumable failure. The delay starts
+ * at `initialDelayMS`, is multiplied by `multiplier` after each failed attempt and capped at
+ * `maxDelayMS`.
+ */
+export interface BackoffOptions {
+  /** Delay before the first re-open attempt, in milliseconds. @default 100 */
+  initialDelayMS?: number;
+  /** Factor applied to the delay after each failed attempt. @default 2 */
+  multiplier?: number;
+  /** Upper bound of the delay, in milliseconds. @default 30000 */
+  maxDelayMS?: number;
+  /**
+   * Failed re-open attempts in a row after which the stream closes with a
+   * {@link RetriesExhaustedError}. `null` or absent: retry forever. @default null
+   */
+  maxRetries?: number | null;
+}
+
+/**
+ * Options of {@link watch}. Types are validated by the engine: a bad value throws an
+ * {@link InvalidOptionError} naming the option, as does an unknown option.
+ */
+export interface WatchOptions {
+  /**
+   * Connection string. Default for {@link watch}: the one the target's MongoClient was built
+   * with (plus user name/password given in its `auth` option). Other MongoClient options
+   * (TLS files, …) are not carried over: put them in the string.
+   */
+  uri?: string;
+  /** `$changeStream.fullDocument`: 'default' | 'updateLookup' | 'whenAvailable' | 'required'. */
+  fullDocument?: 'default' | 'updateLookup' | 'whenAvailable' | 'required';
+  /** `$changeStream.fullDocumentBeforeChange`: 'off' | 'whenAvailable' | 'required'. */
+  fullDocumentBeforeChange?: 'off' | 'whenAvailable' | 'required';
+  /** Resume after this token (e.g. a persisted {@link ResilientChangeStream.resumeToken}). */
+  resumeAfter?: ResumeToken;
+  /** Like `resumeAfter`, but can also continue after an `invalidate` event. */
+  startAfter?: ResumeToken;
+  /** Start at this cluster time. */
+  startAtOperationTime?: Timestamp;
+  /** Events per batch the server returns. */
+  batchSize?: number;
+  /** How long the server waits for new events before returning an empty batch, in ms. */
+  maxAwaitTimeMS?: number;
+  /** Also report DDL events (createIndexes, create, modify, …). MongoDB 6.0+. */
+  showExpandedEvents?: boolean;
+  collation?: CollationOptions;
+  /** Attached to the `aggregate` command (visible in logs and currentOp). */
+  comment?: unknown;
+  /** Reconnection policy. Default: 100 ms initial delay, ×2, 30 s cap, retry forever. */
+  backoff?: BackoffOptions;
+
+  // How events are decoded, as the driver's BSON options (defaults: the driver's, or those of
+  // the watch() target). JS-only: they never reach the engine.
+  /** Return int64 as `number` when it fits. @default true */
+  promoteLongs?: boolean;
+  /** Return BSON numbers/strings as JS values rather than BSON wrapper classes. @default true */
+  promoteValues?: boolean;
+  /** Return binary data as `Buffer` rather than `Binary`. @default false */
+  promoteBuffers?: boolean;
+  /** Return int64 as `bigint`. @default false */
+  useBigInt64?: boolean;
+  /** Return regular expressions as `BSONRegExp` rather than `RegExp`. @default false */
+  bsonRegExp?: boolean;
+  /** Reject strings that are not valid UTF-8. @default true */
+  enableUtf8Validation?: boolean;
+}
+
+/** Options of `new ResilientChangeStream(...)`: the explicit form of {@link watch}. */
+export interface ResilientChangeStreamOptions extends WatchOptions {
+  uri: string;
+  /** Database to watch. Absent: the whole cluster. */
+  db?: string;
+  /** Collection to watch (requires `db`). Absent: the whole database. */
+  collection?: string;
+  /** Aggregation stages appended after `$changeStream`. */
+  pipeline?: Document[];
+}
+
+/** Payload of the `reconnecting` event: a resumable failure; the engine retries after `delayMs`. */
+export interface ReconnectingEvent {
+  /** 1 for the first re-open attempt after the failure. */
+  attempt: number;
+  delayMs: number;
+  error: ResilientChangeStreamError;
+}
+
+/** Payload of the `resumed` event: the stream delivers again after an outage. */
+export interface ResumedEvent {
+  attempts: number;
+  downtimeMs: number;
+}
+
+/**
+ * Payload of the `close` event (emitted exactly once): closed by `close()`, ended because the
+ * watched collection/database was dropped or renamed (after the `invalidate` event), or
+ * closed by an error.
+ */
+export type CloseEvent =
+  | { reason: 'closed' | 'invalidated'; error?: undefined }
+  | { reason: 'error'; error: Error };
+
+export type WatchTarget<TSchema extends Document = Document> = Collection<TSchema> | Db | MongoClient;
+
+/**
+ * A drop-in for the driver's `ChangeStream` that never loses its place: it re-opens after
+ * any resumable failure (with backoff, by default forever) from the last position.
+ *
+ * Use it either as an iterator (`next`, `hasNext`, `tryNext`, `for await`, `stream`) or as an
+ * emitter (`on('change')`); mixing the two throws a {@link ModeConflictError}.
+ */
+export declare class ResilientChangeStream<
+  TSchema extends Document = Document,
+  TChange extends Document = ChangeStreamDocument<TSchema>,
+> extends EventEmitter {
+  /** @throws InvalidOptionError for a bad option. */
+  constructor(options: ResilientChangeStreamOptions);
+
+  /**
+   * The resume token after the last event handed out (in emitter mode: after the last event
+   * whose listeners all completed). Before any event: `startAfter`/`resumeAfter`, or `null`.
+   * Persist it (e.g. on `resumeTokenChanged`) and pass it as `resumeAfter` to continue later.
+   */
+  readonly resumeToken: ResumeToken;
+  /** Same as {@link resumeToken}. */
+  getResumeToken(): ResumeToken;
+  /** `true` once `close()` was called or a fatal error closed the stream. */
+  readonly closed: boolean;
+
+  /**
+   * The next event, waiting as long as it takes (outages included). Resolves `null` if the
+   * stream is closed with `close()` meanwhile; rejects with the error that closed it otherwise.
+   * @throws StreamClosedError when called on a closed stream.
+   */
+  next(): Promise<TChange | null>;
+  /** Waits until an event is available (`true`) or the stream is closed meanwhile (`false`). */
+  hasNext(): Promise<boolean>;
+  /** The next event if one is available now, else `null` (a later `next()` gets it). */
+  tryNext(): Promise<TChange | null>;
+  /** Iterates until the stream is closed; leaving the loop closes the stream. */
+  [Symbol.asyncIterator](): AsyncGenerator<TChange, void, void>;
+  /**
+   * A Readable (object mode) of the events which, unlike the driver's, keeps resuming. It ends
+   * when the stream is closed; destroying it closes the stream.
+   */
+  stream(options?: { transform?: (change: TChange) => unknown }): Readable;
+  /** Closes the stream and its server cursor. Idempotent; no timers or sockets remain. */
+  close(): Promise<void>;
+
+  /**
+   * Each event, in order. Switches to emitter mode and starts delivering. Async listeners are
+   * awaited before the next event; a listener that throws (or rejects) closes the stream with
+   * that error, and the resume token does not move past that event.
+   */
+  on(event: 'change', listener: (change: TChange) => void | Promise<void>): this;
+  /** A resumable failure; the engine re-opens after `info.delayMs`. */
+  on(event: 'reconnecting', listener: (info: ReconnectingEvent) => void): this;
+  /** Events flow again after an outage. */
+  on(event: 'resumed', listener: (info: ResumedEvent) => void): this;
+  /** The resume token moved (after each event, and when the server advanced an idle stream). */
+  on(event: 'resumeTokenChanged', listener: (token: ResumeToken) => void): this;
+  /**
+   * What the stream cannot survive (history lost, auth, bad pipeline, retries exhausted, a
+   * throwing listener). Emitted in emitter mode, and in iterator mode when listened for
+   * (the iterator gets it from `next()`). Followed by `close`.
+   */
+  on(event: 'error', listener: (error: Error) => void): this;
+  /** The stream closed (exactly once): by `close()`, by invalidation, or by an error. */
+  on(event: 'close', listener: (info: CloseEvent) => void): this;
+
+  once(event: 'change', listener: (change: TChange) => void | Promise<void>): this;
+  once(event: 'reconnecting', listener: (info: ReconnectingEvent) => void): this;
+  once(event: 'resumed', listener: (info: ResumedEvent) => void): this;
+  once(event: 'resumeTokenChanged', listener: (token: ResumeToken) => void): this;
+  once(event: 'error', listener: (error: Error) => void): this;
+  once(event: 'close', listener: (info: CloseEvent) => void): this;
+
+  addListener<E extends keyof ResilientChangeStreamEvents<TChange>>(
+    event: E,
+    listener: ResilientChangeStreamEvents<TChange>[E],
+  ): this;
+  prependListener<E extends keyof ResilientChangeStreamEvents<TChange>>(
+    event: E,
+    listener: ResilientChangeStreamEvents<TChange>[E],
+  ): this;
+  prependOnceListener<E extends keyof ResilientChangeStreamEvents<TChange>>(
+    event: E,
+    listener: ResilientChangeStreamEvents<TChange>[E],
+  ): this;
+  off<E extends keyof ResilientChangeStreamEvents<TChange>>(
+    event: E,
+    listener: ResilientChangeStreamEvents<TChange>[E],
+  ): this;
+  removeListener<E extends keyof ResilientChangeStreamEvents<TChange>>(
+    event: E,
+    listener: ResilientChangeStreamEvents<TChange>[E],
+  ): this;
+}
+
+/** Listener types of each {@link ResilientChangeStream} event. */
+export interface ResilientChangeStreamEvents<TChange extends Document = ChangeStreamDocument> {
+  change: (change: TChange) => void | Promise<void>;
+  reconnecting: (info: ReconnectingEvent) => void;
+  resumed: (info: ResumedEvent) => void;
+  resumeTokenChanged: (token: ResumeToken) => void;
+  error: (error: Error) => void;
+  close: (info: CloseEvent) => void;
+}
+
+/**
+ * The drop-in for `target.watch(pipeline, options)`: watches a Collection, a Db or a whole
+ * cluster (MongoClient) through its connection string, and keeps resuming.
+ * @throws InvalidOptionError for a bad option or an unrecognised target.
+ */
+export declare function watch<
+  TSchema extends Document = Document,
+  TChange extends Document = ChangeStreamDocument<TSchema>,
+>(target: WatchTarget<TSchema>, pipeline?: Document[], options?: WatchOptions): ResilientChangeStream<TSchema, TChange>;
+export declare function watch<
+  TSchema extends Document = Document,
+  TChange extends Document = ChangeStreamDocument<TSchema>,
+>(target: WatchTarget<TSchema>, options?: WatchOptions): ResilientChangeStream<TSchema, TChange>;
+
+/**
+ * Stable error codes (the engine's, plus 'ModeConflict' and 'StreamClosed'). Codes without a
+ * class of their own ('NetworkError', 'ClientError', codes added later) arrive as the base class.
+ */
+export type ErrorCode =
+  | 'ChangeStreamHistoryLost'
+  | 'InvalidResumeToken'
+  | 'ChangeStreamFatal'
+  | 'Unauthorized'
+  | 'InvalidPipeline'
+  | 'RetriesExhausted'
+  | 'ServerError'
+  | 'NetworkError'
+  | 'ClientError'
+  | 'InvalidOption'
+  | 'ModeConflict'
+  | 'StreamClosed';
+
+export interface ErrorInfo {
+  code?: string;
+  serverCode?: number;
+  codeName?: string;
+  labels?: string[];
+  cause?: unknown;
+}
+
+/** Base of every error the stream raises; `code` is stable, `name` is the class name. */
+export declare class ResilientChangeStreamError extends Error {
+  constructor(message: string, info?: ErrorInfo);
+  /** Stable code: one of {@link ErrorCode}, or a newer code of the engine. */
+  code: ErrorCode | (string & {});
+  /** The server's numeric error code, when the server reported the error. */
+  serverCode?: number;
+  /** The server's error code name, e.g. 'ChangeStreamHistoryLost'. */
+  codeName?: string;
+  /** The server's error labels, e.g. 'ResumableChangeStreamError'. */
+  labels: string[];
+}
+/** The position fell off the oplog (server 286): events were missed. */
+export declare class ChangeStreamHistoryLostError extends ResilientChangeStreamError {
+  code: 'ChangeStreamHistoryLost';
+}
+/** The resume token cannot be used (server 260), e.g. resumeAfter an invalidate token. */
+export declare class InvalidResumeTokenError extends ResilientChangeStreamError {
+  code: 'InvalidResumeToken';
+}
+/** The server cannot continue this stream (server 280). */
+export declare class ChangeStreamFatalError extends ResilientChangeStreamError {
+  code: 'ChangeStreamFatal';
+}
+/** Authentication or authorization failed. */
+export declare class AuthorizationError extends ResilientChangeStreamError {
+  code: 'Unauthorized';
+}
+/** The server rejected the pipeline or the combination of options. */
+export declare class InvalidPipelineError extends ResilientChangeStreamError {
+  code: 'InvalidPipeline';
+}
+/** `backoff.maxRetries` re-open attempts failed in a row. */
+export declare class RetriesExhaustedError extends ResilientChangeStreamError {
+  code: 'RetriesExhausted';
+}
+/** A server error without a more specific class. */
+export declare class ServerError extends ResilientChangeStreamError {
+  code: 'ServerError';
+}
+/** A bad option, or a watch() target that is not a Collection, Db or MongoClient. */
+export declare class InvalidOptionError extends ResilientChangeStreamError {
+  code: 'InvalidOption';
+}
+/** Iterator and emitter modes were mixed. */
+export declare class ModeConflictError extends ResilientChangeStreamError {
+  code: 'ModeConflict';
+}
+/** The stream is closed (`cause`: the error that closed it, if any). */
+export declare class StreamClosedError extends ResilientChangeStreamError {
+  code: 'StreamClosed';
+}

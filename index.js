@@ -1,0 +1,36 @@
+'use strict';
+
+// resilient-change-stream: a thin JS facade over the Rust engine (native/binding.js, loaded
+// on first stream construction). See lib/ for the pieces and docs/native-contract.md.
+
+const { ResilientChangeStream } = require('./lib/stream');
+const { watch } = require('./lib/watch');
+const {
+  ResilientChangeStreamError,
+  ChangeStreamHistoryLostError,
+  InvalidResumeTokenError,
+  ChangeStreamFatalError,
+  AuthorizationError,
+  InvalidPipelineError,
+  RetriesExhaustedError,
+  ServerError,
+  InvalidOptionError,
+  ModeConflictError,
+  StreamClosedError,
+} = require('./lib/errors');
+
+module.exports = {
+  ResilientChangeStream,
+  watch,
+  ResilientChangeStreamError,
+  ChangeStreamHistoryLostError,
+  InvalidResumeTokenError,
+  ChangeStreamFatalError,
+  AuthorizationError,
+  InvalidPipelineError,
+  RetriesExhaustedError,
+  ServerError,
+  InvalidOptionError,
+  ModeConflictError,
+  StreamClosedError,
+};

@@ -1,0 +1,383 @@
+'use strict';
+
+const { EventEmitter } = require('node:events');
+const { Readable } = require('node:stream');
+const {
+  InvalidOptionError,
+  ModeConflictError,
+  StreamClosedError,
+  describeType,
+  fromNative,
+  invalidOption,
+} = require('./errors');
+const {
+  takeDecodeOptions,
+  eventDeserializeOptions,
+  decodeEvents,
+  decodeToken,
+  encodeSpec,
+} = require('./decode');
+const { nativeChangeStream } = require('./native');
+
+// How long tryNext() waits for the engine before answering null. It only has to cover a batch
+// the engine already holds (a hop through the event loop), not a server round trip.
+const TRY_NEXT_WAIT_MS = 10;
+
+/**
+ * A change stream that survives outages. Same surface as the driver's ChangeStream; all
+ * policy (backoff, error classification, resume) is the native engine's. This class only
+ * decodes, hands events out in one of two exclusive modes, and keeps the resume token of
+ * the last event handed out.
+ */
+class ResilientChangeStream extends EventEmitter {
+  constructor(options) {
+    super();
+    if (options === null || typeof options !== 'object') {
+      throw new InvalidOptionError(
+        `ResilientChangeStream options must be an object, got ${describeType(options)}`,
+      );
+    }
+    const { decode, rest } = takeDecodeOptions(options);
+    if (rest.pipeline !== undefined && !Array.isArray(rest.pipeline)) {
+      throw invalidOption('pipeline', 'an array of stage documents', rest.pipeline);
+    }
+    const NativeChangeStream = nativeChangeStream();
+    const spec = encodeSpec(withoutUndefined(rest));
+    try {
+      this._native = new NativeChangeStream(spec);
+    } catch (err) {
+      // The engine validates option types; only the error's class is JS's business.
+      throw err?.code === 'InvalidArg' ? new InvalidOptionError(err.message, { cause: err }) : err;
+    }
+    this._decodeOptions = eventDeserializeOptions(decode);
+    /** Resume token after the last event handed out (driver: startAfter wins over resumeAfter). */
+    this._token = options.startAfter ?? options.resumeAfter ?? null;
+    /** @type {'open' | 'closing' | 'closed'} lifecycle; only moves forward. */
+    this._state = 'open';
+    /**
+     * @type {'unset' | 'iterator' | 'paused' | 'flowing'} how events are consumed. 'paused'
+     * and 'flowing' are emitter mode without/with the pump running; iterator and emitter
+     * modes exclude each other.
+     */
+    this._mode = 'unset';
+    /** @type {{ event: object, token: unknown }[]} decoded events not yet handed out. */
+    this._buffer = [];
+    /** The one outstanding native nextBatch(), already chained to _handle (contract: never two). */
+    this._pending = null;
+    /** The close promise, created once by the first close (user or fatal). */
+    this._closing = null;
+    /** The error that closed the stream, if it did not close by close(). */
+    this._error = null;
+
+    this.on('newListener', (name) => {
+      if (name === 'change') this._startFlowing();
+    });
+  }
+
+  /** Resume token after the last event handed out; before any: startAfter/resumeAfter or null. */
+  get resumeToken() {
+    return this._token;
+  }
+
+  getResumeToken() {
+    return this._token;
+  }
+
+  get closed() {
+    return this._state !== 'open';
+  }
+
+  /** Resolves with the next event; `null` if the stream was closed while waiting. */
+  async next() {
+    this._useAsIterator();
+    return this._next();
+  }
+
+  /** Resolves `true` once an event is available; `false` if the stream was closed while waiting. */
+  async hasNext() {
+    this._useAsIterator();
+    for (;;) {
+      if (this._buffer.length > 0) return true;
+      if (this._state !== 'open') {
+        this._throwIfFailed();
+        return false;
+      }
+      await this._pull();
+    }
+  }
+
+  /** The next event if one is available now, else `null`. A later next() gets what arrives. */
+  async tryNext() {
+    this._useAsIterator();
+    if (this._buffer.length === 0 && this._state === 'open') {
+      let timer;
+      const waited = new Promise((resolve) => {
+        timer = setTimeout(resolve, TRY_NEXT_WAIT_MS);
+      });
+      try {
+        // The pull keeps going if the timer wins: its result is buffered for the next call.
+        await Promise.race([this._pull(), waited]);
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+    if (this._buffer.length > 0) return this._take();
+    if (this._state !== 'open') this._throwIfFailed();
+    return null;
+  }
+
+  async *[Symbol.asyncIterator]() {
+    if (this.closed) return; // as the driver: iterating a closed stream yields nothing
+    this._useAsIterator(); // outside the try: a mode conflict must not close the stream
+    try {
+      for (;;) {
+        const event = await this._next();
+        if (event === null) return;
+        yield event;
+      }
+    } finally {
+      // Leaving the loop (break, return, error) ends the stream, as the driver does.
+      await this.close();
+    }
+  }
+
+  /**
+   * A Readable (object mode) of the events. Unlike the driver's, it keeps resuming: it is
+   * fed by next(). It ends when the stream is closed; destroying it closes the stream.
+   * @param {{ transform?: (event: object) => unknown }} [options]
+   */
+  stream(options = {}) {
+    this._useAsIterator();
+    const { transform } = options;
+    const changeStream = this;
+    return new Readable({
+      objectMode: true,
+      // Every event read ahead has already moved the resume token: read ahead only one.
+      highWaterMark: 1,
+      read() {
+        changeStream
+          ._next()
+          .then((event) => this.push(event === null || !transform ? event : transform(event)))
+          .catch((err) => this.destroy(err));
+      },
+      destroy(err, callback) {
+        changeStream.close().then(
+          () => callback(err),
+          (closeErr) => callback(err ?? closeErr),
+        );
+      },
+    });
+  }
+
+  /** Closes the stream and the native engine. Idempotent; a pending next() resolves null. */
+  async close() {
+    await this._shutdown(null);
+  }
+
+  // --- internals ---------------------------------------------------------------------------
+
+  _useAsIterator() {
+    if (this._isEmitter()) {
+      throw new ModeConflictError(
+        'ResilientChangeStream cannot be used as an iterator (next, hasNext, tryNext, for await, ' +
+          'stream) after being used as an EventEmitter (a "change" listener was added)',
+      );
+    }
+    if (this._state !== 'open') {
+      throw new StreamClosedError('ResilientChangeStream is closed', {
+        cause: this._error ?? undefined,
+      });
+    }
+    this._mode = 'iterator';
+  }
+
+  _isEmitter() {
+    return this._mode === 'paused' || this._mode === 'flowing';
+  }
+
+  _startFlowing() {
+    if (this._mode === 'iterator') {
+      throw new ModeConflictError(
+        'ResilientChangeStream cannot be used as an EventEmitter (a "change" listener) after ' +
+          'being used as an iterator (next, hasNext, tryNext, for await, stream)',
+      );
+    }
+    if (this._mode === 'flowing') return;
+    this._mode = 'flowing';
+    // 'newListener' fires before the listener is added: start once it is there.
+    queueMicrotask(() => this._flow());
+  }
+
+  /**
+   * Emitter mode's pump. Each event goes to every 'change' listener in turn, awaiting each;
+   * only then does the resume token move past it. A listener that throws closes the stream
+   * with its error, and that event counts as not processed.
+   */
+  async _flow() {
+    try {
+      while (this._state === 'open' && this.listenerCount('change') > 0) {
+        if (this._buffer.length === 0) {
+          await this._pull();
+          continue;
+        }
+        const { event } = this._buffer[0];
+        // rawListeners, not listeners: once() wrappers must run so they remove themselves.
+        for (const listener of this.rawListeners('change')) await listener.call(this, event);
+        this._take();
+      }
+    } catch (err) {
+      this._terminate(err);
+    } finally {
+      // Synchronous with the loop's last check, so a listener added later starts a new pump.
+      this._mode = 'paused';
+    }
+  }
+
+  /** next() without the mode/closed checks (shared by the async iterator and stream()). */
+  async _next() {
+    for (;;) {
+      if (this._buffer.length > 0) return this._take();
+      if (this._state !== 'open') {
+        this._throwIfFailed();
+        return null;
+      }
+      await this._pull();
+    }
+  }
+
+  /** Waits for the engine's next item and applies it. Never rejects: failures close the stream. */
+  _pull() {
+    this._pending ??= this._native
+      .nextBatch()
+      .then((item) => this._handle(item))
+      .catch((err) => this._terminate(err))
+      .finally(() => {
+        this._pending = null;
+      });
+    return this._pending;
+  }
+
+  _handle(item) {
+    // Once closing, the engine's last items (a late batch, 'end') no longer matter.
+    if (this._state !== 'open') return;
+    switch (item.kind) {
+      case 'batch':
+        return this._onBatch(item);
+      case 'reconnecting':
+        this.emit('reconnecting', {
+          attempt: item.attempt,
+          delayMs: item.delayMs,
+          error: fromNative(item.error),
+        });
+        return;
+      case 'resumed':
+        this.emit('resumed', { attempts: item.attempts, downtimeMs: item.downtimeMs });
+        return;
+      case 'error':
+        return this._terminate(fromNative(item.error));
+      case 'end': // the engine ended by itself: 'invalidated' (drop/rename) after that event
+        return this._terminate(null, item.reason);
+      default:
+        throw new Error(`unknown native item kind "${item.kind}"`);
+    }
+  }
+
+  _onBatch({ events, count, endToken }) {
+    const decoded = decodeEvents(events, count, this._decodeOptions);
+    const end = endToken && decodeToken(endToken);
+    if (count === 0) {
+      // The position moved with no event (postBatchResumeToken advanced).
+      if (end) this._advance(end);
+      return;
+    }
+    // Contract: the token after event i < count-1 is its _id; after the last one, endToken.
+    decoded.forEach((event, i) => {
+      this._buffer.push({ event, token: i < count - 1 ? event._id : end });
+    });
+  }
+
+  /** Hands out the first buffered event, moving the resume token past it. */
+  _take() {
+    const { event, token } = this._buffer[0];
+    try {
+      this._advance(token);
+    } catch (err) {
+      this._terminate(err);
+      throw err;
+    }
+    this._buffer.shift();
+    return event;
+  }
+
+  /**
+   * Moves the resume token. If a 'resumeTokenChanged' listener (typically one persisting it)
+   * throws, the token stays where it was, so the event is not counted as processed.
+   */
+  _advance(token) {
+    const previous = this._token;
+    this._token = token;
+    try {
+      this.emit('resumeTokenChanged', token);
+    } catch (err) {
+      this._token = previous;
+      throw err;
+    }
+  }
+
+  _throwIfFailed() {
+    if (this._error) throw this._error;
+  }
+
+  /** Closes from inside (fatal error, throwing listener, engine ended); first cause wins. */
+  _terminate(error, reason) {
+    // A failing native close() still reaches whoever awaits close(); here it must not be an
+    // unhandled rejection.
+    if (this._state === 'open') this._shutdown(error, reason).catch(() => {});
+  }
+
+  /** @param {string} [reason] the engine's end reason when it ended without an error */
+  _shutdown(error, reason = 'closed') {
+    if (this._closing === null) {
+      this._state = 'closing';
+      this._error = error;
+      this._closing = this._native.close().finally(() => {
+        this._state = 'closed';
+        // The iterator gets the error from next(); 'error' goes to emitter mode and to
+        // whoever listens for it.
+        if (error && (this._isEmitter() || this.listenerCount('error') > 0)) {
+          this._emitOutsidePromise('error', error);
+        }
+        this._emitOutsidePromise('close', error ? { reason: 'error', error } : { reason });
+      });
+    }
+    return this._closing;
+  }
+
+  /**
+   * Emits from inside a promise callback. A throw (an unhandled 'error' above all) is
+   * rethrown on its own tick, as an EventEmitter would surface it, instead of vanishing into
+   * a promise nobody may be awaiting.
+   */
+  _emitOutsidePromise(name, arg) {
+    try {
+      this.emit(name, arg);
+    } catch (thrown) {
+      process.nextTick(() => {
+        throw thrown;
+      });
+    }
+  }
+}
+
+// `{ batchSize: undefined }` means "not set", as in the driver; BSON would encode it as null.
+function withoutUndefined(options) {
+  const result = {};
+  for (const [name, value] of Object.entries(options)) {
+    if (value === undefined) continue;
+    const isBackoff = name === 'backoff' && value !== null && typeof value === 'object';
+    result[name] = isBackoff && !Array.isArray(value) ? withoutUndefined(value) : value;
+  }
+  return result;
+}
+
+module.exports = { ResilientChangeStream };

@@ -1,0 +1,210 @@
+//! The engine against a live server: exact events, resumes, fatal errors, close.
+
+use std::time::Duration;
+
+use super::support::*;
+use crate::engine::{EndReason, ErrorCode, StreamItem};
+use mongodb::bson::{doc, Bson};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Opens the stream (first `next()` starts it) and waits until it is positioned, so
+/// later writes are seen. An idle stream delivers its first advanced token, or times out
+/// quietly; either way the cursor is open afterwards.
+async fn open(engine: &crate::engine::ChangeStreamEngine) {
+    let _ = tokio::time::timeout(Duration::from_millis(300), engine.next()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_every_event_in_order() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    let (db, coll) = (unique_name("db"), "orders");
+    insert_seq(&client, &db, coll, 0..1).await; // create the collection
+    let engine = engine(&server.uri, &db, coll, doc! {"batchSize": 7});
+    open(&engine).await;
+    insert_seq(&client, &db, coll, 1..101).await;
+    let (_, seqs) = collect_events(&engine, 100, WAIT).await;
+    assert_eq!(seqs, (1..101).collect::<Vec<_>>());
+    engine.close().await;
+    assert!(matches!(
+        engine.next().await,
+        StreamItem::Ended(EndReason::Closed)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_after_repeated_getmore_failures_with_growing_attempts() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    let (db, coll) = (unique_name("db"), "orders");
+    insert_seq(&client, &db, coll, 0..1).await;
+    let engine = engine(
+        &server.uri,
+        &db,
+        coll,
+        doc! {"backoff": {"initialDelayMS": 1, "maxDelayMS": 20}},
+    );
+    open(&engine).await;
+    insert_seq(&client, &db, coll, 1..11).await;
+    let (_, first) = collect_events(&engine, 10, WAIT).await;
+    assert_eq!(first, (1..11).collect::<Vec<_>>());
+
+    server
+        .fail_command(
+            doc! {"failCommands": ["getMore"], "errorCode": 6, "errorLabels": ["ResumableChangeStreamError"]},
+            Bson::Document(doc! {"times": 3}),
+        )
+        .await;
+    // The in-flight getMore is not failed; the next three are. Only write once all three
+    // failures happened, so the events must come through the re-opened cursor.
+    let mut items = items_until(&engine, WAIT, |i| {
+        matches!(i, StreamItem::Reconnecting { attempt: 3, .. })
+    })
+    .await;
+    insert_seq(&client, &db, coll, 11..21).await;
+    let (after, rest) = collect_events(&engine, 10, WAIT).await;
+    items.extend(after);
+    assert_eq!(
+        rest,
+        (11..21).collect::<Vec<_>>(),
+        "nothing lost, nothing repeated"
+    );
+    let attempts: Vec<u32> = items
+        .iter()
+        .filter_map(|i| match i {
+            StreamItem::Reconnecting { attempt, error, .. } => {
+                assert_eq!(error.server_code, Some(6));
+                assert!(error.resumable);
+                Some(*attempt)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        attempts,
+        vec![1, 2, 3],
+        "one outage, three attempts: {items:?}"
+    );
+    let resumed: Vec<u32> = items
+        .iter()
+        .filter_map(|i| match i {
+            StreamItem::Resumed { attempts, .. } => Some(*attempts),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resumed, vec![3]);
+    engine.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fatal_server_error_fails_once() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    let (db, coll) = (unique_name("db"), "orders");
+    insert_seq(&client, &db, coll, 0..1).await;
+    let engine = engine(&server.uri, &db, coll, doc! {});
+    open(&engine).await;
+    server
+        .fail_command(
+            doc! {"failCommands": ["getMore"], "errorCode": 280, "errorLabels": []},
+            Bson::Document(doc! {"times": 1}),
+        )
+        .await;
+    let items = items_until(&engine, WAIT, |i| {
+        matches!(i, StreamItem::Failed(_) | StreamItem::Ended(_))
+    })
+    .await;
+    server.fail_point_off().await;
+    assert!(
+        !items
+            .iter()
+            .any(|i| matches!(i, StreamItem::Reconnecting { .. })),
+        "280 is not resumable: {items:?}"
+    );
+    match items.last() {
+        Some(StreamItem::Failed(e)) => {
+            assert_eq!(e.code, ErrorCode::ChangeStreamFatal);
+            assert_eq!(e.server_code, Some(280));
+        }
+        other => panic!("expected a fatal error, got {other:?}"),
+    }
+    assert!(matches!(engine.next().await, StreamItem::Ended(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_run_out_when_the_user_limits_them() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    let (db, coll) = (unique_name("db"), "orders");
+    insert_seq(&client, &db, coll, 0..1).await;
+    let engine = engine(
+        &server.uri,
+        &db,
+        coll,
+        doc! {"backoff": {"initialDelayMS": 1, "maxRetries": 2}},
+    );
+    open(&engine).await;
+    server
+        .fail_command(
+            doc! {"failCommands": ["getMore", "aggregate"], "errorCode": 91, "errorLabels": ["ResumableChangeStreamError"]},
+            Bson::String("alwaysOn".into()),
+        )
+        .await;
+    let items = items_until(&engine, WAIT, |i| {
+        matches!(i, StreamItem::Failed(_) | StreamItem::Ended(_))
+    })
+    .await;
+    server.fail_point_off().await;
+    let reconnects = items
+        .iter()
+        .filter(|i| matches!(i, StreamItem::Reconnecting { .. }))
+        .count();
+    assert_eq!(reconnects, 2, "{items:?}");
+    match items.last() {
+        Some(StreamItem::Failed(e)) => {
+            assert_eq!(e.code, ErrorCode::RetriesExhausted);
+            assert_eq!(e.server_code, Some(91));
+        }
+        other => panic!("expected RetriesExhausted, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_during_backoff_returns_promptly_and_never_reopens() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    let (db, coll) = (unique_name("db"), "orders");
+    insert_seq(&client, &db, coll, 0..1).await;
+    // A 60 s backoff: only cancellation can end it in time.
+    let engine = engine(
+        &server.uri,
+        &db,
+        coll,
+        doc! {"backoff": {"initialDelayMS": 60000, "multiplier": 1, "maxDelayMS": 60000}},
+    );
+    open(&engine).await;
+    server
+        .fail_command(
+            doc! {"failCommands": ["getMore"], "errorCode": 6, "errorLabels": ["ResumableChangeStreamError"]},
+            Bson::Document(doc! {"times": 1}),
+        )
+        .await;
+    insert_seq(&client, &db, coll, 1..2).await;
+    loop {
+        let item = tokio::time::timeout(WAIT, engine.next())
+            .await
+            .expect("reconnecting in time");
+        if matches!(item, StreamItem::Reconnecting { .. }) {
+            break;
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(5), engine.close())
+        .await
+        .expect("close cancels the backoff");
+    assert!(matches!(
+        engine.next().await,
+        StreamItem::Ended(EndReason::Closed)
+    ));
+    assert_eq!(engine.state().as_str(), "closed");
+}
