@@ -115,7 +115,7 @@ export interface ResumedEvent {
  * closed by an error.
  */
 export type CloseEvent =
-  | { reason: 'closed' | 'invalidated'; error?: undefined }
+  | { reason: 'closed' | 'invalidate'; error?: undefined }
   | { reason: 'error'; error: Error };
 
 export type WatchTarget<TSchema extends Document = Document> = Collection<TSchema> | Db | MongoClient;

@@ -275,7 +275,7 @@ class ResilientChangeStream extends EventEmitter {
         return;
       case 'error':
         return this._terminate(fromNative(item.error));
-      case 'end': // the engine ended by itself: 'invalidated' (drop/rename) after that event
+      case 'end': // the engine ended by itself: 'invalidate' (drop/rename) after that event
         return this._terminate(null, item.reason);
       default:
         throw new Error(`unknown native item kind "${item.kind}"`);

@@ -70,7 +70,18 @@ impl WatchSpec {
             ));
         }
         let uri = match doc.get("uri") {
-            Some(Bson::String(s)) if !s.is_empty() => s.clone(),
+            Some(Bson::String(s))
+                if s.starts_with("mongodb://") || s.starts_with("mongodb+srv://") =>
+            {
+                s.clone()
+            }
+            Some(Bson::String(_)) => {
+                return Err(EngineError::invalid_option(
+                    "uri",
+                    "a connection string starting with mongodb:// or mongodb+srv://",
+                    "another string",
+                ))
+            }
             Some(other) => {
                 return Err(EngineError::invalid_option(
                     "uri",

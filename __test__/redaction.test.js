@@ -1,0 +1,88 @@
+'use strict';
+// Credentials never appear in errors or event payloads, whatever fails.
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const net = require('node:net');
+const { ResilientChangeStream, RetriesExhaustedError } = require('..');
+const { setup, withTimeout } = require('./helpers');
+
+const SECRET = 's3cr3t-Pa55word';
+
+/** A loopback port nothing listens on. */
+async function closedPort() {
+  const server = net.createServer();
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** Everything a user could see of an error: message, stack, own properties, cause chain. */
+function exposed(value) {
+  const parts = [];
+  for (let e = value; e; e = e.cause) {
+    parts.push(String(e.message), String(e.stack), JSON.stringify(e, Object.getOwnPropertyNames(e)));
+  }
+  return parts.join('\n');
+}
+
+/** Runs a stream until it closes; returns every error and reconnecting payload it produced. */
+async function runUntilClosed(stream) {
+  const seen = [];
+  stream.on('reconnecting', (r) => seen.push(r.error));
+  stream.on('error', (e) => seen.push(e));
+  const closed = new Promise((resolve) => stream.once('close', resolve));
+  stream.on('change', () => {});
+  const close = await withTimeout(closed, 60000, 'the stream to give up');
+  return { seen, close };
+}
+
+test('an unreachable server with credentials in the URI: no error shows the password', async () => {
+  const port = await closedPort();
+  const uri = `mongodb://alice:${SECRET}@127.0.0.1:${port}/?serverSelectionTimeoutMS=300&connectTimeoutMS=300`;
+  const stream = new ResilientChangeStream({
+    uri,
+    db: 'x',
+    collection: 'y',
+    backoff: { initialDelayMS: 1, maxRetries: 2 },
+  });
+  const { seen, close } = await runUntilClosed(stream);
+  assert.equal(close.reason, 'error');
+  assert.ok(close.error instanceof RetriesExhaustedError, `got ${close.error}`);
+  assert.equal(seen.filter((e) => e === close.error).length, 1, "'error' emitted once");
+  assert.equal(seen.length, 3, 'two reconnecting errors and the final one');
+  for (const e of seen) assert.ok(!exposed(e).includes(SECRET), `leaked in: ${exposed(e)}`);
+  assert.ok(!exposed(close.error).includes('alice:'), 'user:password pair is redacted');
+});
+
+test('credentials the server rejects or ignores: nothing shows the password', async (t) => {
+  const { server } = await setup(t);
+  const base = new URL(server.uri);
+  base.username = 'mallory';
+  base.password = SECRET;
+  const stream = new ResilientChangeStream({
+    uri: base.toString(),
+    db: 'x',
+    collection: 'y',
+    maxAwaitTimeMS: 100,
+    backoff: { initialDelayMS: 1, maxRetries: 1 },
+  });
+  // The test server may accept any credentials; a real one rejects them. Either way, look
+  // at everything produced until the stream is open or closed.
+  const seen = [];
+  stream.on('reconnecting', (r) => seen.push(r.error));
+  stream.on('error', (e) => seen.push(e));
+  stream.on('change', () => {});
+  const outcome = await withTimeout(
+    Promise.race([
+      new Promise((resolve) => stream.once('close', (c) => resolve(c))),
+      new Promise((resolve) => stream.once('resumeTokenChanged', () => resolve('open'))),
+    ]),
+    60000,
+    'the stream to open or close',
+  );
+  await stream.close();
+  if (outcome !== 'open') seen.push(outcome.error);
+  for (const e of seen.filter(Boolean)) assert.ok(!exposed(e).includes(SECRET), `leaked in: ${exposed(e)}`);
+});
