@@ -67,6 +67,13 @@ export interface WatchOptions {
   comment?: unknown;
   /** Reconnection policy. Default: 100 ms initial delay, ×2, 30 s cap, retry forever. */
   backoff?: BackoffOptions;
+  /**
+   * Stall watchdog: when no server reply comes within `maxAwaitTimeMS` plus this, or — on a
+   * server seen to advance idle streams (mongod does every ~10 s) — the position does not
+   * advance for this long, emit `stalled` and re-open from the last position. `0` turns it
+   * off. @default 30000
+   */
+  stallTimeoutMS?: number;
 
   // How events are decoded, as the driver's BSON options (defaults: the driver's, or those of
   // the watch() target). JS-only: they never reach the engine.
@@ -101,6 +108,32 @@ export interface ReconnectingEvent {
   attempt: number;
   delayMs: number;
   error: ResilientChangeStreamError;
+}
+
+/** Payload of the `stalled` event: no progress for `silentMs`; a re-open follows. */
+export interface StalledEvent {
+  silentMs: number;
+}
+
+/** What {@link ResilientChangeStream.health} reports. */
+export interface StreamHealth {
+  state: 'starting' | 'streaming' | 'reconnecting' | 'closed' | 'failed';
+  /** When the last event was handed to the application. */
+  lastEventAt: Date | null;
+  /** When the position last advanced (an event, or the server's postBatchResumeToken). */
+  lastTokenAt: Date | null;
+  /** Wall clock minus the cluster time of the position (seconds precision); null if unknown. */
+  lagMs: number | null;
+  /** Resumable failures since the stream started. */
+  reconnects: number;
+  /** The backoff delay being waited out now, if reconnecting. */
+  currentBackoffMs: number | null;
+  /** The last error seen (resumable or not), redacted. */
+  lastError: { name: string; code: string; message: string; serverCode?: number } | null;
+  /** Events handed to the application. */
+  eventsDelivered: number;
+  /** Events processed but whose position is not yet stored. */
+  pendingCheckpoint: number;
 }
 
 /** Payload of the `resumed` event: the stream delivers again after an outage. */
@@ -144,6 +177,8 @@ export declare class ResilientChangeStream<
   getResumeToken(): ResumeToken;
   /** `true` once `close()` was called or a fatal error closed the stream. */
   readonly closed: boolean;
+  /** What the stream is doing, synchronously. */
+  health(): StreamHealth;
 
   /**
    * The next event, waiting as long as it takes (outages included). Resolves `null` if the
@@ -175,6 +210,8 @@ export declare class ResilientChangeStream<
   on(event: 'reconnecting', listener: (info: ReconnectingEvent) => void): this;
   /** Events flow again after an outage. */
   on(event: 'resumed', listener: (info: ResumedEvent) => void): this;
+  /** The stall watchdog fired; the stream re-opens from its last position. */
+  on(event: 'stalled', listener: (info: StalledEvent) => void): this;
   /** The resume token moved (after each event, and when the server advanced an idle stream). */
   on(event: 'resumeTokenChanged', listener: (token: ResumeToken) => void): this;
   /**
@@ -189,6 +226,7 @@ export declare class ResilientChangeStream<
   once(event: 'change', listener: (change: TChange) => void | Promise<void>): this;
   once(event: 'reconnecting', listener: (info: ReconnectingEvent) => void): this;
   once(event: 'resumed', listener: (info: ResumedEvent) => void): this;
+  once(event: 'stalled', listener: (info: StalledEvent) => void): this;
   once(event: 'resumeTokenChanged', listener: (token: ResumeToken) => void): this;
   once(event: 'error', listener: (error: Error) => void): this;
   once(event: 'close', listener: (info: CloseEvent) => void): this;
@@ -220,6 +258,7 @@ export interface ResilientChangeStreamEvents<TChange extends Document = ChangeSt
   change: (change: TChange) => void | Promise<void>;
   reconnecting: (info: ReconnectingEvent) => void;
   resumed: (info: ResumedEvent) => void;
+  stalled: (info: StalledEvent) => void;
   resumeTokenChanged: (token: ResumeToken) => void;
   error: (error: Error) => void;
   close: (info: CloseEvent) => void;

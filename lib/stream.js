@@ -68,6 +68,9 @@ class ResilientChangeStream extends EventEmitter {
     this._closing = null;
     /** The error that closed the stream, if it did not close by close(). */
     this._error = null;
+    /** Events handed to the user, and when the last one was (for health()). */
+    this._eventsDelivered = 0;
+    this._lastEventAt = null;
 
     this.on('newListener', (name) => {
       if (name === 'change') this._startFlowing();
@@ -85,6 +88,34 @@ class ResilientChangeStream extends EventEmitter {
 
   get closed() {
     return this._state !== 'open';
+  }
+
+  /**
+   * What the stream is doing, synchronously: the engine's view (state, position, lag,
+   * reconnects, backoff) plus what this side handed out. Nothing in it holds credentials.
+   */
+  health() {
+    const native = this._native.health();
+    const closedState = this._error ? 'failed' : 'closed';
+    const lastError = this._error ?? (native.lastError ? fromNative(native.lastError) : null);
+    return {
+      state: this._state === 'open' ? native.state : closedState,
+      lastEventAt: this._lastEventAt,
+      lastTokenAt: native.lastTokenAt == null ? null : new Date(native.lastTokenAt),
+      lagMs: native.lagMs ?? null,
+      reconnects: native.reconnects,
+      currentBackoffMs: native.currentBackoffMs ?? null,
+      lastError: lastError && {
+        name: lastError.name,
+        code: lastError.code,
+        message: lastError.message,
+        serverCode: lastError.serverCode,
+      },
+      eventsDelivered: this._eventsDelivered,
+      // The position lives in memory and moves as events are handed out: nothing is
+      // processed-but-unsaved until a token store is configured.
+      pendingCheckpoint: 0,
+    };
   }
 
   /** Resolves with the next event; `null` if the stream was closed while waiting. */
@@ -273,6 +304,9 @@ class ResilientChangeStream extends EventEmitter {
       case 'resumed':
         this.emit('resumed', { attempts: item.attempts, downtimeMs: item.downtimeMs });
         return;
+      case 'stalled': // the engine re-opens next ('reconnecting', then 'resumed')
+        this.emit('stalled', { silentMs: item.silentMs });
+        return;
       case 'error':
         return this._terminate(fromNative(item.error));
       case 'end': // the engine ended by itself: 'invalidate' (drop/rename) after that event
@@ -306,6 +340,8 @@ class ResilientChangeStream extends EventEmitter {
       throw err;
     }
     this._buffer.shift();
+    this._eventsDelivered += 1;
+    this._lastEventAt = new Date();
     return event;
   }
 

@@ -26,6 +26,8 @@ pub enum ErrorCode {
     RetriesExhausted,
     /// A network error or server selection failure (resumable).
     Network,
+    /// No reply, or no progress, for `stallTimeoutMS` (resumable: the stream re-opens).
+    Stalled,
     /// Any other server error.
     ServerError,
     /// The client library itself failed (bad reply, internal error).
@@ -43,6 +45,7 @@ impl ErrorCode {
             ErrorCode::InvalidPipeline => "InvalidPipeline",
             ErrorCode::RetriesExhausted => "RetriesExhausted",
             ErrorCode::Network => "NetworkError",
+            ErrorCode::Stalled => "Stalled",
             ErrorCode::ServerError => "ServerError",
             ErrorCode::ClientError => "ClientError",
         }
@@ -71,6 +74,14 @@ impl EngineError {
             code_name: None,
             labels: Vec::new(),
             resumable: false,
+        }
+    }
+
+    /// An engine-made error the stream survives (re-opens after).
+    pub fn resumable(code: ErrorCode, message: impl AsRef<str>) -> Self {
+        EngineError {
+            resumable: true,
+            ..Self::new(code, message)
         }
     }
 

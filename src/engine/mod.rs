@@ -8,11 +8,14 @@ pub mod errors;
 pub mod redact;
 pub mod resume;
 pub mod spec;
+pub mod status;
 pub mod stream;
+mod worker;
 
 pub use errors::{EngineError, ErrorCode};
 pub use spec::WatchSpec;
-pub use stream::{ChangeStreamEngine, EndReason, EventBatch, StreamItem, StreamState};
+pub use status::{Health, StreamState};
+pub use stream::{ChangeStreamEngine, EndReason, EventBatch, StreamItem};
 
 #[cfg(test)]
 mod live_tests;

@@ -40,7 +40,13 @@ pub struct WatchSpec {
     pub collation: Option<Document>,
     pub comment: Option<Bson>,
     pub backoff: BackoffPolicy,
+    /// Re-open when no reply comes within the await time plus this, or (on a server that
+    /// advances idle streams) the position does not move for this long. `None`: off.
+    pub stall_timeout: Option<Duration>,
 }
+
+/// Default `stallTimeoutMS`: well above mongod's 10 s idle no-op interval.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 const KNOWN_FIELDS: &[&str] = &[
     "uri",
@@ -58,6 +64,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "collation",
     "comment",
     "backoff",
+    "stallTimeoutMS",
 ];
 
 impl WatchSpec {
@@ -163,6 +170,13 @@ impl WatchSpec {
                 ))
             }
         };
+        // 0 turns the watchdog off; absent means the default.
+        let stall_timeout = match doc.get("stallTimeoutMS") {
+            None => Some(DEFAULT_STALL_TIMEOUT),
+            Some(_) => optional_whole(doc, "stallTimeoutMS", u32::MAX as u64)?
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
+        };
         Ok(WatchSpec {
             uri,
             scope,
@@ -174,6 +188,7 @@ impl WatchSpec {
             collation,
             comment,
             backoff,
+            stall_timeout,
         })
     }
 

@@ -1,11 +1,12 @@
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use mongodb::bson::Document;
 use napi::bindgen_prelude::Buffer;
 use napi::{Error, Result, Status};
 use napi_derive::napi;
 
-use crate::engine::{ChangeStreamEngine, EndReason, EngineError, StreamItem, WatchSpec};
+use crate::engine::{ChangeStreamEngine, EndReason, EngineError, Health, StreamItem, WatchSpec};
 
 /// `NativeErrorInfo` of docs/native-contract.md.
 #[napi(object)]
@@ -42,6 +43,44 @@ pub struct NativeItem {
     pub downtime_ms: Option<f64>,
     pub error: Option<NativeErrorInfo>,
     pub reason: Option<String>,
+    pub silent_ms: Option<f64>,
+}
+
+/// The engine's part of `health()`; times are epoch milliseconds.
+#[napi(object)]
+pub struct NativeHealth {
+    pub state: String,
+    pub last_token_at: Option<f64>,
+    pub last_reply_at: Option<f64>,
+    pub lag_ms: Option<f64>,
+    /// Cluster time of the position, seconds part.
+    pub position_time_seconds: Option<u32>,
+    pub reconnects: f64,
+    pub current_backoff_ms: Option<f64>,
+    pub last_error: Option<NativeErrorInfo>,
+    pub events_read: f64,
+}
+
+fn epoch_ms(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as f64)
+        .unwrap_or(0.0)
+}
+
+impl From<Health> for NativeHealth {
+    fn from(h: Health) -> Self {
+        NativeHealth {
+            state: h.state.as_str().to_string(),
+            last_token_at: h.last_token_at.map(epoch_ms),
+            last_reply_at: h.last_reply_at.map(epoch_ms),
+            lag_ms: h.lag(SystemTime::now()).map(|d| d.as_millis() as f64),
+            position_time_seconds: h.position_time.map(|t| t.time),
+            reconnects: h.reconnects as f64,
+            current_backoff_ms: h.current_backoff.map(|d| d.as_millis() as f64),
+            last_error: h.last_error.map(Into::into),
+            events_read: h.events_read as f64,
+        }
+    }
 }
 
 impl NativeItem {
@@ -57,6 +96,7 @@ impl NativeItem {
             downtime_ms: None,
             error: None,
             reason: None,
+            silent_ms: None,
         }
     }
 }
@@ -84,6 +124,10 @@ impl From<StreamItem> for NativeItem {
                 attempts: Some(attempts),
                 downtime_ms: Some(downtime.as_millis() as f64),
                 ..NativeItem::of("resumed")
+            },
+            StreamItem::Stalled { silent } => NativeItem {
+                silent_ms: Some(silent.as_millis() as f64),
+                ..NativeItem::of("stalled")
             },
             StreamItem::Failed(error) => NativeItem {
                 error: Some(error.into()),
@@ -137,9 +181,9 @@ impl NativeChangeStream {
         Ok(())
     }
 
-    /// The engine's state name (for diagnostics; `health()` builds on it).
+    /// The engine's view of the stream, synchronously (`health()` builds on it).
     #[napi]
-    pub fn state(&self) -> String {
-        self.engine.state().as_str().to_string()
+    pub fn health(&self) -> NativeHealth {
+        self.engine.health().into()
     }
 }

@@ -1,0 +1,336 @@
+//! The background worker of one change stream: opens, reads and re-opens the server
+//! cursor, and hands items to the consumer through a one-slot channel.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use mongodb::bson::RawDocumentBuf;
+use mongodb::raw_batch_cursor::RawBatchCursor;
+use mongodb::Client;
+use tokio::sync::mpsc;
+
+use super::batch::parse_reply;
+use super::client_pool::client_for;
+use super::errors::{EngineError, ErrorCode};
+use super::resume::{aggregate_command, choose_start, ResumeState};
+use super::spec::{StartPoint, WatchSpec};
+use super::status::{keystring_token_time, Shared, StreamState};
+use super::stream::{EndReason, EventBatch, StreamItem};
+
+/// How long a getMore may take when the user sets no `maxAwaitTimeMS` (the server's
+/// default await time); the stall watchdog waits this plus `stallTimeoutMS`.
+const SERVER_DEFAULT_AWAIT: Duration = Duration::from_secs(1);
+
+/// The current outage: consecutive failures since the last delivered progress.
+struct Outage {
+    since: Instant,
+    failures: u32,
+}
+
+enum Flow {
+    Reopen,
+    Stop,
+}
+
+pub(crate) struct Worker {
+    spec: Arc<WatchSpec>,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<StreamItem>,
+    resume: ResumeState,
+    outage: Option<Outage>,
+    invalidated: bool,
+    /// Whether this server advances an idle stream's position (a no-op heartbeat): only
+    /// then does "no advance for stallTimeoutMS" mean a stall.
+    idle_advance_seen: bool,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        spec: Arc<WatchSpec>,
+        shared: Arc<Shared>,
+        tx: mpsc::Sender<StreamItem>,
+    ) -> Self {
+        let resume = ResumeState::new(&spec);
+        Worker {
+            spec,
+            shared,
+            tx,
+            resume,
+            outage: None,
+            invalidated: false,
+            idle_advance_seen: false,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let client = loop {
+            match self.or_cancel(client_for(&self.spec.uri)).await {
+                None => return,
+                Some(Ok(client)) => break client,
+                Some(Err(e)) => {
+                    if !self.recover(e).await {
+                        return;
+                    }
+                }
+            }
+        };
+        loop {
+            if self.shared.state().is_terminal() {
+                return;
+            }
+            let start = choose_start(&self.spec, &self.resume);
+            let open = open_cursor(&client, &self.spec, &start);
+            let flow = match self.or_cancel(self.watchdog(open)).await {
+                None => Flow::Stop,
+                Some(Err(silent)) => self.stalled(silent).await,
+                Some(Ok(Ok(cursor))) => self.pump(cursor).await,
+                Some(Ok(Err(e))) => self.reopen_after(e).await,
+            };
+            if let Flow::Stop = flow {
+                return;
+            }
+        }
+    }
+
+    /// Reads batches from one cursor until it fails, ends, stalls, or the stream closes.
+    /// The cursor is dropped on return, which kills it on the server.
+    async fn pump(&mut self, mut cursor: RawBatchCursor) -> Flow {
+        let mut first_reply = true;
+        let mut last_progress = Instant::now();
+        loop {
+            // Reserve the slot BEFORE reading: at most one batch waits for the consumer.
+            let Some(Ok(permit)) = self.or_cancel(self.tx.clone().reserve_owned()).await else {
+                return Flow::Stop;
+            };
+            let next = match self.or_cancel(self.watchdog(cursor.next())).await {
+                None => return Flow::Stop,
+                Some(Err(silent)) => {
+                    drop(permit);
+                    return self.stalled(silent).await;
+                }
+                Some(Ok(next)) => next,
+            };
+            let reply = match next {
+                Some(Ok(reply)) => reply,
+                Some(Err(e)) => {
+                    drop(permit);
+                    drop(cursor);
+                    return self.reopen_after(e).await;
+                }
+                None if self.invalidated => {
+                    self.shared.end();
+                    permit.send(StreamItem::Ended(EndReason::Invalidated));
+                    return Flow::Stop;
+                }
+                None => {
+                    drop(permit);
+                    let err = EngineError::resumable(
+                        ErrorCode::Network,
+                        "the server closed the change stream cursor",
+                    );
+                    return self.retry_after(err).await;
+                }
+            };
+            self.shared.record_reply();
+            let parsed = match parse_reply(reply.as_raw_document()) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    drop(permit);
+                    self.fail(e).await;
+                    return Flow::Stop;
+                }
+            };
+            let is_open_reply = std::mem::take(&mut first_reply);
+            if is_open_reply {
+                self.resume.record_open(&self.spec, parsed.operation_time);
+            }
+            let advanced = self.resume.record_batch(
+                parsed.count,
+                parsed.last_event_id.clone(),
+                parsed.post_batch_token.clone(),
+            );
+            self.invalidated = parsed.invalidated;
+            if !self.shared.transition(StreamState::Streaming) {
+                return Flow::Stop;
+            }
+            if !advanced {
+                if let Some(silent) = self.idle_stall(last_progress) {
+                    drop(permit);
+                    return self.stalled(silent).await;
+                }
+                continue;
+            }
+            last_progress = Instant::now();
+            if parsed.count == 0 && !is_open_reply {
+                self.idle_advance_seen = true;
+            }
+            let position_time = parsed
+                .last_cluster_time
+                .or(parsed.operation_time)
+                .or_else(|| self.resume.token().and_then(|t| keystring_token_time(t)));
+            self.shared.record_progress(parsed.count, position_time);
+            let mut permit = permit;
+            // The outage ends on real progress: an event, or a getMore that moved the
+            // position. A successful `aggregate` alone proves little (the next getMore may
+            // fail again), so its reply does not reset the backoff.
+            let progressed = parsed.count > 0 || !is_open_reply;
+            if let Some(outage) = self.outage.take_if(|_| progressed) {
+                tracing::info!(
+                    attempts = outage.failures,
+                    downtime_ms = outage.since.elapsed().as_millis() as u64,
+                    "change stream resumed"
+                );
+                let tx = permit.send(StreamItem::Resumed {
+                    attempts: outage.failures,
+                    downtime: outage.since.elapsed(),
+                });
+                permit = match self.or_cancel(tx.reserve_owned()).await {
+                    Some(Ok(p)) => p,
+                    _ => return Flow::Stop,
+                };
+            }
+            permit.send(StreamItem::Batch(EventBatch {
+                events: parsed.events,
+                count: parsed.count,
+                end_token: self.resume.token().cloned(),
+                last_cluster_time: parsed.last_cluster_time,
+            }));
+        }
+    }
+
+    /// Runs one server round trip under the stall watchdog: `Err(waited)` when no reply
+    /// came within the await time plus `stallTimeoutMS`.
+    async fn watchdog<F: std::future::Future>(&self, f: F) -> Result<F::Output, Duration> {
+        let Some(stall) = self.spec.stall_timeout else {
+            return Ok(f.await);
+        };
+        let limit = stall + self.spec.max_await_time.unwrap_or(SERVER_DEFAULT_AWAIT);
+        tokio::time::timeout(limit, f).await.map_err(|_| limit)
+    }
+
+    /// On a server known to advance idle streams, no advance for `stallTimeoutMS` while
+    /// replies keep coming is a stall too (the cursor answers but is stuck).
+    fn idle_stall(&self, last_progress: Instant) -> Option<Duration> {
+        let stall = self.spec.stall_timeout?;
+        let silent = last_progress.elapsed();
+        (self.idle_advance_seen && silent > stall).then_some(silent)
+    }
+
+    /// Announces a stall, then re-opens from the cached token like any resumable failure.
+    async fn stalled(&mut self, silent: Duration) -> Flow {
+        tracing::warn!(
+            silent_ms = silent.as_millis() as u64,
+            "change stream stalled"
+        );
+        let sent = self
+            .or_cancel(self.tx.send(StreamItem::Stalled { silent }))
+            .await;
+        if !matches!(sent, Some(Ok(()))) {
+            return Flow::Stop;
+        }
+        let err = EngineError::resumable(
+            ErrorCode::Stalled,
+            format!(
+                "the change stream made no progress for {} ms",
+                silent.as_millis()
+            ),
+        );
+        self.retry_after(err).await
+    }
+
+    async fn reopen_after(&mut self, e: mongodb::error::Error) -> Flow {
+        self.retry_after(EngineError::from_driver(&e)).await
+    }
+
+    async fn retry_after(&mut self, error: EngineError) -> Flow {
+        if self.recover(error).await {
+            Flow::Reopen
+        } else {
+            Flow::Stop
+        }
+    }
+
+    /// After a failure: fail the stream if the error is fatal or retries ran out, else
+    /// announce and wait out the backoff. Returns whether to try again.
+    async fn recover(&mut self, error: EngineError) -> bool {
+        if !error.resumable {
+            self.fail(error).await;
+            return false;
+        }
+        let outage = self.outage.get_or_insert_with(|| Outage {
+            since: Instant::now(),
+            failures: 0,
+        });
+        outage.failures += 1;
+        let attempt = outage.failures;
+        if !self.spec.backoff.allows(attempt) {
+            let gave_up = EngineError {
+                code: ErrorCode::RetriesExhausted,
+                message: format!(
+                    "gave up after {} failed attempts to resume; last error: {}",
+                    attempt, error.message
+                ),
+                resumable: false,
+                ..error
+            };
+            self.fail(gave_up).await;
+            return false;
+        }
+        let delay = self.spec.backoff.delay(attempt);
+        tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, error = %error, "change stream reconnecting");
+        if !self.shared.record_failure(&error, attempt, delay) {
+            return false;
+        }
+        let announced = self.or_cancel(self.tx.send(StreamItem::Reconnecting {
+            attempt,
+            delay,
+            error,
+        }));
+        if !matches!(announced.await, Some(Ok(()))) {
+            return false;
+        }
+        self.or_cancel(tokio::time::sleep(delay)).await.is_some()
+            && !self.shared.state().is_terminal()
+    }
+
+    async fn fail(&mut self, error: EngineError) {
+        tracing::error!(error = %error, "change stream failed");
+        if !self.shared.fail(&error) {
+            return;
+        }
+        // The consumer learns of the failure from this item; if it is gone, nobody waits.
+        let _ = self
+            .or_cancel(self.tx.send(StreamItem::Failed(error)))
+            .await;
+    }
+
+    /// Runs `f` unless the stream is closed first; `None` means "closed".
+    async fn or_cancel<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
+        tokio::select! {
+            biased;
+            _ = self.shared.cancel.cancelled() => None,
+            out = f => Some(out),
+        }
+    }
+}
+
+async fn open_cursor(
+    client: &Client,
+    spec: &WatchSpec,
+    start: &StartPoint,
+) -> Result<RawBatchCursor, mongodb::error::Error> {
+    let command = RawDocumentBuf::from_document(&aggregate_command(spec, start))?;
+    let db = client.database(spec.command_db());
+    let mut action = db.run_raw_cursor_command(command);
+    if let Some(n) = spec.batch_size {
+        action = action.batch_size(n);
+    }
+    if let Some(t) = spec.max_await_time {
+        action = action.max_time(t);
+    }
+    if let Some(c) = &spec.comment {
+        action = action.comment(c.clone());
+    }
+    action.batch().await
+}
