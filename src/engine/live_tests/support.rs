@@ -46,10 +46,6 @@ impl TestServer {
         }
     }
 
-    pub fn external(&self) -> bool {
-        self.child.is_none()
-    }
-
     pub async fn client(&self) -> Client {
         Client::with_uri_str(&self.uri).await.expect("client")
     }
