@@ -74,6 +74,12 @@ export interface WatchOptions {
    * off. @default 30000
    */
   stallTimeoutMS?: number;
+  /**
+   * Where the engine's log lines go: a pino- or console-style object; each line is
+   * `logger[level]({ component, namespace, ...fields }, message)`. Connection strings and
+   * credentials are redacted. Default: silent.
+   */
+  logger?: StreamLogger;
 
   // How events are decoded, as the driver's BSON options (defaults: the driver's, or those of
   // the watch() target). JS-only: they never reach the engine.
@@ -108,6 +114,14 @@ export interface ReconnectingEvent {
   attempt: number;
   delayMs: number;
   error: ResilientChangeStreamError;
+}
+
+/** A pino- or console-style logger (any of the four methods may be missing). */
+export interface StreamLogger {
+  debug?(fields: Record<string, unknown>, message: string): void;
+  info?(fields: Record<string, unknown>, message: string): void;
+  warn?(fields: Record<string, unknown>, message: string): void;
+  error?(fields: Record<string, unknown>, message: string): void;
 }
 
 /** Payload of the `stalled` event: no progress for `silentMs`; a re-open follows. */

@@ -38,16 +38,32 @@ async function runUntilClosed(stream) {
   return { seen, close };
 }
 
-test('an unreachable server with credentials in the URI: no error shows the password', async () => {
+/** A logger that keeps every line as text. */
+function recordingLogger() {
+  const lines = [];
+  const record = (level) => (fields, message) => lines.push({ level, message, fields, text: JSON.stringify([fields, message]) });
+  return { lines, logger: { debug: record('debug'), info: record('info'), warn: record('warn'), error: record('error') } };
+}
+
+test('an unreachable server with credentials in the URI: no error or log line shows the password', async () => {
   const port = await closedPort();
   const uri = `mongodb://alice:${SECRET}@127.0.0.1:${port}/?serverSelectionTimeoutMS=300&connectTimeoutMS=300`;
+  const { lines, logger } = recordingLogger();
   const stream = new ResilientChangeStream({
     uri,
     db: 'x',
     collection: 'y',
     backoff: { initialDelayMS: 1, maxRetries: 2 },
+    logger,
   });
   const { seen, close } = await runUntilClosed(stream);
+  const warnings = lines.filter((l) => l.level === 'warn' && l.message === 'change stream reconnecting');
+  assert.equal(warnings.length, 2, `log lines: ${lines.map((l) => l.text).join('\n')}`);
+  assert.deepEqual(warnings.map((l) => l.fields.attempt), [1, 2]);
+  assert.equal(warnings[0].fields.namespace, 'x.y');
+  assert.ok(lines.some((l) => l.level === 'error' && l.message === 'change stream failed'));
+  for (const l of lines) assert.ok(!l.text.includes(SECRET), `leaked in log: ${l.text}`);
+  assert.ok(!JSON.stringify(stream.health()).includes(SECRET), 'health() is clean');
   assert.equal(close.reason, 'error');
   assert.ok(close.error instanceof RetriesExhaustedError, `got ${close.error}`);
   assert.equal(seen.filter((e) => e === close.error).length, 1, "'error' emitted once");
@@ -61,12 +77,14 @@ test('credentials the server rejects or ignores: nothing shows the password', as
   const base = new URL(server.uri);
   base.username = 'mallory';
   base.password = SECRET;
+  const { lines, logger } = recordingLogger();
   const stream = new ResilientChangeStream({
     uri: base.toString(),
     db: 'x',
     collection: 'y',
     maxAwaitTimeMS: 100,
     backoff: { initialDelayMS: 1, maxRetries: 1 },
+    logger,
   });
   // The test server may accept any credentials; a real one rejects them. Either way, look
   // at everything produced until the stream is open or closed.
@@ -82,7 +100,10 @@ test('credentials the server rejects or ignores: nothing shows the password', as
     60000,
     'the stream to open or close',
   );
+  assert.ok(!JSON.stringify(stream.health()).includes(SECRET), 'health() is clean');
   await stream.close();
   if (outcome !== 'open') seen.push(outcome.error);
+  assert.ok(lines.length > 0, 'the engine logged something');
+  for (const l of lines) assert.ok(!l.text.includes(SECRET), `leaked in log: ${l.text}`);
   for (const e of seen.filter(Boolean)) assert.ok(!exposed(e).includes(SECRET), `leaked in: ${exposed(e)}`);
 });

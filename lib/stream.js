@@ -18,6 +18,7 @@ const {
   encodeSpec,
 } = require('./decode');
 const { nativeChangeStream } = require('./native');
+const { checkLogger, logSink } = require('./logger');
 
 // How long tryNext() waits for the engine before answering null. It only has to cover a batch
 // the engine already holds (a hop through the event loop), not a server round trip.
@@ -37,7 +38,9 @@ class ResilientChangeStream extends EventEmitter {
         `ResilientChangeStream options must be an object, got ${describeType(options)}`,
       );
     }
-    const { decode, rest } = takeDecodeOptions(options);
+    const { decode, rest: withLogger } = takeDecodeOptions(options);
+    const { logger, ...rest } = withLogger;
+    checkLogger(logger);
     if (rest.pipeline !== undefined && !Array.isArray(rest.pipeline)) {
       throw invalidOption('pipeline', 'an array of stage documents', rest.pipeline);
     }
@@ -49,6 +52,7 @@ class ResilientChangeStream extends EventEmitter {
       // The engine validates option types; only the error's class is JS's business.
       throw err?.code === 'InvalidArg' ? new InvalidOptionError(err.message, { cause: err }) : err;
     }
+    if (logger) this._native.setLogger(logSink(logger, namespaceOf(rest)));
     this._decodeOptions = eventDeserializeOptions(decode);
     /** Resume token after the last event handed out (driver: startAfter wins over resumeAfter). */
     this._token = options.startAfter ?? options.resumeAfter ?? null;
@@ -403,6 +407,12 @@ class ResilientChangeStream extends EventEmitter {
       });
     }
   }
+}
+
+/** `db.coll`, `db`, or `<cluster>`: what logs may name (never the URI). */
+function namespaceOf({ db, collection }) {
+  if (!db) return '<cluster>';
+  return collection ? `${db}.${collection}` : db;
 }
 
 // `{ batchSize: undefined }` means "not set", as in the driver; BSON would encode it as null.

@@ -26,6 +26,18 @@ pub enum StartPoint {
     StartAtOperationTime(Timestamp),
 }
 
+impl StartPoint {
+    /// The option's name, for logs (a token itself is never logged).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StartPoint::Now => "now",
+            StartPoint::ResumeAfter(_) => "resumeAfter",
+            StartPoint::StartAfter(_) => "startAfter",
+            StartPoint::StartAtOperationTime(_) => "startAtOperationTime",
+        }
+    }
+}
+
 /// Immutable watch arguments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatchSpec {

@@ -1,12 +1,14 @@
 //! The handle of one change stream: `next()` pulls items from the worker's one-slot
 //! channel (so at most one batch is prefetched), `close()` tears it down in order.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mongodb::bson::{RawDocumentBuf, Timestamp};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::errors::{EngineError, ErrorCode};
 use super::spec::WatchSpec;
@@ -63,8 +65,12 @@ pub enum StreamItem {
     Ended(EndReason),
 }
 
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 /// One change stream. `next()` and `close()` may be called from any task.
 pub struct ChangeStreamEngine {
+    /// Process-unique; names the stream in logs (the `stream` field of its span).
+    id: u64,
     spec: Arc<WatchSpec>,
     shared: Arc<Shared>,
     rx: tokio::sync::Mutex<mpsc::Receiver<StreamItem>>,
@@ -77,12 +83,17 @@ impl ChangeStreamEngine {
     pub fn new(spec: WatchSpec) -> Self {
         let (tx, rx) = mpsc::channel(1);
         ChangeStreamEngine {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             spec: Arc::new(spec),
             shared: Arc::new(Shared::new()),
             rx: tokio::sync::Mutex::new(rx),
             unstarted: Mutex::new(Some(tx)),
             worker: Mutex::new(None),
         }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn spec(&self) -> &WatchSpec {
@@ -150,7 +161,9 @@ impl ChangeStreamEngine {
             return;
         }
         let worker = Worker::new(self.spec.clone(), self.shared.clone(), tx);
-        let handle = tokio::spawn(worker.run());
+        let span =
+            tracing::info_span!("change_stream", stream = self.id, ns = %self.spec.namespace());
+        let handle = tokio::spawn(worker.run().instrument(span));
         *self.worker.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
     }
 }

@@ -80,6 +80,7 @@ impl Worker {
                 return;
             }
             let start = choose_start(&self.spec, &self.resume);
+            tracing::debug!(start = start.kind(), "opening the change stream cursor");
             let open = open_cursor(&client, &self.spec, &start);
             let flow = match self.or_cancel(self.watchdog(open)).await {
                 None => Flow::Stop,

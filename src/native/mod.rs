@@ -1,3 +1,4 @@
 //! The napi layer: converts options, hands batches to JS as Buffers. No policy here.
 
+mod logging;
 mod stream;

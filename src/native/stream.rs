@@ -6,6 +6,7 @@ use napi::bindgen_prelude::Buffer;
 use napi::{Error, Result, Status};
 use napi_derive::napi;
 
+use super::logging::{self, LoggerFn};
 use crate::engine::{ChangeStreamEngine, EndReason, EngineError, Health, StreamItem, WatchSpec};
 
 /// `NativeErrorInfo` of docs/native-contract.md.
@@ -152,6 +153,12 @@ pub struct NativeChangeStream {
     engine: Arc<ChangeStreamEngine>,
 }
 
+impl Drop for NativeChangeStream {
+    fn drop(&mut self) {
+        logging::unregister(self.engine.id());
+    }
+}
+
 #[napi]
 impl NativeChangeStream {
     /// `spec`: one BSON document with every option (docs/native-contract.md).
@@ -178,7 +185,15 @@ impl NativeChangeStream {
     #[napi]
     pub async fn close(&self) -> Result<()> {
         self.engine.close().await;
+        logging::unregister(self.engine.id());
         Ok(())
+    }
+
+    /// Sends this stream's log events to `logger(record)` (weakly referenced: it never
+    /// keeps the process alive).
+    #[napi(ts_args_type = "logger: (record: LogRecord) => void")]
+    pub fn set_logger(&self, logger: LoggerFn) {
+        logging::register(self.engine.id(), logger);
     }
 
     /// The engine's view of the stream, synchronously (`health()` builds on it).
