@@ -80,6 +80,10 @@ export interface WatchOptions {
    * credentials are redacted. Default: silent.
    */
   logger?: StreamLogger;
+  /** `headroomLow` fires when the position is within this fraction of the oplog window from its oldest end. @default 0.1 */
+  headroomLowFraction?: number;
+  /** How often to check the oplog headroom; `0` turns the check off. @default 60000 */
+  headroomCheckIntervalMS?: number;
 
   // How events are decoded, as the driver's BSON options (defaults: the driver's, or those of
   // the watch() target). JS-only: they never reach the engine.
@@ -122,6 +126,24 @@ export interface StreamLogger {
   info?(fields: Record<string, unknown>, message: string): void;
   warn?(fields: Record<string, unknown>, message: string): void;
   error?(fields: Record<string, unknown>, message: string): void;
+}
+
+/** What {@link ResilientChangeStream.oplogWindow} reports (times at seconds precision). */
+export interface OplogWindow {
+  /** false when the server cannot tell; see `reason`. */
+  available: boolean;
+  oldest: Date | null;
+  newest: Date | null;
+  /** Cluster time of the stream's position. */
+  position: Date | null;
+  windowMs: number | null;
+  /** From the oldest entry to the position; negative once it has fallen off. */
+  headroomMs: number | null;
+  /** The position is older than the oldest entry: resuming from it would fail (286). */
+  lost: boolean | null;
+  /** Within `headroomLowFraction` of the window (or lost). */
+  low: boolean | null;
+  reason: string | null;
 }
 
 /** Payload of the `stalled` event: no progress for `silentMs`; a re-open follows. */
@@ -193,6 +215,8 @@ export declare class ResilientChangeStream<
   readonly closed: boolean;
   /** What the stream is doing, synchronously. */
   health(): StreamHealth;
+  /** The oplog window and this stream's headroom in it. */
+  oplogWindow(): Promise<OplogWindow>;
 
   /**
    * The next event, waiting as long as it takes (outages included). Resolves `null` if the
@@ -226,6 +250,8 @@ export declare class ResilientChangeStream<
   on(event: 'resumed', listener: (info: ResumedEvent) => void): this;
   /** The stall watchdog fired; the stream re-opens from its last position. */
   on(event: 'stalled', listener: (info: StalledEvent) => void): this;
+  /** The position came within `headroomLowFraction` of falling off the oplog (once per episode). */
+  on(event: 'headroomLow', listener: (window: OplogWindow) => void): this;
   /** The resume token moved (after each event, and when the server advanced an idle stream). */
   on(event: 'resumeTokenChanged', listener: (token: ResumeToken) => void): this;
   /**
@@ -241,6 +267,7 @@ export declare class ResilientChangeStream<
   once(event: 'reconnecting', listener: (info: ReconnectingEvent) => void): this;
   once(event: 'resumed', listener: (info: ResumedEvent) => void): this;
   once(event: 'stalled', listener: (info: StalledEvent) => void): this;
+  once(event: 'headroomLow', listener: (window: OplogWindow) => void): this;
   once(event: 'resumeTokenChanged', listener: (token: ResumeToken) => void): this;
   once(event: 'error', listener: (error: Error) => void): this;
   once(event: 'close', listener: (info: CloseEvent) => void): this;
@@ -273,6 +300,7 @@ export interface ResilientChangeStreamEvents<TChange extends Document = ChangeSt
   reconnecting: (info: ReconnectingEvent) => void;
   resumed: (info: ResumedEvent) => void;
   stalled: (info: StalledEvent) => void;
+  headroomLow: (window: OplogWindow) => void;
   resumeTokenChanged: (token: ResumeToken) => void;
   error: (error: Error) => void;
   close: (info: CloseEvent) => void;

@@ -117,3 +117,30 @@ test('stall watchdog: a server that stops answering (SIGSTOP) is detected and su
   assert.deepEqual(seqs(after), range(3, 6), 'nothing lost, nothing repeated');
   assert.ok(resumed, "'resumed' after the re-open");
 });
+
+test('oplogWindow() reports the headroom, and headroomLow fires as the position falls off', async (t) => {
+  if (skipIfExternal(t, 'prune its oplog')) return;
+  const { server, coll } = await setup(t, { oplogMaxEntries: 20 });
+  // batchSize 1: the engine reads at most one event ahead of this idle consumer.
+  const stream = watch(coll, [], { ...FAST, batchSize: 1, headroomLowFraction: 0.5, headroomCheckIntervalMS: 100 });
+  t.after(() => stream.close());
+  const first = stream.next();
+  await waitForEvent(stream, 'resumeTokenChanged');
+  await insertSeq(coll, 0, 1);
+  assert.deepEqual(seqs([await withTimeout(first, 30000, 'first event')]), [0]);
+
+  const healthy = await stream.oplogWindow();
+  assert.equal(healthy.available, true, healthy.reason);
+  assert.ok(healthy.oldest instanceof Date && healthy.newest instanceof Date && healthy.position instanceof Date);
+  assert.equal(healthy.lost, false);
+  assert.ok(healthy.headroomMs >= 0);
+
+  // The consumer stops; writes go on and the oplog is pruned past its position.
+  const low = waitForEvent(stream, 'headroomLow', () => true, 30000);
+  await insertSeq(coll, 1, 100);
+  await server.pruneOplog();
+  const window = await low;
+  assert.equal(window.low, true);
+  assert.equal(window.lost, true, 'the position is older than the oldest entry');
+  assert.ok(window.headroomMs <= 0);
+});

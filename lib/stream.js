@@ -19,6 +19,7 @@ const {
 } = require('./decode');
 const { nativeChangeStream } = require('./native');
 const { checkLogger, logSink } = require('./logger');
+const { headroomOptions, publicWindow, startHeadroomWatch } = require('./headroom');
 
 // How long tryNext() waits for the engine before answering null. It only has to cover a batch
 // the engine already holds (a hop through the event loop), not a server round trip.
@@ -39,8 +40,11 @@ class ResilientChangeStream extends EventEmitter {
       );
     }
     const { decode, rest: withLogger } = takeDecodeOptions(options);
-    const { logger, ...rest } = withLogger;
+    const { logger, headroomLowFraction, headroomCheckIntervalMS, ...rest } = withLogger;
     checkLogger(logger);
+    this._headroom = headroomOptions({ headroomLowFraction, headroomCheckIntervalMS });
+    /** Stops the headroom timer; set when the stream starts. */
+    this._stopHeadroomWatch = null;
     if (rest.pipeline !== undefined && !Array.isArray(rest.pipeline)) {
       throw invalidOption('pipeline', 'an array of stage documents', rest.pipeline);
     }
@@ -120,6 +124,15 @@ class ResilientChangeStream extends EventEmitter {
       // processed-but-unsaved until a token store is configured.
       pendingCheckpoint: 0,
     };
+  }
+
+  /**
+   * The server's oplog window and how far this stream's position is from falling off it.
+   * `available: false` with a `reason` when the server cannot tell (no access to
+   * local.oplog.rs, or the position's cluster time is not known yet).
+   */
+  async oplogWindow() {
+    return publicWindow(await this._native.oplogWindow(this._headroom.fraction));
   }
 
   /** Resolves with the next event; `null` if the stream was closed while waiting. */
@@ -282,6 +295,11 @@ class ResilientChangeStream extends EventEmitter {
 
   /** Waits for the engine's next item and applies it. Never rejects: failures close the stream. */
   _pull() {
+    this._stopHeadroomWatch ??= startHeadroomWatch(
+      this._headroom,
+      () => this.oplogWindow(),
+      (window) => this.emit('headroomLow', window),
+    );
     this._pending ??= this._native
       .nextBatch()
       .then((item) => this._handle(item))
@@ -380,6 +398,7 @@ class ResilientChangeStream extends EventEmitter {
     if (this._closing === null) {
       this._state = 'closing';
       this._error = error;
+      this._stopHeadroomWatch?.();
       this._closing = this._native.close().finally(() => {
         this._state = 'closed';
         // The iterator gets the error from next(); 'error' goes to emitter mode and to

@@ -5,6 +5,7 @@ pub mod backoff;
 pub mod batch;
 pub mod client_pool;
 pub mod errors;
+pub mod oplog;
 pub mod redact;
 pub mod resume;
 pub mod spec;
@@ -13,6 +14,7 @@ pub mod stream;
 mod worker;
 
 pub use errors::{EngineError, ErrorCode};
+pub use oplog::OplogWindow;
 pub use spec::WatchSpec;
 pub use status::{Health, StreamState};
 pub use stream::{ChangeStreamEngine, EndReason, EventBatch, StreamItem};

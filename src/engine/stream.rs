@@ -108,6 +108,12 @@ impl ChangeStreamEngine {
         self.shared.snapshot()
     }
 
+    /// The server's oplog window and where this stream's position stands in it.
+    pub async fn oplog_window(&self) -> Result<super::oplog::OplogWindow, EngineError> {
+        let client = super::client_pool::client_for(&self.spec.uri).await?;
+        super::oplog::read_window(&client, self.health().position_time).await
+    }
+
     /// The next item. Must run inside a Tokio runtime (the worker is spawned on it).
     pub async fn next(&self) -> StreamItem {
         self.start_worker();

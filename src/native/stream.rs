@@ -7,7 +7,9 @@ use napi::{Error, Result, Status};
 use napi_derive::napi;
 
 use super::logging::{self, LoggerFn};
-use crate::engine::{ChangeStreamEngine, EndReason, EngineError, Health, StreamItem, WatchSpec};
+use crate::engine::{
+    ChangeStreamEngine, EndReason, EngineError, Health, OplogWindow, StreamItem, WatchSpec,
+};
 
 /// `NativeErrorInfo` of docs/native-contract.md.
 #[napi(object)]
@@ -60,6 +62,52 @@ pub struct NativeHealth {
     pub current_backoff_ms: Option<f64>,
     pub last_error: Option<NativeErrorInfo>,
     pub events_read: f64,
+}
+
+/// `oplogWindow()`: times are cluster-time seconds; `reason` says why it is unknown.
+#[napi(object)]
+pub struct NativeOplogWindow {
+    pub available: bool,
+    pub oldest_seconds: Option<u32>,
+    pub newest_seconds: Option<u32>,
+    pub position_seconds: Option<u32>,
+    pub window_ms: Option<f64>,
+    pub headroom_ms: Option<f64>,
+    pub lost: Option<bool>,
+    pub low: Option<bool>,
+    pub reason: Option<String>,
+}
+
+fn oplog_window(w: OplogWindow, low_fraction: f64) -> NativeOplogWindow {
+    let ms = |s: Option<i64>| s.map(|s| (s * 1000) as f64);
+    let mut out = NativeOplogWindow {
+        available: false,
+        oldest_seconds: None,
+        newest_seconds: None,
+        position_seconds: None,
+        window_ms: ms(w.window_secs()),
+        headroom_ms: ms(w.headroom_secs()),
+        lost: w.lost(),
+        low: w.is_low(low_fraction),
+        reason: None,
+    };
+    match w {
+        OplogWindow::Known {
+            oldest,
+            newest,
+            position,
+        } => {
+            out.available = true;
+            out.oldest_seconds = Some(oldest.time);
+            out.newest_seconds = Some(newest.time);
+            out.position_seconds = position.map(|p| p.time);
+            if position.is_none() {
+                out.reason = Some("the stream's position has no known cluster time yet".into());
+            }
+        }
+        OplogWindow::Unknown { reason } => out.reason = Some(reason),
+    }
+    out
 }
 
 fn epoch_ms(t: SystemTime) -> f64 {
@@ -194,6 +242,15 @@ impl NativeChangeStream {
     #[napi(ts_args_type = "logger: (record: LogRecord) => void")]
     pub fn set_logger(&self, logger: LoggerFn) {
         logging::register(self.engine.id(), logger);
+    }
+
+    /// The oplog window and the position's headroom in it; `low` uses `lowFraction`.
+    #[napi]
+    pub async fn oplog_window(&self, low_fraction: f64) -> Result<NativeOplogWindow> {
+        match self.engine.oplog_window().await {
+            Ok(w) => Ok(oplog_window(w, low_fraction)),
+            Err(e) => Err(Error::new(Status::GenericFailure, e.message)),
+        }
     }
 
     /// The engine's view of the stream, synchronously (`health()` builds on it).
