@@ -23,17 +23,15 @@ async function main() {
   await orders.deleteMany({});
 
   const stream = watch(orders, [], { maxAwaitTimeMS: 200, backoff: { maxDelayMS: 2000 } });
-  const status = { received: 0, duplicates: 0, reconnects: 0, state: 'starting', fault: '-' };
+  const status = { received: 0, duplicates: 0, reconnects: 0, fault: '-' };
   const seen = new Set();
-  stream.on('reconnecting', ({ attempt, delayMs, error }) => {
+  stream.on('reconnecting', () => {
     status.reconnects += 1;
-    status.state = `reconnecting (attempt ${attempt}, ${delayMs} ms: ${error.code})`;
   });
   stream.on('resumed', ({ attempts, downtimeMs }) => {
-    status.state = `streaming (resumed after ${attempts} attempts, ${downtimeMs} ms)`;
+    status.lastResume = `resumed after ${attempts} attempt(s), ${downtimeMs} ms down`;
   });
   stream.on('change', (event) => {
-    if (status.state === 'starting') status.state = 'streaming';
     const seq = event.fullDocument.seq;
     if (seen.has(seq)) status.duplicates += 1;
     else seen.add(seq);
@@ -42,7 +40,7 @@ async function main() {
   stream.on('error', (err) => console.error(`\nstream error: ${err.name}: ${err.message}`));
 
   const writer = startWriter(orders);
-  const line = startStatusLine(status, writer);
+  const line = startStatusLine(stream, status, writer);
   try {
     await runFaults(server, client, status);
     writer.stop();
@@ -123,12 +121,17 @@ function startWriter(orders) {
   return writer;
 }
 
-function startStatusLine(status, writer) {
+/** The live status line: state, lag and reconnects as the stream's health() reports them. */
+function startStatusLine(stream, status, writer) {
   const tty = process.stdout.isTTY;
   const render = () => {
+    const health = stream.health();
+    const lag = health.lagMs === null ? '-' : `${(health.lagMs / 1000).toFixed(0)} s`;
+    const backoff = health.currentBackoffMs === null ? '' : ` (backoff ${health.currentBackoffMs} ms)`;
     const text =
-      `written ${writer.written} | received ${status.received} | reconnects ${status.reconnects}` +
-      ` | ${status.state} | fault: ${status.fault}`;
+      `written ${writer.written} | received ${status.received} | ${health.state}${backoff}` +
+      ` | lag ${lag} | reconnects ${health.reconnects}` +
+      ` | fault: ${status.fault}${status.lastResume ? ` | ${status.lastResume}` : ''}`;
     if (tty) process.stdout.write(`\r\x1b[K${text}`);
     else console.log(text);
   };
