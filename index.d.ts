@@ -17,16 +17,17 @@ import type {
 export type { ResumeToken };
 
 /**
- * How the engine waits between re-open attempts after a resumable failure. The delay starts
- * at `initialDelayMS`, is multiplied by `multiplier` after each failed attempt and capped at
- * `maxDelayMS`.
+ * How the engine waits between re-open attempts after a resumable failure: exponential
+ * backoff with full jitter. Attempt n waits a random delay between 0 and
+ * `min(maxDelayMS, initialDelayMS × multiplier^(n-1))`, so many clients do not reconnect in
+ * lockstep after a shared outage.
  */
 export interface BackoffOptions {
-  /** Delay before the first re-open attempt, in milliseconds. @default 100 */
+  /** Ceiling of the first re-open delay, in milliseconds. @default 100 */
   initialDelayMS?: number;
-  /** Factor applied to the delay after each failed attempt. @default 2 */
+  /** Factor applied to the ceiling after each failed attempt. @default 2 */
   multiplier?: number;
-  /** Upper bound of the delay, in milliseconds. @default 30000 */
+  /** Cap of the ceiling, in milliseconds. @default 30000 */
   maxDelayMS?: number;
   /**
    * Failed re-open attempts in a row after which the stream closes with a

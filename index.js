@@ -1,6 +1,6 @@
 'use strict';
 
-// resilient-change-stream: a thin JS facade over the Rust engine (native/binding.js, loaded
+// resilient-change-stream: a thin JS facade over the Rust engine (lib/native.js loads it
 // on first stream construction). See lib/ for the pieces and docs/native-contract.md.
 
 const { ResilientChangeStream } = require('./lib/stream');

@@ -225,16 +225,16 @@ class ResilientChangeStream extends EventEmitter {
   // --- internals ---------------------------------------------------------------------------
 
   _useAsIterator() {
+    if (this._state !== 'open') {
+      throw new StreamClosedError('ResilientChangeStream is closed', {
+        cause: this._error ?? undefined,
+      });
+    }
     if (this._isEmitter()) {
       throw new ModeConflictError(
         'ResilientChangeStream cannot be used as an iterator (next, hasNext, tryNext, for await, ' +
           'stream) after being used as an EventEmitter (a "change" listener was added)',
       );
-    }
-    if (this._state !== 'open') {
-      throw new StreamClosedError('ResilientChangeStream is closed', {
-        cause: this._error ?? undefined,
-      });
     }
     this._mode = 'iterator';
   }

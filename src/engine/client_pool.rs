@@ -1,7 +1,9 @@
 //! One `mongodb::Client` per distinct connection string, shared by every stream in the
-//! process, so many streams share one pool and one set of monitors.
+//! process (one pool, one set of monitors), and shut down when its last user lets go, so
+//! no socket outlives the streams.
 
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::Mutex;
 
 use mongodb::options::ClientOptions;
@@ -14,12 +16,58 @@ use super::errors::EngineError;
 /// default of 10 would starve an 11th stream. Applied only when the URI sets none.
 pub const DEFAULT_MAX_POOL_SIZE: u32 = 1000;
 
-static CLIENTS: Lazy<Mutex<HashMap<String, Client>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+struct Shared {
+    client: Client,
+    users: usize,
+}
 
-/// The shared client for `uri`, created on first use.
-pub async fn client_for(uri: &str) -> Result<Client, EngineError> {
-    if let Some(client) = lock().get(uri) {
-        return Ok(client.clone());
+static CLIENTS: Lazy<Mutex<HashMap<String, Shared>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+
+/// A poisoned map only means another thread panicked while inserting; the map itself is
+/// still consistent, so keep using it.
+fn lock() -> std::sync::MutexGuard<'static, HashMap<String, Shared>> {
+    CLIENTS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A use of the shared client for one connection string; the client is shut down when
+/// the last lease is dropped.
+pub struct ClientLease {
+    uri: String,
+    client: Client,
+}
+
+impl Deref for ClientLease {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Drop for ClientLease {
+    fn drop(&mut self) {
+        let mut clients = lock();
+        let Some(shared) = clients.get_mut(&self.uri) else {
+            return;
+        };
+        shared.users -= 1;
+        if shared.users > 0 {
+            return;
+        }
+        if let Some(shared) = clients.remove(&self.uri) {
+            // Close the pool and monitors now rather than when the last handle happens to
+            // drop; outside a runtime, dropping the handles does it eventually.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let client = shared.client;
+                runtime.spawn(async move { client.shutdown().immediate(true).await });
+            }
+        }
+    }
+}
+
+/// Leases the shared client for `uri`, creating it on first use.
+pub async fn client_for(uri: &str) -> Result<ClientLease, EngineError> {
+    if let Some(lease) = lease_existing(uri) {
+        return Ok(lease);
     }
     let mut options = ClientOptions::parse(uri)
         .await
@@ -32,11 +80,23 @@ pub async fn client_for(uri: &str) -> Result<Client, EngineError> {
     }
     let client = Client::with_options(options).map_err(|e| EngineError::from_driver(&e))?;
     // Two streams may race to create the client: keep the first, drop ours.
-    Ok(lock().entry(uri.to_string()).or_insert(client).clone())
+    let mut clients = lock();
+    let shared = clients
+        .entry(uri.to_string())
+        .or_insert(Shared { client, users: 0 });
+    shared.users += 1;
+    Ok(ClientLease {
+        uri: uri.to_string(),
+        client: shared.client.clone(),
+    })
 }
 
-/// A poisoned map only means another thread panicked while inserting; the map itself is
-/// still consistent, so keep using it.
-fn lock() -> std::sync::MutexGuard<'static, HashMap<String, Client>> {
-    CLIENTS.lock().unwrap_or_else(|p| p.into_inner())
+fn lease_existing(uri: &str) -> Option<ClientLease> {
+    let mut clients = lock();
+    let shared = clients.get_mut(uri)?;
+    shared.users += 1;
+    Some(ClientLease {
+        uri: uri.to_string(),
+        client: shared.client.clone(),
+    })
 }

@@ -32,6 +32,10 @@ pub enum ErrorCode {
     ServerError,
     /// The client library itself failed (bad reply, internal error).
     ClientError,
+    /// A token store failed, or holds an unreadable record.
+    TokenStore,
+    /// A stored position belongs to another name, namespace or pipeline.
+    PositionMismatch,
 }
 
 impl ErrorCode {
@@ -48,6 +52,8 @@ impl ErrorCode {
             ErrorCode::Stalled => "Stalled",
             ErrorCode::ServerError => "ServerError",
             ErrorCode::ClientError => "ClientError",
+            ErrorCode::TokenStore => "TokenStoreError",
+            ErrorCode::PositionMismatch => "PositionMismatch",
         }
     }
 }

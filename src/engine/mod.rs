@@ -3,13 +3,16 @@
 
 pub mod backoff;
 pub mod batch;
+pub mod checkpoint;
 pub mod client_pool;
 pub mod errors;
 pub mod oplog;
+pub mod position;
 pub mod redact;
 pub mod resume;
 pub mod spec;
 pub mod status;
+pub mod store;
 pub mod stream;
 mod worker;
 

@@ -10,8 +10,10 @@ use super::spec::{Scope, StartPoint, WatchSpec};
 pub struct ResumeState {
     /// The spec's cached resume token.
     token: Option<RawDocumentBuf>,
-    /// Whether any event has been handed out (decides startAfter vs resumeAfter).
-    event_returned: bool,
+    /// Re-open with `startAfter` rather than `resumeAfter`: the stream started with
+    /// `startAfter` and no event was returned yet, or the token is an invalidate token the
+    /// stream restarts after.
+    start_after_pending: bool,
     /// `operationTime` of the first `aggregate` reply, kept only when the user gave no
     /// start option: without a token, a re-open starts there instead of "now".
     initial_operation_time: Option<Timestamp>,
@@ -28,8 +30,29 @@ impl ResumeState {
         };
         ResumeState {
             token,
+            start_after_pending: matches!(spec.start, StartPoint::StartAfter(_)),
             ..ResumeState::default()
         }
+    }
+
+    /// Continues from a stored position (a token store's record).
+    pub fn restore(&mut self, token: RawDocumentBuf, start_after: bool) {
+        self.token = Some(token);
+        self.start_after_pending = start_after;
+    }
+
+    /// After an `invalidate` event: only `startAfter` its token continues the stream.
+    pub fn restart_after_invalidate(&mut self) {
+        self.start_after_pending = true;
+    }
+
+    /// The position is gone (history lost) and the user chose to go on from "now".
+    pub fn forget_position(&mut self) {
+        *self = ResumeState::default();
+    }
+
+    pub fn start_after_pending(&self) -> bool {
+        self.start_after_pending
     }
 
     pub fn token(&self) -> Option<&RawDocumentBuf> {
@@ -53,7 +76,7 @@ impl ResumeState {
         post_batch_token: Option<RawDocumentBuf>,
     ) -> bool {
         if event_count > 0 {
-            self.event_returned = true;
+            self.start_after_pending = false;
         }
         let next = post_batch_token.or(last_event_id);
         match next {
@@ -68,12 +91,12 @@ impl ResumeState {
 
 /// THE choice of start point, for the first open and every re-open (spec "Resume
 /// Process"): a cached token → `startAfter` if the user started with `startAfter` and no
-/// event has been returned yet, else `resumeAfter`; no token → `startAtOperationTime`
+/// event has been returned yet (or the token is an invalidate token being restarted
+/// after), else `resumeAfter`; no token → `startAtOperationTime`
 /// (the user's, else the first reply's `operationTime`); else the original command.
 pub fn choose_start(spec: &WatchSpec, state: &ResumeState) -> StartPoint {
     if let Some(token) = state.token.as_ref().and_then(|t| t.to_document().ok()) {
-        let started_after = matches!(spec.start, StartPoint::StartAfter(_));
-        return if started_after && !state.event_returned {
+        return if state.start_after_pending {
             StartPoint::StartAfter(token)
         } else {
             StartPoint::ResumeAfter(token)
@@ -190,6 +213,29 @@ mod tests {
             choose_start(&s, &st),
             StartPoint::ResumeAfter(doc! {"_data": "02"})
         );
+    }
+
+    #[test]
+    fn restored_and_invalidate_tokens_use_start_after() {
+        let s = spec(doc! {});
+        let mut st = ResumeState::new(&s);
+        st.restore(raw(doc! {"_data": "inv"}), true);
+        assert_eq!(
+            choose_start(&s, &st),
+            StartPoint::StartAfter(doc! {"_data": "inv"})
+        );
+        st.record_batch(1, Some(raw(doc! {"_data": "x1"})), None);
+        assert_eq!(
+            choose_start(&s, &st),
+            StartPoint::ResumeAfter(doc! {"_data": "x1"})
+        );
+        st.restart_after_invalidate();
+        assert_eq!(
+            choose_start(&s, &st),
+            StartPoint::StartAfter(doc! {"_data": "x1"})
+        );
+        st.forget_position();
+        assert_eq!(choose_start(&s, &st), StartPoint::Now);
     }
 
     #[test]

@@ -118,7 +118,9 @@ impl ChangeStreamEngine {
     pub async fn next(&self) -> StreamItem {
         self.start_worker();
         let mut rx = self.rx.lock().await;
-        if matches!(self.state(), StreamState::Closing | StreamState::Closed) {
+        // Closed by the user: whatever is still queued no longer matters. (A stream that
+        // ended by itself, e.g. after an invalidate, still hands out its last items.)
+        if self.shared.cancel.is_cancelled() {
             return StreamItem::Ended(EndReason::Closed);
         }
         match rx.recv().await {

@@ -1,0 +1,136 @@
+#!/usr/bin/env node
+'use strict';
+
+// Command-line entry: `npx resilient-change-stream tail <uri> <db>[.<coll>] [options]`.
+// See `--help` and the README's "CLI" section.
+
+const { parseArgs } = require('node:util');
+const { EJSON } = require('bson');
+
+const USAGE = `Usage:
+  resilient-change-stream tail <uri> <db>[.<coll>] [options]
+  resilient-change-stream tail <db>[.<coll>] [options]        (uri from $MONGODB_URI)
+
+Prints each change event of a collection (or of a whole database) as one line of canonical
+Extended JSON on stdout, and keeps going through outages. With --token-file, the position is
+saved after the events are printed and a restart continues right after the last one.
+
+Options:
+  --pipeline <json>             stages appended after $changeStream, as (Extended) JSON:
+                                '[{"$match":{"operationType":"insert"}}]'
+  --token-file <path>           where to keep the position (resume token and namespace; never
+                                the connection string). Written atomically, mode 0600.
+  --full-document <mode>        updateLookup | whenAvailable | required | default
+  -h, --help                    this text
+  -v, --version                 the package version
+
+Status goes to stderr (a live line on a terminal). Ctrl-C (SIGINT), SIGTERM or SIGHUP stop
+it cleanly: the position is saved and the exit code is 0. Exit codes: 0 stopped / stream
+invalidated / output closed, 1 the stream failed, 2 bad arguments, 130 a second Ctrl-C.`;
+
+function fail(message) {
+  process.stderr.write(`resilient-change-stream: ${message}\n(see resilient-change-stream --help)\n`);
+  process.exitCode = 2;
+}
+
+function parsePipeline(text) {
+  let pipeline;
+  try {
+    pipeline = EJSON.parse(text, { relaxed: false });
+  } catch (err) {
+    throw new Error(`--pipeline is not valid (Extended) JSON: ${err.message}`);
+  }
+  if (!Array.isArray(pipeline)) pipeline = [pipeline];
+  if (!pipeline.every((stage) => stage !== null && typeof stage === 'object' && !Array.isArray(stage))) {
+    throw new Error('--pipeline must be an array of stage documents');
+  }
+  return pipeline;
+}
+
+/** `<db>[.<coll>]`: database names cannot contain dots, collection names can. */
+function parseNamespace(text) {
+  const dot = text.indexOf('.');
+  const db = dot === -1 ? text : text.slice(0, dot);
+  const coll = dot === -1 ? undefined : text.slice(dot + 1);
+  if (db === '' || coll === '') throw new Error(`"${text}" is not <db> or <db>.<collection>`);
+  return { db, coll };
+}
+
+async function main(argv) {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        pipeline: { type: 'string' },
+        'token-file': { type: 'string' },
+        'full-document': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean', short: 'v' },
+      },
+    });
+  } catch (err) {
+    return fail(err.message);
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return;
+  }
+  if (values.version) {
+    process.stdout.write(`${require('../package.json').version}\n`);
+    return;
+  }
+  const [command, ...rest] = positionals;
+  if (command === undefined) return fail('no command given');
+  if (command !== 'tail') return fail(`unknown command "${command}"`);
+
+  let uri;
+  let nsText;
+  if (rest.length === 2) {
+    [uri, nsText] = rest;
+  } else if (rest.length === 1 && process.env.MONGODB_URI) {
+    uri = process.env.MONGODB_URI;
+    [nsText] = rest;
+  } else {
+    return fail(
+      rest.length > 2
+        ? 'too many arguments'
+        : 'tail needs a connection string and <db>[.<coll>] (or $MONGODB_URI and <db>[.<coll>])',
+    );
+  }
+
+  const { tail, UsageError, EXIT_USAGE, EXIT_FAILED } = require('./tail');
+  const { TokenFileError } = require('./token-file');
+  let args;
+  try {
+    args = {
+      uri,
+      ...parseNamespace(nsText),
+      pipeline: values.pipeline === undefined ? undefined : parsePipeline(values.pipeline),
+      tokenFile: values['token-file'],
+      fullDocument: values['full-document'],
+    };
+  } catch (err) {
+    return fail(err.message);
+  }
+
+  try {
+    process.exitCode = await tail(args);
+  } catch (err) {
+    // Before any event: bad option (InvalidOptionError), token file, missing binary, ...
+    // Messages never contain the connection string's credentials (the engine redacts them).
+    const usage = err instanceof UsageError || err instanceof TokenFileError || err?.code === 'InvalidOption';
+    process.stderr.write(`resilient-change-stream: ${err?.message ?? err}\n`);
+    process.exitCode = usage ? EXIT_USAGE : EXIT_FAILED;
+  }
+  // Everything is closed by now; do not wait for anything else that might linger.
+  process.stdout.write('', () => process.exit());
+}
+
+main(process.argv.slice(2)).catch((err) => {
+  process.stderr.write(`resilient-change-stream: unexpected error: ${err?.stack ?? err}\n`);
+  process.exit(1);
+});

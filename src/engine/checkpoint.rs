@@ -1,0 +1,429 @@
+//! Checkpointing: the consumer reports what it has processed; positions are written to the
+//! token store by a policy (every N events or T ms, and on close), off the event path.
+//! Unsaved progress is bounded: the stream stops handing out events while too much of it
+//! waits for a store that is down.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{DateTime, RawDocument, RawDocumentBuf, Timestamp};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::BackoffPolicy;
+use super::errors::{EngineError, ErrorCode};
+use super::position::PositionRecord;
+use super::store::TokenStore;
+
+/// When to write positions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointPolicy {
+    /// Write after this many processed events…
+    pub every_events: u64,
+    /// …or this long after the last write, whichever comes first (also for positions
+    /// that advance without events on quiet streams).
+    pub every: Duration,
+    /// Stop handing out events while this many processed events are unsaved.
+    pub max_unsaved_events: u64,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy {
+            every_events: 100,
+            every: Duration::from_secs(1),
+            max_unsaved_events: 10_000,
+        }
+    }
+}
+
+/// How long a store may keep failing before the stream gives up with an error.
+const STORE_GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+
+fn store_backoff() -> BackoffPolicy {
+    BackoffPolicy {
+        initial: Duration::from_millis(100),
+        multiplier: 2.0,
+        max: Duration::from_secs(5),
+        max_retries: None,
+    }
+}
+
+/// A processed position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub token: RawDocumentBuf,
+    pub cluster_time: Option<Timestamp>,
+    /// The token is an invalidate token: continue with `startAfter`.
+    pub start_after: bool,
+}
+
+impl Progress {
+    /// The position after `event` (one change event's BSON): its `_id`, or `end_token` when
+    /// the event ends its batch.
+    pub fn after_event(event: &[u8], end_token: Option<&[u8]>) -> Result<Self, EngineError> {
+        let bad = || EngineError::new(ErrorCode::ClientError, "commit: not a change event");
+        let event = RawDocument::from_bytes(event).map_err(|_| bad())?;
+        let token = match end_token {
+            Some(bytes) => RawDocument::from_bytes(bytes).map_err(|_| bad())?,
+            None => event.get_document("_id").map_err(|_| bad())?,
+        };
+        Ok(Progress {
+            token: token.to_raw_document_buf(),
+            cluster_time: event.get_timestamp("clusterTime").ok(),
+            start_after: event.get_str("operationType").ok() == Some("invalidate"),
+        })
+    }
+
+    /// A position that advanced without an event (postBatchResumeToken).
+    pub fn token_only(token: &[u8]) -> Result<Self, EngineError> {
+        let token = RawDocument::from_bytes(token)
+            .map_err(|_| EngineError::new(ErrorCode::ClientError, "commit: not a token"))?;
+        Ok(Progress {
+            token: token.to_raw_document_buf(),
+            cluster_time: None,
+            start_after: false,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    processed: Option<Progress>,
+    /// Bumped by every commit; a save covers the generation it snapshotted.
+    generation: u64,
+    saved_generation: u64,
+    unsaved_events: u64,
+    /// The latest known cluster time (kept when a token-only advance has none).
+    cluster_time: Option<Timestamp>,
+    failed: Option<EngineError>,
+}
+
+pub struct Checkpointer {
+    name: String,
+    fingerprint: String,
+    namespace: String,
+    store: Arc<dyn TokenStore>,
+    policy: CheckpointPolicy,
+    pending: Mutex<Pending>,
+    changed: Notify,
+    room: Notify,
+}
+
+impl Checkpointer {
+    pub fn new(
+        name: String,
+        fingerprint: String,
+        namespace: String,
+        store: Arc<dyn TokenStore>,
+        policy: CheckpointPolicy,
+    ) -> Self {
+        Checkpointer {
+            name,
+            fingerprint,
+            namespace,
+            store,
+            policy,
+            pending: Mutex::new(Pending::default()),
+            changed: Notify::new(),
+            room: Notify::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn store(&self) -> &dyn TokenStore {
+        self.store.as_ref()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The consumer processed `events` more events, up to `progress`.
+    pub fn commit(&self, progress: Progress, events: u64) {
+        {
+            let mut pending = self.lock();
+            if progress.cluster_time.is_some() {
+                pending.cluster_time = progress.cluster_time;
+            }
+            pending.processed = Some(progress);
+            pending.generation += 1;
+            pending.unsaved_events += events;
+        }
+        self.changed.notify_one();
+    }
+
+    /// Processed events whose position is not stored yet.
+    pub fn unsaved_events(&self) -> u64 {
+        self.lock().unsaved_events
+    }
+
+    /// Waits while too much processed progress is unsaved (a store that is down).
+    pub async fn wait_for_room(&self) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let pending = self.lock();
+                if pending.failed.is_some()
+                    || pending.unsaved_events < self.policy.max_unsaved_events
+                {
+                    return;
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// Writes on the policy until cancelled. Returns the error of a store that stayed down.
+    pub async fn run(&self, cancel: &CancellationToken) -> Result<(), EngineError> {
+        let mut last_save = Instant::now();
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let wait = {
+                let pending = self.lock();
+                let dirty = pending.generation != pending.saved_generation;
+                if dirty
+                    && (pending.unsaved_events >= self.policy.every_events
+                        || last_save.elapsed() >= self.policy.every)
+                {
+                    None
+                } else if dirty {
+                    Some(self.policy.every.saturating_sub(last_save.elapsed()))
+                } else {
+                    Some(Duration::from_secs(3600))
+                }
+            };
+            if let Some(wait) = wait {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = &mut changed => {},
+                    _ = tokio::time::sleep(wait) => {},
+                }
+                continue;
+            }
+            if let Err(e) = self.save_until(cancel, STORE_GIVE_UP_AFTER).await {
+                self.lock().failed = Some(e.clone());
+                self.room.notify_waiters();
+                return Err(e);
+            }
+            last_save = Instant::now();
+        }
+    }
+
+    /// Saves what is processed and unsaved, if anything (`close()`); a few tries.
+    pub async fn flush(&self) -> Result<(), EngineError> {
+        self.save_until(&CancellationToken::new(), Duration::from_secs(5))
+            .await
+    }
+
+    /// Saves the newest processed position, retrying with backoff for up to `limit`.
+    async fn save_until(
+        &self,
+        cancel: &CancellationToken,
+        limit: Duration,
+    ) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let backoff = store_backoff();
+        let mut attempt = 0;
+        loop {
+            let (generation, events, record) = {
+                let pending = self.lock();
+                let Some(progress) = &pending.processed else {
+                    return Ok(());
+                };
+                if pending.generation == pending.saved_generation {
+                    return Ok(());
+                }
+                let record = PositionRecord {
+                    name: self.name.clone(),
+                    token: progress.token.clone(),
+                    cluster_time: progress.cluster_time.or(pending.cluster_time),
+                    start_after: progress.start_after,
+                    fingerprint: self.fingerprint.clone(),
+                    namespace: self.namespace.clone(),
+                    written_at: DateTime::now(),
+                };
+                (pending.generation, pending.unsaved_events, record)
+            };
+            match self.store.save(&self.name, record.to_document()).await {
+                Ok(()) => {
+                    let mut pending = self.lock();
+                    pending.saved_generation = generation;
+                    pending.unsaved_events = pending.unsaved_events.saturating_sub(events);
+                    drop(pending);
+                    self.room.notify_waiters();
+                    return Ok(());
+                }
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(attempt, error = %e, "saving the position failed");
+                    if started.elapsed() >= limit {
+                        return Err(EngineError {
+                            message: format!(
+                                "could not save the position for {} s: {}",
+                                limit.as_secs(),
+                                e.message
+                            ),
+                            resumable: false,
+                            ..e
+                        });
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(backoff.delay(attempt)) => {},
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::store::MemoryStore;
+    use futures_util::future::BoxFuture;
+    use mongodb::bson::{doc, Document};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn event(id: &str, op: &str) -> Vec<u8> {
+        RawDocumentBuf::from_document(&doc! {"_id": {"_data": id}, "operationType": op, "clusterTime": Timestamp{time: 9, increment: 1}})
+            .unwrap()
+            .into_bytes()
+    }
+
+    #[test]
+    fn progress_reads_the_event() {
+        let p = Progress::after_event(&event("01", "insert"), None).unwrap();
+        assert_eq!(p.token.to_document().unwrap(), doc! {"_data": "01"});
+        assert_eq!(
+            p.cluster_time,
+            Some(Timestamp {
+                time: 9,
+                increment: 1
+            })
+        );
+        assert!(!p.start_after);
+        let end = RawDocumentBuf::from_document(&doc! {"_data": "pb"}).unwrap();
+        let p = Progress::after_event(&event("02", "invalidate"), Some(end.as_bytes())).unwrap();
+        assert_eq!(p.token, end);
+        assert!(p.start_after);
+    }
+
+    fn checkpointer(store: Arc<dyn TokenStore>, every_events: u64) -> Arc<Checkpointer> {
+        Arc::new(Checkpointer::new(
+            "n".into(),
+            "f".into(),
+            "d.c".into(),
+            store,
+            CheckpointPolicy {
+                every_events,
+                every: Duration::from_secs(3600),
+                max_unsaved_events: 3,
+            },
+        ))
+    }
+
+    #[tokio::test]
+    async fn writes_every_n_events_and_flushes_the_rest() {
+        let name = format!("ck-{}", std::process::id());
+        let ck = Arc::new(Checkpointer::new(
+            name.clone(),
+            "f".into(),
+            "d.c".into(),
+            Arc::new(MemoryStore),
+            CheckpointPolicy {
+                every_events: 2,
+                every: Duration::from_secs(3600),
+                max_unsaved_events: 100,
+            },
+        ));
+        let cancel = CancellationToken::new();
+        let runner = {
+            let (ck, cancel) = (ck.clone(), cancel.clone());
+            tokio::spawn(async move { ck.run(&cancel).await })
+        };
+        ck.commit(
+            Progress::after_event(&event("01", "insert"), None).unwrap(),
+            1,
+        );
+        ck.commit(
+            Progress::after_event(&event("02", "insert"), None).unwrap(),
+            1,
+        );
+        for _ in 0..100 {
+            if ck.unsaved_events() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            ck.unsaved_events(),
+            0,
+            "two events reach the every-2 policy"
+        );
+        let stored = MemoryStore.load(&name).await.unwrap().unwrap();
+        assert_eq!(stored.get_document("token").unwrap(), &doc! {"_data": "02"});
+        ck.commit(
+            Progress::after_event(&event("03", "insert"), None).unwrap(),
+            1,
+        );
+        cancel.cancel();
+        runner.await.unwrap().unwrap();
+        ck.flush().await.unwrap();
+        let stored = MemoryStore.load(&name).await.unwrap().unwrap();
+        assert_eq!(stored.get_document("token").unwrap(), &doc! {"_data": "03"});
+    }
+
+    struct FailingStore(AtomicU32);
+    impl TokenStore for FailingStore {
+        fn load<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<Document>, EngineError>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn save<'a>(&'a self, _: &'a str, _: Document) -> BoxFuture<'a, Result<(), EngineError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Err(EngineError::new(ErrorCode::TokenStore, "down")) })
+        }
+        fn describe(&self) -> String {
+            "failing".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn unsaved_window_is_bounded_while_the_store_is_down() {
+        let store = Arc::new(FailingStore(AtomicU32::new(0)));
+        let ck = checkpointer(store.clone(), 1);
+        let cancel = CancellationToken::new();
+        let runner = {
+            let (ck, cancel) = (ck.clone(), cancel.clone());
+            tokio::spawn(async move { ck.run(&cancel).await })
+        };
+        for i in 0..3 {
+            ck.commit(
+                Progress::token_only(
+                    RawDocumentBuf::from_document(&doc! {"_data": i})
+                        .unwrap()
+                        .as_bytes(),
+                )
+                .unwrap(),
+                1,
+            );
+        }
+        let blocked = tokio::time::timeout(Duration::from_millis(300), ck.wait_for_room()).await;
+        assert!(blocked.is_err(), "no room while 3 events are unsaved");
+        assert!(store.0.load(Ordering::SeqCst) >= 1, "the store was retried");
+        cancel.cancel();
+        runner.await.unwrap().unwrap();
+    }
+}

@@ -1,0 +1,85 @@
+//! Token stores: where a named consumer's position is kept between processes.
+
+mod file;
+mod memory;
+mod mongo;
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use mongodb::bson::Document;
+
+use super::errors::EngineError;
+use super::position::PositionRecord;
+
+pub use file::FileStore;
+pub use memory::MemoryStore;
+pub use mongo::MongoStore;
+
+/// A place to keep positions. Implementations may be remote and slow; callers retry.
+pub trait TokenStore: Send + Sync {
+    /// The record saved under `name`, if any.
+    fn load<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Document>, EngineError>>;
+    /// Replaces the record under `name`; must be all-or-nothing.
+    fn save<'a>(
+        &'a self,
+        name: &'a str,
+        record: Document,
+    ) -> BoxFuture<'a, Result<(), EngineError>>;
+    /// Where it stores, for messages ("file /path", "mongodb db.coll"); no credentials.
+    fn describe(&self) -> String;
+}
+
+/// Loads and parses `name`'s record.
+pub async fn load_record(
+    store: &dyn TokenStore,
+    name: &str,
+) -> Result<Option<PositionRecord>, EngineError> {
+    match store.load(name).await? {
+        None => Ok(None),
+        Some(doc) => PositionRecord::from_document(&doc, &store.describe()).map(Some),
+    }
+}
+
+/// The store a spec asks for (`tokenStore`), built lazily by the worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    Memory,
+    File {
+        path: String,
+    },
+    MongoDb {
+        uri: Option<String>,
+        db: String,
+        collection: String,
+    },
+    /// The application's own `{ load, save }`, supplied by the native layer.
+    Custom,
+}
+
+/// Builds the configured store; `custom` is the application's store when configured so.
+pub fn open_store(
+    config: &StoreConfig,
+    stream_uri: &str,
+    custom: Option<Arc<dyn TokenStore>>,
+) -> Result<Arc<dyn TokenStore>, EngineError> {
+    Ok(match config {
+        StoreConfig::Memory => Arc::new(MemoryStore),
+        StoreConfig::File { path } => Arc::new(FileStore::new(path.into())),
+        StoreConfig::MongoDb {
+            uri,
+            db,
+            collection,
+        } => Arc::new(MongoStore::new(
+            uri.clone().unwrap_or_else(|| stream_uri.to_string()),
+            db.clone(),
+            collection.clone(),
+        )),
+        StoreConfig::Custom => custom.ok_or_else(|| {
+            EngineError::new(
+                super::errors::ErrorCode::InvalidOption,
+                "option \"tokenStore\" is a custom store but no load/save functions were given",
+            )
+        })?,
+    })
+}
