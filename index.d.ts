@@ -85,6 +85,33 @@ export interface WatchOptions {
   headroomLowFraction?: number;
   /** How often to check the oplog headroom; `0` turns the check off. @default 60000 */
   headroomCheckIntervalMS?: number;
+  /**
+   * Names this consumer's position. With a name, processed positions are checkpointed to
+   * `tokenStore` (default: in-process memory) and a new stream with the same name continues
+   * where the last one stopped. Consumers with different names keep independent positions.
+   */
+  name?: string;
+  /**
+   * Where positions are kept. An explicit `resumeAfter`/`startAfter`/`startAtOperationTime`
+   * wins over a stored position. @default { type: 'memory' }
+   */
+  tokenStore?: TokenStoreOption;
+  /** When positions are written (and always by `close()`). */
+  checkpoint?: CheckpointOptions;
+  /** Use a stored position even if it was written for another namespace or pipeline. @default false */
+  allowPositionMismatch?: boolean;
+  /**
+   * The position fell off the oplog (286): `'error'` closes the stream with a
+   * {@link ChangeStreamHistoryLostError}; `'resumeFromNow'` continues from the present.
+   * Either way `historyLost` is emitted first. @default 'error'
+   */
+  onHistoryLost?: 'error' | 'resumeFromNow';
+  /**
+   * After an `invalidate` (drop/rename of what is watched): `'close'` ends the stream, like
+   * the driver; `'restart'` continues with `startAfter` the invalidate token, so a dropped
+   * and re-created collection keeps streaming. `invalidate` is emitted either way. @default 'close'
+   */
+  onInvalidate?: 'close' | 'restart';
 
   // How events are decoded, as the driver's BSON options (defaults: the driver's, or those of
   // the watch() target). JS-only: they never reach the engine.
@@ -119,6 +146,50 @@ export interface ReconnectingEvent {
   attempt: number;
   delayMs: number;
   error: ResilientChangeStreamError;
+}
+
+/** A stored position, as a custom store receives and returns it. */
+export interface PositionRecord {
+  version: number;
+  name: string;
+  token: ResumeToken;
+  /** Cluster time of the last processed event, when known. */
+  clusterTime: Timestamp | null;
+  /** The token is an invalidate token: continue with `startAfter`. */
+  startAfter: boolean;
+  /** Hash of the namespace, pipeline and options that shape the events. */
+  fingerprint: string;
+  namespace: string;
+  writtenAt: Date;
+}
+
+/** Your own store (Redis, Postgres, …); methods may be async. */
+export interface CustomTokenStore {
+  load(name: string): PositionRecord | null | undefined | Promise<PositionRecord | null | undefined>;
+  save(name: string, record: PositionRecord): void | Promise<void>;
+}
+
+export type TokenStoreOption =
+  | { type: 'memory' }
+  /** One file per consumer; written atomically (temp file, fsync, rename), mode 0600. */
+  | { type: 'file'; path: string }
+  /** One document per name (`_id: name`), upserted; `uri` defaults to the stream's. */
+  | { type: 'mongodb'; uri?: string; db: string; collection: string }
+  | CustomTokenStore;
+
+export interface CheckpointOptions {
+  /** Write after this many processed events. @default 100 */
+  everyEvents?: number;
+  /** …or this long after the last write (also for quiet streams whose position advances). @default 1000 */
+  everyMs?: number;
+  /** Stop handing out events while this many processed events are unsaved (store down). @default max(10000, 10 × everyEvents) */
+  maxUnsavedEvents?: number;
+}
+
+/** Payload of `historyLost`: events in (from, to] may be missing; backfill them. */
+export interface HistoryLostEvent {
+  from: Timestamp | null;
+  to: Timestamp | null;
 }
 
 /** A pino- or console-style logger (any of the four methods may be missing). */
@@ -216,6 +287,11 @@ export declare class ResilientChangeStream<
   readonly closed: boolean;
   /** What the stream is doing, synchronously. */
   health(): StreamHealth;
+  /**
+   * Iterator mode with a token store: the event last handed out is processed (otherwise that
+   * is assumed when the next event is asked for, or at `close()`).
+   */
+  commit(): void;
   /** The oplog window and this stream's headroom in it. */
   oplogWindow(): Promise<OplogWindow>;
 
@@ -253,6 +329,10 @@ export declare class ResilientChangeStream<
   on(event: 'stalled', listener: (info: StalledEvent) => void): this;
   /** The position came within `headroomLowFraction` of falling off the oplog (once per episode). */
   on(event: 'headroomLow', listener: (window: OplogWindow) => void): this;
+  /** The position fell off the oplog; events in the interval may be missing. */
+  on(event: 'historyLost', listener: (info: HistoryLostEvent) => void): this;
+  /** The watched collection/database was dropped or renamed (after the `change` for it). */
+  on(event: 'invalidate', listener: (change: TChange) => void): this;
   /** The resume token moved (after each event, and when the server advanced an idle stream). */
   on(event: 'resumeTokenChanged', listener: (token: ResumeToken) => void): this;
   /**
@@ -269,6 +349,8 @@ export declare class ResilientChangeStream<
   once(event: 'resumed', listener: (info: ResumedEvent) => void): this;
   once(event: 'stalled', listener: (info: StalledEvent) => void): this;
   once(event: 'headroomLow', listener: (window: OplogWindow) => void): this;
+  once(event: 'historyLost', listener: (info: HistoryLostEvent) => void): this;
+  once(event: 'invalidate', listener: (change: TChange) => void): this;
   once(event: 'resumeTokenChanged', listener: (token: ResumeToken) => void): this;
   once(event: 'error', listener: (error: Error) => void): this;
   once(event: 'close', listener: (info: CloseEvent) => void): this;
@@ -302,6 +384,8 @@ export interface ResilientChangeStreamEvents<TChange extends Document = ChangeSt
   resumed: (info: ResumedEvent) => void;
   stalled: (info: StalledEvent) => void;
   headroomLow: (window: OplogWindow) => void;
+  historyLost: (info: HistoryLostEvent) => void;
+  invalidate: (change: TChange) => void;
   resumeTokenChanged: (token: ResumeToken) => void;
   error: (error: Error) => void;
   close: (info: CloseEvent) => void;
@@ -337,7 +421,10 @@ export type ErrorCode =
   | 'ClientError'
   | 'InvalidOption'
   | 'ModeConflict'
-  | 'StreamClosed';
+  | 'StreamClosed'
+  | 'TokenStoreError'
+  | 'PositionMismatch'
+  | 'Stalled';
 
 export interface ErrorInfo {
   code?: string;
@@ -362,6 +449,18 @@ export declare class ResilientChangeStreamError extends Error {
 /** The position fell off the oplog (server 286): events were missed. */
 export declare class ChangeStreamHistoryLostError extends ResilientChangeStreamError {
   code: 'ChangeStreamHistoryLost';
+  /** The last processed position (resume token). */
+  resumeToken?: ResumeToken | null;
+  /** The interval whose events may be missing (also emitted as `historyLost`). */
+  historyLost?: HistoryLostEvent | null;
+}
+/** A token store failed for longer than the stream can wait, or holds an unreadable record. */
+export declare class TokenStoreError extends ResilientChangeStreamError {
+  code: 'TokenStoreError';
+}
+/** The stored position belongs to another name, namespace or pipeline (see `allowPositionMismatch`). */
+export declare class PositionMismatchError extends ResilientChangeStreamError {
+  code: 'PositionMismatch';
 }
 /** The resume token cannot be used (server 260), e.g. resumeAfter an invalidate token. */
 export declare class InvalidResumeTokenError extends ResilientChangeStreamError {

@@ -17,6 +17,8 @@ const {
   InvalidOptionError,
   ModeConflictError,
   StreamClosedError,
+  TokenStoreError,
+  PositionMismatchError,
 } = require('./lib/errors');
 
 module.exports = {
@@ -33,4 +35,6 @@ module.exports = {
   InvalidOptionError,
   ModeConflictError,
   StreamClosedError,
+  TokenStoreError,
+  PositionMismatchError,
 };

@@ -17,6 +17,8 @@ export const {
   InvalidOptionError,
   ModeConflictError,
   StreamClosedError,
+  TokenStoreError,
+  PositionMismatchError,
 } = rcs;
 
 export default rcs;

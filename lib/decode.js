@@ -92,7 +92,21 @@ function encodeSpec(spec) {
   return bson().serialize(spec);
 }
 
+/** Each of the `count` documents stored back to back in `buffer`, as a view (no copy). */
+function splitDocuments(buffer, count) {
+  const docs = new Array(count);
+  let offset = 0;
+  for (let i = 0; i < count; i++) {
+    const length = buffer.readInt32LE(offset);
+    docs[i] = buffer.subarray(offset, offset + length);
+    offset += length;
+  }
+  return docs;
+}
+
 module.exports = {
+  bson,
+  splitDocuments,
   takeDecodeOptions,
   eventDeserializeOptions,
   decodeEvents,

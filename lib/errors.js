@@ -54,6 +54,12 @@ class ModeConflictError extends ResilientChangeStreamError {
 class StreamClosedError extends ResilientChangeStreamError {
   static code = 'StreamClosed';
 }
+class TokenStoreError extends ResilientChangeStreamError {
+  static code = 'TokenStoreError';
+}
+class PositionMismatchError extends ResilientChangeStreamError {
+  static code = 'PositionMismatch';
+}
 
 const CLASS_BY_CODE = new Map(
   [
@@ -67,6 +73,8 @@ const CLASS_BY_CODE = new Map(
     InvalidOptionError,
     ModeConflictError,
     StreamClosedError,
+    TokenStoreError,
+    PositionMismatchError,
   ].map((cls) => [cls.code, cls]),
 );
 
@@ -104,6 +112,8 @@ module.exports = {
   InvalidOptionError,
   ModeConflictError,
   StreamClosedError,
+  TokenStoreError,
+  PositionMismatchError,
   fromNative,
   describeType,
   invalidOption,

@@ -16,7 +16,10 @@ const {
   decodeEvents,
   decodeToken,
   encodeSpec,
+  splitDocuments,
+  bson,
 } = require('./decode');
+const { tokenStoreOption } = require('./store');
 const { nativeChangeStream } = require('./native');
 const { checkLogger, logSink } = require('./logger');
 const { headroomOptions, publicWindow, startHeadroomWatch } = require('./headroom');
@@ -49,9 +52,10 @@ class ResilientChangeStream extends EventEmitter {
       throw invalidOption('pipeline', 'an array of stage documents', rest.pipeline);
     }
     const NativeChangeStream = nativeChangeStream();
-    const spec = encodeSpec(withoutUndefined(rest));
+    const store = tokenStoreOption(rest.tokenStore);
+    const spec = encodeSpec(withoutUndefined({ ...rest, tokenStore: store.spec }));
     try {
-      this._native = new NativeChangeStream(spec);
+      this._native = new NativeChangeStream(spec, store.callback);
     } catch (err) {
       // The engine validates option types; only the error's class is JS's business.
       throw err?.code === 'InvalidArg' ? new InvalidOptionError(err.message, { cause: err }) : err;
@@ -76,6 +80,16 @@ class ResilientChangeStream extends EventEmitter {
     this._closing = null;
     /** The error that closed the stream, if it did not close by close(). */
     this._error = null;
+    /**
+     * A named consumer: processed positions go to the engine's checkpointer. In iterator
+     * mode the event last handed out counts as processed when the next one is asked for,
+     * commit() is called, or the stream is closed.
+     */
+    this._durable = rest.name !== undefined && rest.name !== null;
+    /** @type {{ raw: Buffer, end: Buffer | null } | null} handed out, not yet processed */
+    this._uncommitted = null;
+    /** The last historyLost interval, attached to the error that may follow. */
+    this._historyLost = null;
     /** Events handed to the user, and when the last one was (for health()). */
     this._eventsDelivered = 0;
     this._lastEventAt = null;
@@ -120,9 +134,7 @@ class ResilientChangeStream extends EventEmitter {
         serverCode: lastError.serverCode,
       },
       eventsDelivered: this._eventsDelivered,
-      // The position lives in memory and moves as events are handed out: nothing is
-      // processed-but-unsaved until a token store is configured.
-      pendingCheckpoint: 0,
+      pendingCheckpoint: this._native.pendingCheckpoint(),
     };
   }
 
@@ -133,6 +145,14 @@ class ResilientChangeStream extends EventEmitter {
    */
   async oplogWindow() {
     return publicWindow(await this._native.oplogWindow(this._headroom.fraction));
+  }
+
+  /**
+   * Iterator mode with a token store: marks the event last handed out as processed now
+   * (otherwise that happens when the next event is asked for, or at close()).
+   */
+  commit() {
+    this._commitUncommitted();
   }
 
   /** Resolves with the next event; `null` if the stream was closed while waiting. */
@@ -217,8 +237,13 @@ class ResilientChangeStream extends EventEmitter {
     });
   }
 
-  /** Closes the stream and the native engine. Idempotent; a pending next() resolves null. */
+  /**
+   * Closes the stream and the native engine, storing the last processed position (in
+   * iterator mode the event last handed out counts as processed). Idempotent; a pending
+   * next() resolves null. Rejects only if that position could not be stored.
+   */
   async close() {
+    if (this._state === 'open') this._commitUncommitted();
     await this._shutdown(null);
   }
 
@@ -329,8 +354,22 @@ class ResilientChangeStream extends EventEmitter {
       case 'stalled': // the engine re-opens next ('reconnecting', then 'resumed')
         this.emit('stalled', { silentMs: item.silentMs });
         return;
-      case 'error':
-        return this._terminate(fromNative(item.error));
+      case 'historyLost': {
+        const { Timestamp } = bson();
+        const time = (ts) => (ts ? new Timestamp({ t: ts.t, i: ts.i }) : null);
+        this._historyLost = { from: time(item.from), to: time(item.to) };
+        this.emit('historyLost', this._historyLost);
+        return;
+      }
+      case 'error': {
+        const error = fromNative(item.error);
+        if (error.code === 'ChangeStreamHistoryLost') {
+          // What the application needs to backfill: where it was, and what may be missing.
+          error.resumeToken = this._token;
+          error.historyLost = this._historyLost;
+        }
+        return this._terminate(error);
+      }
       case 'end': // the engine ended by itself: 'invalidate' (drop/rename) after that event
         return this._terminate(null, item.reason);
       default:
@@ -342,21 +381,41 @@ class ResilientChangeStream extends EventEmitter {
     const decoded = decodeEvents(events, count, this._decodeOptions);
     const end = endToken && decodeToken(endToken);
     if (count === 0) {
-      // The position moved with no event (postBatchResumeToken advanced).
+      // The position moved with no event (postBatchResumeToken advanced). With nothing
+      // handed out and unprocessed, it is processed as it is: checkpoint it too (quiet
+      // streams must not fall off the oplog).
       if (end) this._advance(end);
+      if (endToken && this._durable && this._buffer.length === 0 && this._uncommitted === null) {
+        this._native.commit(null, endToken);
+      }
       return;
     }
+    const raws = this._durable ? splitDocuments(events, count) : null;
     // Contract: the token after event i < count-1 is its _id; after the last one, endToken.
     decoded.forEach((event, i) => {
-      this._buffer.push({ event, token: i < count - 1 ? event._id : end });
+      const last = i === count - 1;
+      this._buffer.push({
+        event,
+        token: last ? end : event._id,
+        raw: raws && raws[i],
+        end: last ? endToken ?? null : null,
+      });
     });
+  }
+
+  /** The event handed out last is processed: its position may be stored. */
+  _commitUncommitted() {
+    const entry = this._uncommitted;
+    if (entry === null) return;
+    this._uncommitted = null;
+    this._native.commit(entry.raw, entry.end);
   }
 
   /** Hands out the first buffered event, moving the resume token past it. */
   _take() {
-    const { event, token } = this._buffer[0];
+    const entry = this._buffer[0];
     try {
-      this._advance(token);
+      this._advance(entry.token);
     } catch (err) {
       this._terminate(err);
       throw err;
@@ -364,7 +423,15 @@ class ResilientChangeStream extends EventEmitter {
     this._buffer.shift();
     this._eventsDelivered += 1;
     this._lastEventAt = new Date();
-    return event;
+    if (this._durable) {
+      // Emitter mode: the listeners have finished, the event is processed. Iterator mode:
+      // asking for this event means the previous one is processed; this one is not yet.
+      this._commitUncommitted();
+      if (this._isEmitter()) this._native.commit(entry.raw, entry.end);
+      else this._uncommitted = entry;
+    }
+    if (entry.event.operationType === 'invalidate') this.emit('invalidate', entry.event);
+    return entry.event;
   }
 
   /**

@@ -6,7 +6,9 @@ use std::time::Duration;
 use mongodb::bson::{Bson, Document, Timestamp};
 
 use super::backoff::BackoffPolicy;
+use super::checkpoint::CheckpointPolicy;
 use super::errors::EngineError;
+use super::store::StoreConfig;
 
 /// What is watched.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +40,33 @@ impl StartPoint {
     }
 }
 
+/// A named consumer whose position is kept in a token store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Durability {
+    pub name: String,
+    pub store: StoreConfig,
+    pub checkpoint: CheckpointPolicy,
+    /// Use a stored position even if it was written for another namespace or pipeline.
+    pub allow_mismatch: bool,
+}
+
+/// What to do when the position fell off the oplog (286).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HistoryLostPolicy {
+    #[default]
+    Error,
+    ResumeFromNow,
+}
+
+/// What to do after an `invalidate` event (drop/rename of what is watched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InvalidatePolicy {
+    #[default]
+    Close,
+    /// Continue with `startAfter` the invalidate token.
+    Restart,
+}
+
 /// Immutable watch arguments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatchSpec {
@@ -55,6 +84,9 @@ pub struct WatchSpec {
     /// Re-open when no reply comes within the await time plus this, or (on a server that
     /// advances idle streams) the position does not move for this long. `None`: off.
     pub stall_timeout: Option<Duration>,
+    pub durability: Option<Durability>,
+    pub on_history_lost: HistoryLostPolicy,
+    pub on_invalidate: InvalidatePolicy,
 }
 
 /// Default `stallTimeoutMS`: well above mongod's 10 s idle no-op interval.
@@ -77,6 +109,12 @@ const KNOWN_FIELDS: &[&str] = &[
     "comment",
     "backoff",
     "stallTimeoutMS",
+    "name",
+    "tokenStore",
+    "checkpoint",
+    "allowPositionMismatch",
+    "onHistoryLost",
+    "onInvalidate",
 ];
 
 impl WatchSpec {
@@ -189,6 +227,29 @@ impl WatchSpec {
                 .filter(|ms| *ms > 0)
                 .map(Duration::from_millis),
         };
+        let durability = parse_durability(doc)?;
+        let on_history_lost = match optional_string(doc, "onHistoryLost")?.as_deref() {
+            None | Some("error") => HistoryLostPolicy::Error,
+            Some("resumeFromNow") => HistoryLostPolicy::ResumeFromNow,
+            Some(other) => {
+                return Err(EngineError::invalid_option(
+                    "onHistoryLost",
+                    "'error' or 'resumeFromNow'",
+                    &format!("'{other}'"),
+                ))
+            }
+        };
+        let on_invalidate = match optional_string(doc, "onInvalidate")?.as_deref() {
+            None | Some("close") => InvalidatePolicy::Close,
+            Some("restart") => InvalidatePolicy::Restart,
+            Some(other) => {
+                return Err(EngineError::invalid_option(
+                    "onInvalidate",
+                    "'close' or 'restart'",
+                    &format!("'{other}'"),
+                ))
+            }
+        };
         Ok(WatchSpec {
             uri,
             scope,
@@ -201,6 +262,9 @@ impl WatchSpec {
             comment,
             backoff,
             stall_timeout,
+            durability,
+            on_history_lost,
+            on_invalidate,
         })
     }
 
@@ -220,6 +284,107 @@ impl WatchSpec {
             Scope::Collection { db, coll } => format!("{db}.{coll}"),
         }
     }
+}
+
+fn parse_durability(doc: &Document) -> Result<Option<Durability>, EngineError> {
+    let name = optional_string(doc, "name")?;
+    let store = match doc.get("tokenStore") {
+        None | Some(Bson::Null) => None,
+        Some(Bson::Document(d)) => Some(parse_store(d)?),
+        Some(other) => {
+            return Err(EngineError::invalid_option(
+                "tokenStore",
+                "an object ({ type: 'memory' | 'file' | 'mongodb' } or { load, save })",
+                type_name(other),
+            ))
+        }
+    };
+    let checkpoint = match doc.get("checkpoint") {
+        None | Some(Bson::Null) => CheckpointPolicy::default(),
+        Some(Bson::Document(d)) => parse_checkpoint(d)?,
+        Some(other) => {
+            return Err(EngineError::invalid_option(
+                "checkpoint",
+                "an object",
+                type_name(other),
+            ))
+        }
+    };
+    let allow_mismatch = optional_bool(doc, "allowPositionMismatch")?.unwrap_or(false);
+    match (name, store) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(EngineError::invalid_option(
+            "name",
+            "a string naming the consumer when \"tokenStore\" is given",
+            "nothing",
+        )),
+        (Some(name), store) => Ok(Some(Durability {
+            name,
+            store: store.unwrap_or(StoreConfig::Memory),
+            checkpoint,
+            allow_mismatch,
+        })),
+    }
+}
+
+fn parse_store(d: &Document) -> Result<StoreConfig, EngineError> {
+    let field = |n: &str| format!("tokenStore.{n}");
+    let string = |n: &str| -> Result<String, EngineError> {
+        optional_string(d, n)
+            .map_err(|e| prefix(e, "tokenStore."))?
+            .ok_or_else(|| EngineError::invalid_option(&field(n), "a non-empty string", "nothing"))
+    };
+    match optional_string(d, "type")
+        .map_err(|e| prefix(e, "tokenStore."))?
+        .as_deref()
+    {
+        Some("memory") => Ok(StoreConfig::Memory),
+        Some("file") => Ok(StoreConfig::File {
+            path: string("path")?,
+        }),
+        Some("mongodb") => Ok(StoreConfig::MongoDb {
+            uri: optional_string(d, "uri").map_err(|e| prefix(e, "tokenStore."))?,
+            db: string("db")?,
+            collection: string("collection")?,
+        }),
+        Some("custom") => Ok(StoreConfig::Custom),
+        other => Err(EngineError::invalid_option(
+            "tokenStore.type",
+            "'memory', 'file' or 'mongodb'",
+            &other.map_or("nothing".to_string(), |t| format!("'{t}'")),
+        )),
+    }
+}
+
+fn parse_checkpoint(d: &Document) -> Result<CheckpointPolicy, EngineError> {
+    const FIELDS: &[&str] = &["everyEvents", "everyMs", "maxUnsavedEvents"];
+    if let Some(unknown) = d.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(EngineError::new(
+            super::errors::ErrorCode::InvalidOption,
+            format!("unknown option \"checkpoint.{unknown}\""),
+        ));
+    }
+    let mut policy = CheckpointPolicy::default();
+    let whole =
+        |n: &str| optional_whole(d, n, u32::MAX as u64).map_err(|e| prefix(e, "checkpoint."));
+    if let Some(n) = whole("everyEvents")? {
+        policy.every_events = n.max(1);
+    }
+    if let Some(ms) = whole("everyMs")? {
+        policy.every = Duration::from_millis(ms);
+    }
+    policy.max_unsaved_events = match whole("maxUnsavedEvents")? {
+        Some(n) => n,
+        None => policy.max_unsaved_events.max(policy.every_events * 10),
+    };
+    if policy.max_unsaved_events < policy.every_events {
+        return Err(EngineError::invalid_option(
+            "checkpoint.maxUnsavedEvents",
+            "at least checkpoint.everyEvents",
+            &policy.max_unsaved_events.to_string(),
+        ));
+    }
+    Ok(policy)
 }
 
 fn parse_start(doc: &Document) -> Result<StartPoint, EngineError> {
@@ -444,6 +609,47 @@ mod tests {
         for (input, expected) in cases {
             let err = WatchSpec::from_document(&input).unwrap_err();
             assert_eq!(err.message, expected);
+        }
+    }
+
+    #[test]
+    fn durability_options_parse_and_validate() {
+        let spec = WatchSpec::from_document(&doc! {
+            "uri": "mongodb://h", "db": "d", "collection": "c", "name": "orders-sync",
+            "tokenStore": {"type": "file", "path": "/tmp/p.json"},
+            "checkpoint": {"everyEvents": 10, "everyMs": 250},
+            "onHistoryLost": "resumeFromNow", "onInvalidate": "restart",
+        })
+        .unwrap();
+        let d = spec.durability.unwrap();
+        assert_eq!(d.name, "orders-sync");
+        assert_eq!(
+            d.store,
+            StoreConfig::File {
+                path: "/tmp/p.json".into()
+            }
+        );
+        assert_eq!(d.checkpoint.every_events, 10);
+        assert_eq!(d.checkpoint.every, Duration::from_millis(250));
+        assert_eq!(d.checkpoint.max_unsaved_events, 10_000);
+        assert_eq!(spec.on_history_lost, HistoryLostPolicy::ResumeFromNow);
+        assert_eq!(spec.on_invalidate, InvalidatePolicy::Restart);
+
+        let named = WatchSpec::from_document(&doc! {"uri": "mongodb://h", "name": "n"}).unwrap();
+        assert_eq!(named.durability.unwrap().store, StoreConfig::Memory);
+
+        let cases = [
+            (doc! {"uri": "mongodb://h", "tokenStore": {"type": "memory"}}, "option \"name\" must be a string naming the consumer when \"tokenStore\" is given, got nothing"),
+            (doc! {"uri": "mongodb://h", "name": "n", "tokenStore": {"type": "disk"}}, "option \"tokenStore.type\" must be 'memory', 'file' or 'mongodb', got 'disk'"),
+            (doc! {"uri": "mongodb://h", "name": "n", "tokenStore": {"type": "file"}}, "option \"tokenStore.path\" must be a non-empty string, got nothing"),
+            (doc! {"uri": "mongodb://h", "name": "n", "checkpoint": {"everyMs": "x"}}, "option \"checkpoint.everyMs\" must be a non-negative integer, got string"),
+            (doc! {"uri": "mongodb://h", "onHistoryLost": "skip"}, "option \"onHistoryLost\" must be 'error' or 'resumeFromNow', got 'skip'"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                WatchSpec::from_document(&input).unwrap_err().message,
+                expected
+            );
         }
     }
 

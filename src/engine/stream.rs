@@ -10,9 +10,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use super::checkpoint::{Checkpointer, Progress};
 use super::errors::{EngineError, ErrorCode};
+use super::position::fingerprint;
 use super::spec::WatchSpec;
 use super::status::{Health, Shared, StreamState};
+use super::store::{open_store, TokenStore};
 use super::worker::Worker;
 
 /// Why a stream ended without an error.
@@ -60,6 +63,12 @@ pub enum StreamItem {
     Stalled {
         silent: Duration,
     },
+    /// The position fell off the oplog: events in (from, to] may be missing. Followed by
+    /// `Failed` (policy "error") or by events from "now" (policy "resumeFromNow").
+    HistoryLost {
+        from: Option<Timestamp>,
+        to: Option<Timestamp>,
+    },
     /// Fatal: the stream is closed.
     Failed(EngineError),
     Ended(EndReason),
@@ -77,19 +86,60 @@ pub struct ChangeStreamEngine {
     /// The sender, until the worker is started with it.
     unstarted: Mutex<Option<mpsc::Sender<StreamItem>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
+    /// Present for a named consumer (a token store).
+    checkpointer: Option<Arc<Checkpointer>>,
+    checkpoint_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl ChangeStreamEngine {
-    pub fn new(spec: WatchSpec) -> Self {
+    /// `custom_store`: the application's own store, for `tokenStore: { type: 'custom' }`.
+    pub fn new(
+        spec: WatchSpec,
+        custom_store: Option<Arc<dyn TokenStore>>,
+    ) -> Result<Self, EngineError> {
+        let checkpointer = match &spec.durability {
+            None => None,
+            Some(d) => Some(Arc::new(Checkpointer::new(
+                d.name.clone(),
+                fingerprint(&spec),
+                spec.namespace(),
+                open_store(&d.store, &spec.uri, custom_store)?,
+                d.checkpoint.clone(),
+            ))),
+        };
         let (tx, rx) = mpsc::channel(1);
-        ChangeStreamEngine {
+        Ok(ChangeStreamEngine {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             spec: Arc::new(spec),
             shared: Arc::new(Shared::new()),
             rx: tokio::sync::Mutex::new(rx),
             unstarted: Mutex::new(Some(tx)),
             worker: Mutex::new(None),
+            checkpointer,
+            checkpoint_task: Mutex::new(None),
+        })
+    }
+
+    /// The consumer processed `event` (BSON) and everything before it; `end_token` is the
+    /// batch's end token when the event ended its batch. No-op without a token store.
+    pub fn commit_event(&self, event: &[u8], end_token: Option<&[u8]>) -> Result<(), EngineError> {
+        if let Some(ck) = &self.checkpointer {
+            ck.commit(Progress::after_event(event, end_token)?, 1);
         }
+        Ok(())
+    }
+
+    /// The position advanced without an event (postBatchResumeToken of a quiet stream).
+    pub fn commit_token(&self, token: &[u8]) -> Result<(), EngineError> {
+        if let Some(ck) = &self.checkpointer {
+            ck.commit(Progress::token_only(token)?, 0);
+        }
+        Ok(())
+    }
+
+    /// Processed events not yet stored (0 without a token store).
+    pub fn pending_checkpoint(&self) -> u64 {
+        self.checkpointer.as_ref().map_or(0, |c| c.unsaved_events())
     }
 
     pub fn id(&self) -> u64 {
@@ -117,6 +167,13 @@ impl ChangeStreamEngine {
     /// The next item. Must run inside a Tokio runtime (the worker is spawned on it).
     pub async fn next(&self) -> StreamItem {
         self.start_worker();
+        if let Some(ck) = &self.checkpointer {
+            // Bounded unsaved progress: while the store is down, hand out nothing more.
+            tokio::select! {
+                _ = ck.wait_for_room() => {},
+                _ = self.shared.cancel.cancelled() => return StreamItem::Ended(EndReason::Closed),
+            }
+        }
         let mut rx = self.rx.lock().await;
         // Closed by the user: whatever is still queued no longer matters. (A stream that
         // ended by itself, e.g. after an invalidate, still hands out its last items.)
@@ -140,18 +197,25 @@ impl ChangeStreamEngine {
     }
 
     /// Forbids re-opens, cancels a pending backoff or in-flight command, kills the
-    /// cursor, and waits for the worker to finish. Idempotent.
-    pub async fn close(&self) {
+    /// cursor, waits for the worker to finish, then stores the last processed position.
+    /// Idempotent. Fails only if that last position could not be stored.
+    pub async fn close(&self) -> Result<(), EngineError> {
         self.shared.begin_close();
         self.shared.cancel.cancel();
         drop(self.take_unstarted());
-        let worker = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(worker) = worker {
-            // The worker only ends by itself; a panic inside it is already reported by
-            // `next()`, so its JoinError carries nothing more to say here.
-            let _ = worker.await;
+        for task in [&self.worker, &self.checkpoint_task] {
+            let handle = task.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(handle) = handle {
+                // Tasks only end by themselves; a panic inside the worker is already
+                // reported by `next()`, so a JoinError carries nothing more to say here.
+                let _ = handle.await;
+            }
         }
         self.shared.finish_close();
+        match &self.checkpointer {
+            Some(ck) => ck.flush().await,
+            None => Ok(()),
+        }
     }
 
     fn take_unstarted(&self) -> Option<mpsc::Sender<StreamItem>> {
@@ -168,9 +232,30 @@ impl ChangeStreamEngine {
         if !self.shared.transition(StreamState::Opening) {
             return;
         }
-        let worker = Worker::new(self.spec.clone(), self.shared.clone(), tx);
         let span =
             tracing::info_span!("change_stream", stream = self.id, ns = %self.spec.namespace());
+        if let Some(ck) = &self.checkpointer {
+            let (ck, shared, tx) = (ck.clone(), self.shared.clone(), tx.clone());
+            let task = async move {
+                if let Err(e) = ck.run(&shared.cancel).await {
+                    tracing::error!(error = %e, "the token store stayed down");
+                    if shared.fail(&e) {
+                        let _ = tx.send(StreamItem::Failed(e)).await;
+                    }
+                }
+            };
+            let handle = tokio::spawn(task.instrument(span.clone()));
+            *self
+                .checkpoint_task
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        }
+        let worker = Worker::new(
+            self.spec.clone(),
+            self.shared.clone(),
+            tx,
+            self.checkpointer.clone(),
+        );
         let handle = tokio::spawn(worker.run().instrument(span));
         *self.worker.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
     }

@@ -11,11 +11,14 @@ use mongodb::Client;
 use tokio::sync::mpsc;
 
 use super::batch::parse_reply;
-use super::client_pool::client_for;
+use super::checkpoint::Checkpointer;
+use super::client_pool::{client_for, ClientLease};
 use super::errors::{EngineError, ErrorCode};
+use super::oplog::{read_window, OplogWindow};
 use super::resume::{aggregate_command, choose_start, ResumeState};
-use super::spec::{StartPoint, WatchSpec};
+use super::spec::{HistoryLostPolicy, InvalidatePolicy, StartPoint, WatchSpec};
 use super::status::{keystring_token_time, Shared, StreamState};
+use super::store::load_record;
 use super::stream::{EndReason, EventBatch, StreamItem};
 
 /// How long a getMore may take when the user sets no `maxAwaitTimeMS` (the server's
@@ -43,6 +46,7 @@ pub(crate) struct Worker {
     /// Whether this server advances an idle stream's position (a no-op heartbeat): only
     /// then does "no advance for stallTimeoutMS" mean a stall.
     idle_advance_seen: bool,
+    checkpointer: Option<Arc<Checkpointer>>,
 }
 
 impl Worker {
@@ -50,6 +54,7 @@ impl Worker {
         spec: Arc<WatchSpec>,
         shared: Arc<Shared>,
         tx: mpsc::Sender<StreamItem>,
+        checkpointer: Option<Arc<Checkpointer>>,
     ) -> Self {
         let resume = ResumeState::new(&spec);
         Worker {
@@ -60,10 +65,66 @@ impl Worker {
             outage: None,
             invalidated: false,
             idle_advance_seen: false,
+            checkpointer,
+        }
+    }
+
+    /// Continues from the token store's record, unless the user gave a start option (an
+    /// explicit `resumeAfter`/`startAfter`/`startAtOperationTime` wins). Returns false
+    /// when the stream must stop.
+    async fn restore_position(&mut self) -> bool {
+        let Some(ck) = self.checkpointer.clone() else {
+            return true;
+        };
+        if self.spec.start != StartPoint::Now {
+            return true;
+        }
+        let allow_mismatch = self
+            .spec
+            .durability
+            .as_ref()
+            .is_some_and(|d| d.allow_mismatch);
+        loop {
+            let loaded = match self.or_cancel(load_record(ck.store(), ck.name())).await {
+                None => return false,
+                Some(loaded) => loaded,
+            };
+            match loaded {
+                Ok(None) => return true,
+                Ok(Some(record)) => {
+                    if !allow_mismatch {
+                        let source = ck.store().describe();
+                        if let Err(e) = record.check_matches(ck.name(), &self.spec, &source) {
+                            self.fail(e).await;
+                            return false;
+                        }
+                    }
+                    tracing::info!(
+                        name = ck.name(),
+                        store = %ck.store().describe(),
+                        "continuing from the stored position"
+                    );
+                    self.shared.record_progress(0, record.cluster_time);
+                    self.resume.restore(record.token, record.start_after);
+                    return true;
+                }
+                Err(e) if e.resumable => {
+                    if !self.recover(e).await {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    self.fail(e).await;
+                    return false;
+                }
+            }
         }
     }
 
     pub(crate) async fn run(mut self) {
+        if !self.restore_position().await {
+            return;
+        }
         let client = loop {
             match self.or_cancel(client_for(&self.spec.uri)).await {
                 None => return,
@@ -85,8 +146,8 @@ impl Worker {
             let flow = match self.or_cancel(self.watchdog(open)).await {
                 None => Flow::Stop,
                 Some(Err(silent)) => self.stalled(silent).await,
-                Some(Ok(Ok(cursor))) => self.pump(cursor).await,
-                Some(Ok(Err(e))) => self.reopen_after(e).await,
+                Some(Ok(Ok(cursor))) => self.pump(cursor, &client).await,
+                Some(Ok(Err(e))) => self.reopen_after(e, &client).await,
             };
             if let Flow::Stop = flow {
                 return;
@@ -96,7 +157,7 @@ impl Worker {
 
     /// Reads batches from one cursor until it fails, ends, stalls, or the stream closes.
     /// The cursor is dropped on return, which kills it on the server.
-    async fn pump(&mut self, mut cursor: RawBatchCursor) -> Flow {
+    async fn pump(&mut self, mut cursor: RawBatchCursor, client: &ClientLease) -> Flow {
         let mut first_reply = true;
         let mut last_progress = Instant::now();
         loop {
@@ -117,7 +178,17 @@ impl Worker {
                 Some(Err(e)) => {
                     drop(permit);
                     drop(cursor);
-                    return self.reopen_after(e).await;
+                    return self.reopen_after(e, client).await;
+                }
+                None if self.invalidated
+                    && self.spec.on_invalidate == InvalidatePolicy::Restart =>
+                {
+                    // Continue with `startAfter` the invalidate token (a dropped collection
+                    // that is re-created keeps streaming).
+                    tracing::info!("restarting after invalidate");
+                    self.invalidated = false;
+                    self.resume.restart_after_invalidate();
+                    return Flow::Reopen;
                 }
                 None if self.invalidated => {
                     self.shared.end();
@@ -146,11 +217,16 @@ impl Worker {
             if is_open_reply {
                 self.resume.record_open(&self.spec, parsed.operation_time);
             }
-            let advanced = self.resume.record_batch(
-                parsed.count,
-                parsed.last_event_id.clone(),
-                parsed.post_batch_token.clone(),
-            );
+            // After an invalidate, the position is the invalidate event's own token: the
+            // only one `startAfter` can continue from.
+            let end_token = if parsed.invalidated {
+                parsed.last_event_id.clone()
+            } else {
+                parsed.post_batch_token.clone()
+            };
+            let advanced =
+                self.resume
+                    .record_batch(parsed.count, parsed.last_event_id.clone(), end_token);
             self.invalidated = parsed.invalidated;
             if !self.shared.transition(StreamState::Streaming) {
                 return Flow::Stop;
@@ -240,8 +316,40 @@ impl Worker {
         self.retry_after(err).await
     }
 
-    async fn reopen_after(&mut self, e: mongodb::error::Error) -> Flow {
-        self.retry_after(EngineError::from_driver(&e)).await
+    async fn reopen_after(&mut self, e: mongodb::error::Error, client: &ClientLease) -> Flow {
+        let error = EngineError::from_driver(&e);
+        if error.code == ErrorCode::ChangeStreamHistoryLost {
+            return self.history_lost(error, client).await;
+        }
+        self.retry_after(error).await
+    }
+
+    /// The position fell off the oplog. Say which interval may be missing — from the
+    /// position to the oldest entry still there — then fail or go on from "now".
+    async fn history_lost(&mut self, error: EngineError, client: &ClientLease) -> Flow {
+        let from = self.shared.snapshot().position_time;
+        let to = match self.or_cancel(read_window(client, from)).await {
+            None => return Flow::Stop,
+            Some(Ok(OplogWindow::Known { oldest, .. })) => Some(oldest),
+            Some(_) => None,
+        };
+        tracing::error!(?from, ?to, "change stream history lost");
+        let sent = self
+            .or_cancel(self.tx.send(StreamItem::HistoryLost { from, to }))
+            .await;
+        if !matches!(sent, Some(Ok(()))) {
+            return Flow::Stop;
+        }
+        match self.spec.on_history_lost {
+            HistoryLostPolicy::Error => {
+                self.fail(error).await;
+                Flow::Stop
+            }
+            HistoryLostPolicy::ResumeFromNow => {
+                self.resume.forget_position();
+                Flow::Reopen
+            }
+        }
     }
 
     async fn retry_after(&mut self, error: EngineError) -> Flow {

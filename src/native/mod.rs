@@ -1,4 +1,5 @@
 //! The napi layer: converts options, hands batches to JS as Buffers. No policy here.
 
 mod logging;
+mod store;
 mod stream;

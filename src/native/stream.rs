@@ -7,6 +7,8 @@ use napi::{Error, Result, Status};
 use napi_derive::napi;
 
 use super::logging::{self, LoggerFn};
+use super::store::{JsStore, StoreFn};
+use crate::engine::store::TokenStore;
 use crate::engine::{
     ChangeStreamEngine, EndReason, EngineError, Health, OplogWindow, StreamItem, WatchSpec,
 };
@@ -47,6 +49,24 @@ pub struct NativeItem {
     pub error: Option<NativeErrorInfo>,
     pub reason: Option<String>,
     pub silent_ms: Option<f64>,
+    /// historyLost: the interval (cluster times as `{t, i}`) whose events may be missing.
+    pub from: Option<NativeTimestamp>,
+    pub to: Option<NativeTimestamp>,
+}
+
+#[napi(object)]
+pub struct NativeTimestamp {
+    pub t: u32,
+    pub i: u32,
+}
+
+impl From<mongodb::bson::Timestamp> for NativeTimestamp {
+    fn from(ts: mongodb::bson::Timestamp) -> Self {
+        NativeTimestamp {
+            t: ts.time,
+            i: ts.increment,
+        }
+    }
 }
 
 /// The engine's part of `health()`; times are epoch milliseconds.
@@ -146,6 +166,8 @@ impl NativeItem {
             error: None,
             reason: None,
             silent_ms: None,
+            from: None,
+            to: None,
         }
     }
 }
@@ -178,6 +200,11 @@ impl From<StreamItem> for NativeItem {
                 silent_ms: Some(silent.as_millis() as f64),
                 ..NativeItem::of("stalled")
             },
+            StreamItem::HistoryLost { from, to } => NativeItem {
+                from: from.map(Into::into),
+                to: to.map(Into::into),
+                ..NativeItem::of("historyLost")
+            },
             StreamItem::Failed(error) => NativeItem {
                 error: Some(error.into()),
                 ..NativeItem::of("error")
@@ -209,9 +236,10 @@ impl Drop for NativeChangeStream {
 
 #[napi]
 impl NativeChangeStream {
-    /// `spec`: one BSON document with every option (docs/native-contract.md).
+    /// `spec`: one BSON document with every option (docs/native-contract.md); `store`: the
+    /// application's token store when `tokenStore.type` is "custom".
     #[napi(constructor)]
-    pub fn new(spec: Buffer) -> Result<Self> {
+    pub fn new(spec: Buffer, store: Option<StoreFn>) -> Result<Self> {
         let doc = Document::from_reader(spec.as_ref()).map_err(|e| {
             Error::new(
                 Status::InvalidArg,
@@ -220,8 +248,11 @@ impl NativeChangeStream {
         })?;
         let spec = WatchSpec::from_document(&doc)
             .map_err(|e| Error::new(Status::InvalidArg, e.message))?;
+        let custom = store.map(|s| Arc::new(JsStore::new(s)) as Arc<dyn TokenStore>);
+        let engine = ChangeStreamEngine::new(spec, custom)
+            .map_err(|e| Error::new(Status::InvalidArg, e.message))?;
         Ok(NativeChangeStream {
-            engine: Arc::new(ChangeStreamEngine::new(spec)),
+            engine: Arc::new(engine),
         })
     }
 
@@ -230,11 +261,32 @@ impl NativeChangeStream {
         Ok(self.engine.next().await.into())
     }
 
+    /// Rejects only if the last processed position could not be stored.
     #[napi]
     pub async fn close(&self) -> Result<()> {
-        self.engine.close().await;
+        let closed = self.engine.close().await;
         logging::unregister(self.engine.id());
-        Ok(())
+        closed.map_err(|e| Error::new(Status::GenericFailure, e.to_string()))
+    }
+
+    /// The consumer processed `event` (and all before it); `end_token` when it ended its
+    /// batch. Without an event: the position advanced to `end_token` on a quiet stream.
+    #[napi]
+    pub fn commit(&self, event: Option<Buffer>, end_token: Option<Buffer>) -> Result<()> {
+        let committed = match (&event, &end_token) {
+            (Some(e), end) => self
+                .engine
+                .commit_event(e.as_ref(), end.as_ref().map(|b| b.as_ref())),
+            (None, Some(token)) => self.engine.commit_token(token.as_ref()),
+            (None, None) => Ok(()),
+        };
+        committed.map_err(|e| Error::new(Status::InvalidArg, e.message))
+    }
+
+    /// Processed events whose position is not stored yet.
+    #[napi]
+    pub fn pending_checkpoint(&self) -> f64 {
+        self.engine.pending_checkpoint() as f64
     }
 
     /// Sends this stream's log events to `logger(record)` (weakly referenced: it never

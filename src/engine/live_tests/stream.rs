@@ -26,7 +26,7 @@ async fn delivers_every_event_in_order() {
     insert_seq(&client, &db, coll, 1..101).await;
     let (_, seqs) = collect_events(&engine, 100, WAIT).await;
     assert_eq!(seqs, (1..101).collect::<Vec<_>>());
-    engine.close().await;
+    engine.close().await.expect("close");
     assert!(matches!(
         engine.next().await,
         StreamItem::Ended(EndReason::Closed)
@@ -94,7 +94,7 @@ async fn resumes_after_repeated_getmore_failures_with_growing_attempts() {
         })
         .collect();
     assert_eq!(resumed, vec![3]);
-    engine.close().await;
+    engine.close().await.expect("close");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,7 +201,8 @@ async fn close_during_backoff_returns_promptly_and_never_reopens() {
     }
     tokio::time::timeout(Duration::from_secs(5), engine.close())
         .await
-        .expect("close cancels the backoff");
+        .expect("close cancels the backoff")
+        .expect("nothing to flush");
     assert!(matches!(
         engine.next().await,
         StreamItem::Ended(EndReason::Closed)

@@ -97,7 +97,8 @@ pub fn unique_name(prefix: &str) -> String {
 pub fn engine(uri: &str, db: &str, coll: &str, extra: Document) -> ChangeStreamEngine {
     let mut spec = doc! {"uri": uri, "db": db, "collection": coll, "maxAwaitTimeMS": 100};
     spec.extend(extra);
-    ChangeStreamEngine::new(WatchSpec::from_document(&spec).expect("valid spec"))
+    ChangeStreamEngine::new(WatchSpec::from_document(&spec).expect("valid spec"), None)
+        .expect("engine")
 }
 
 /// Every item until `want` events arrived (or the deadline passed); returns the items
