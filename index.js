@@ -5,36 +5,10 @@
 
 const { ResilientChangeStream } = require('./lib/stream');
 const { watch } = require('./lib/watch');
-const {
-  ResilientChangeStreamError,
-  ChangeStreamHistoryLostError,
-  InvalidResumeTokenError,
-  ChangeStreamFatalError,
-  AuthorizationError,
-  InvalidPipelineError,
-  RetriesExhaustedError,
-  ServerError,
-  InvalidOptionError,
-  ModeConflictError,
-  StreamClosedError,
-  TokenStoreError,
-  PositionMismatchError,
-} = require('./lib/errors');
+const { errorClasses } = require('./lib/errors');
 
 module.exports = {
   ResilientChangeStream,
   watch,
-  ResilientChangeStreamError,
-  ChangeStreamHistoryLostError,
-  InvalidResumeTokenError,
-  ChangeStreamFatalError,
-  AuthorizationError,
-  InvalidPipelineError,
-  RetriesExhaustedError,
-  ServerError,
-  InvalidOptionError,
-  ModeConflictError,
-  StreamClosedError,
-  TokenStoreError,
-  PositionMismatchError,
+  ...errorClasses,
 };

@@ -61,21 +61,27 @@ class PositionMismatchError extends ResilientChangeStreamError {
   static code = 'PositionMismatch';
 }
 
-const CLASS_BY_CODE = new Map(
-  [
-    ChangeStreamHistoryLostError,
-    InvalidResumeTokenError,
-    ChangeStreamFatalError,
-    AuthorizationError,
-    InvalidPipelineError,
-    RetriesExhaustedError,
-    ServerError,
-    InvalidOptionError,
-    ModeConflictError,
-    StreamClosedError,
-    TokenStoreError,
-    PositionMismatchError,
-  ].map((cls) => [cls.code, cls]),
+/** Every class with a stable code of its own; the base class takes any other code. */
+const CODED_CLASSES = [
+  ChangeStreamHistoryLostError,
+  InvalidResumeTokenError,
+  ChangeStreamFatalError,
+  AuthorizationError,
+  InvalidPipelineError,
+  RetriesExhaustedError,
+  ServerError,
+  InvalidOptionError,
+  ModeConflictError,
+  StreamClosedError,
+  TokenStoreError,
+  PositionMismatchError,
+];
+
+const CLASS_BY_CODE = new Map(CODED_CLASSES.map((cls) => [cls.code, cls]));
+
+/** The public error classes by name (what index.js exports). */
+const errorClasses = Object.fromEntries(
+  [ResilientChangeStreamError, ...CODED_CLASSES].map((cls) => [cls.name, cls]),
 );
 
 /** Builds the mirrored error for a `NativeErrorInfo` (see docs/native-contract.md). */
@@ -101,19 +107,8 @@ function invalidOption(name, expected, value) {
 }
 
 module.exports = {
-  ResilientChangeStreamError,
-  ChangeStreamHistoryLostError,
-  InvalidResumeTokenError,
-  ChangeStreamFatalError,
-  AuthorizationError,
-  InvalidPipelineError,
-  RetriesExhaustedError,
-  ServerError,
-  InvalidOptionError,
-  ModeConflictError,
-  StreamClosedError,
-  TokenStoreError,
-  PositionMismatchError,
+  ...errorClasses,
+  errorClasses,
   fromNative,
   describeType,
   invalidOption,
