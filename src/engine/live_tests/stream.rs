@@ -8,22 +8,11 @@ use mongodb::bson::{doc, Bson};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Opens the stream (first `next()` starts it) and waits until it is positioned, so
-/// later writes are seen. An idle stream delivers its first advanced token, or times out
-/// quietly; either way the cursor is open afterwards.
-async fn open(engine: &crate::engine::ChangeStreamEngine) {
-    let _ = tokio::time::timeout(Duration::from_millis(300), engine.next()).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_every_event_in_order() {
-    let server = TestServer::start();
-    let client = server.client().await;
-    let (db, coll) = (unique_name("db"), "orders");
-    insert_seq(&client, &db, coll, 0..1).await; // create the collection
-    let engine = engine(&server.uri, &db, coll, doc! {"batchSize": 7});
-    open(&engine).await;
-    insert_seq(&client, &db, coll, 1..101).await;
+    let fx = Fixture::start().await;
+    let engine = fx.open_engine(doc! {"batchSize": 7}).await;
+    fx.insert(1..101).await;
     let (_, seqs) = collect_events(&engine, 100, WAIT).await;
     assert_eq!(seqs, (1..101).collect::<Vec<_>>());
     engine.close().await.expect("close");
@@ -35,22 +24,15 @@ async fn delivers_every_event_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_after_repeated_getmore_failures_with_growing_attempts() {
-    let server = TestServer::start();
-    let client = server.client().await;
-    let (db, coll) = (unique_name("db"), "orders");
-    insert_seq(&client, &db, coll, 0..1).await;
-    let engine = engine(
-        &server.uri,
-        &db,
-        coll,
-        doc! {"backoff": {"initialDelayMS": 1, "maxDelayMS": 20}},
-    );
-    open(&engine).await;
-    insert_seq(&client, &db, coll, 1..11).await;
+    let fx = Fixture::start().await;
+    let engine = fx
+        .open_engine(doc! {"backoff": {"initialDelayMS": 1, "maxDelayMS": 20}})
+        .await;
+    fx.insert(1..11).await;
     let (_, first) = collect_events(&engine, 10, WAIT).await;
     assert_eq!(first, (1..11).collect::<Vec<_>>());
 
-    server
+    fx.server
         .fail_command(
             doc! {"failCommands": ["getMore"], "errorCode": 6, "errorLabels": ["ResumableChangeStreamError"]},
             Bson::Document(doc! {"times": 3}),
@@ -62,7 +44,7 @@ async fn resumes_after_repeated_getmore_failures_with_growing_attempts() {
         matches!(i, StreamItem::Reconnecting { attempt: 3, .. })
     })
     .await;
-    insert_seq(&client, &db, coll, 11..21).await;
+    fx.insert(11..21).await;
     let (after, rest) = collect_events(&engine, 10, WAIT).await;
     items.extend(after);
     assert_eq!(
@@ -99,13 +81,9 @@ async fn resumes_after_repeated_getmore_failures_with_growing_attempts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fatal_server_error_fails_once() {
-    let server = TestServer::start();
-    let client = server.client().await;
-    let (db, coll) = (unique_name("db"), "orders");
-    insert_seq(&client, &db, coll, 0..1).await;
-    let engine = engine(&server.uri, &db, coll, doc! {});
-    open(&engine).await;
-    server
+    let fx = Fixture::start().await;
+    let engine = fx.open_engine(doc! {}).await;
+    fx.server
         .fail_command(
             doc! {"failCommands": ["getMore"], "errorCode": 280, "errorLabels": []},
             Bson::Document(doc! {"times": 1}),
@@ -115,7 +93,7 @@ async fn fatal_server_error_fails_once() {
         matches!(i, StreamItem::Failed(_) | StreamItem::Ended(_))
     })
     .await;
-    server.fail_point_off().await;
+    fx.server.fail_point_off().await;
     assert!(
         !items
             .iter()
@@ -134,18 +112,11 @@ async fn fatal_server_error_fails_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_run_out_when_the_user_limits_them() {
-    let server = TestServer::start();
-    let client = server.client().await;
-    let (db, coll) = (unique_name("db"), "orders");
-    insert_seq(&client, &db, coll, 0..1).await;
-    let engine = engine(
-        &server.uri,
-        &db,
-        coll,
-        doc! {"backoff": {"initialDelayMS": 1, "maxRetries": 2}},
-    );
-    open(&engine).await;
-    server
+    let fx = Fixture::start().await;
+    let engine = fx
+        .open_engine(doc! {"backoff": {"initialDelayMS": 1, "maxRetries": 2}})
+        .await;
+    fx.server
         .fail_command(
             doc! {"failCommands": ["getMore", "aggregate"], "errorCode": 91, "errorLabels": ["ResumableChangeStreamError"]},
             Bson::String("alwaysOn".into()),
@@ -155,7 +126,7 @@ async fn retries_run_out_when_the_user_limits_them() {
         matches!(i, StreamItem::Failed(_) | StreamItem::Ended(_))
     })
     .await;
-    server.fail_point_off().await;
+    fx.server.fail_point_off().await;
     let reconnects = items
         .iter()
         .filter(|i| matches!(i, StreamItem::Reconnecting { .. }))
@@ -172,25 +143,20 @@ async fn retries_run_out_when_the_user_limits_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_during_backoff_returns_promptly_and_never_reopens() {
-    let server = TestServer::start();
-    let client = server.client().await;
-    let (db, coll) = (unique_name("db"), "orders");
-    insert_seq(&client, &db, coll, 0..1).await;
+    let fx = Fixture::start().await;
     // A 60 s backoff: only cancellation can end it in time.
-    let engine = engine(
-        &server.uri,
-        &db,
-        coll,
-        doc! {"backoff": {"initialDelayMS": 60000, "multiplier": 1, "maxDelayMS": 60000}},
-    );
-    open(&engine).await;
-    server
+    let engine = fx
+        .open_engine(
+            doc! {"backoff": {"initialDelayMS": 60000, "multiplier": 1, "maxDelayMS": 60000}},
+        )
+        .await;
+    fx.server
         .fail_command(
             doc! {"failCommands": ["getMore"], "errorCode": 6, "errorLabels": ["ResumableChangeStreamError"]},
             Bson::Document(doc! {"times": 1}),
         )
         .await;
-    insert_seq(&client, &db, coll, 1..2).await;
+    fx.insert(1..2).await;
     loop {
         let item = tokio::time::timeout(WAIT, engine.next())
             .await

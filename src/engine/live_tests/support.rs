@@ -175,3 +175,39 @@ pub async fn insert_seq(client: &Client, db: &str, coll: &str, range: std::ops::
         .await
         .expect("insert");
 }
+
+/// A server, a client, and an existing collection of its own.
+pub struct Fixture {
+    pub server: TestServer,
+    pub client: Client,
+    pub db: String,
+    pub coll: &'static str,
+}
+
+impl Fixture {
+    pub async fn start() -> Fixture {
+        let server = TestServer::start();
+        let client = server.client().await;
+        let fx = Fixture {
+            server,
+            client,
+            db: unique_name("db"),
+            coll: "orders",
+        };
+        fx.insert(0..1).await; // creates the collection
+        fx
+    }
+
+    pub async fn insert(&self, range: std::ops::Range<i32>) {
+        insert_seq(&self.client, &self.db, self.coll, range).await;
+    }
+
+    /// An engine on the collection, opened (its first `next()` starts it) and positioned,
+    /// so later writes are seen. An idle stream delivers its first advanced token, or times
+    /// out quietly; either way the cursor is open afterwards.
+    pub async fn open_engine(&self, extra: Document) -> ChangeStreamEngine {
+        let engine = engine(&self.server.uri, &self.db, self.coll, extra);
+        let _ = tokio::time::timeout(Duration::from_millis(300), engine.next()).await;
+        engine
+    }
+}
