@@ -45,7 +45,7 @@ test('health() follows the stream through start, events, an outage, and close', 
   assert.equal(during.state, 'reconnecting');
   assert.equal(during.reconnects, 1);
   assert.equal(typeof during.currentBackoffMs, 'number');
-  assert.equal(during.lastError.code, 'NetworkError');
+  assert.equal(during.lastError.code, 'ServerError');
   assert.equal(during.lastError.serverCode, 6);
   await slow.close();
   assert.equal(await pending, null);

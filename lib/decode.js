@@ -73,10 +73,13 @@ const TOKEN_DESERIALIZE_OPTIONS = {
 function decodeEvents(buffer, count, options) {
   const { deserialize } = bson();
   const events = new Array(count);
+  // One options object per batch, its index moved along (not one object per event).
+  const perEvent = { ...options, index: 0, allowObjectSmallerThanBufferSize: true };
   let offset = 0;
   for (let i = 0; i < count; i++) {
     if (offset + 4 > buffer.length) throw new Error(`native batch holds fewer than ${count} documents`);
-    events[i] = deserialize(buffer, { ...options, index: offset, allowObjectSmallerThanBufferSize: true });
+    perEvent.index = offset;
+    events[i] = deserialize(buffer, perEvent);
     offset += buffer.readInt32LE(offset);
   }
   if (offset !== buffer.length) throw new Error(`native batch holds more than ${count} documents`);

@@ -24,7 +24,8 @@ pub enum ErrorCode {
     InvalidPipeline,
     /// The user's `backoff.maxRetries` ran out during an outage.
     RetriesExhausted,
-    /// A network error or server selection failure (resumable).
+    /// A network error or server selection failure (resumable). Server replies, even
+    /// resumable ones, are `ServerError`.
     Network,
     /// No reply, or no progress, for `stallTimeoutMS` (resumable: the stream re-opens).
     Stalled,
@@ -173,7 +174,7 @@ fn code_for_server_error(code: i32) -> ErrorCode {
         // Unknown stage, both resume options, token plus time, bad $changeStream option,
         // FailedToParse, InvalidOptions, TypeMismatch, Location40573 (not a replica set).
         40324 | 50865 | 40674 | 40415 | 9 | 72 | 14 | 40573 => ErrorCode::InvalidPipeline,
-        c if RESUMABLE_CODES.contains(&c) => ErrorCode::Network,
+        // Resumable or not, a server's answer is a server error; `resumable` says which.
         _ => ErrorCode::ServerError,
     }
 }
