@@ -299,10 +299,17 @@ class TestServer {
     return this.adminCommand({ configureFailPoint: 'failCommand', mode: 'off' });
   }
 
-  /** Emulated on SecantusDB; real on a replica set. Some servers drop the connection. */
+  /**
+   * Emulated on SecantusDB; real on a replica set. Some servers drop the connection. mongod
+   * requires secondaryCatchUpPeriodSecs (default 10) below the step-down period.
+   */
   async stepDown(secs = 2) {
     try {
-      return await this.adminCommand({ replSetStepDown: secs, force: true });
+      return await this.adminCommand({
+        replSetStepDown: secs,
+        secondaryCatchUpPeriodSecs: Math.max(0, Math.min(1, secs - 1)),
+        force: true,
+      });
     } catch (err) {
       if (isNetworkError(err)) return { ok: 1, networkError: err.message };
       throw err;
