@@ -498,3 +498,109 @@ export declare class ModeConflictError extends ResilientChangeStreamError {
 export declare class StreamClosedError extends ResilientChangeStreamError {
   code: 'StreamClosed';
 }
+
+// --- ResilientCursor ---------------------------------------------------------------------------
+
+/** Options of `new ResilientCursor(target, options)`. */
+export interface ResilientCursorOptions {
+  /** The query filter (default `{}`). */
+  filter?: Document;
+  /** A projection; it must keep the key field. */
+  projection?: Document;
+  /** A unique, ordered field (dotted path allowed) positioning the read. Default `_id`. */
+  key?: string;
+  batchSize?: number;
+  /** A tailable cursor on a capped collection (natural order; resumes by key). */
+  tailable?: boolean;
+  /** With `tailable`: getMore waits for new documents. */
+  awaitData?: boolean;
+  /** With `awaitData`: how long a getMore waits. */
+  maxAwaitTimeMS?: number;
+  /** Re-open policy after network errors, CursorNotFound (43), step-down. */
+  backoff?: BackoffOptions;
+  /** 136 CappedPositionLost: fail (default) or continue from the oldest document left. */
+  onPositionLost?: 'error' | 'restartFromOldest';
+  /** How long a tailable read waits before re-issuing a dead cursor (default 200). */
+  tailRetryMS?: number;
+  /** Connection string (default: the target's). */
+  uri?: string;
+  logger?: StreamLogger;
+  promoteLongs?: boolean;
+  promoteValues?: boolean;
+  promoteBuffers?: boolean;
+  useBigInt64?: boolean;
+  bsonRegExp?: boolean;
+  enableUtf8Validation?: boolean;
+}
+
+/** `state()`: plain JSON; BSON values in canonical Extended JSON. */
+export interface ResilientCursorState {
+  version: 1;
+  namespace: { db: string; collection: string };
+  filter: Record<string, unknown>;
+  projection: Record<string, unknown> | null;
+  key: string;
+  /** The key of the last document handed out (canonical EJSON), or null. */
+  lastKey: unknown;
+  batchSize: number | null;
+  tailable: boolean;
+  awaitData: boolean;
+  maxAwaitTimeMS: number | null;
+  onPositionLost: 'error' | 'restartFromOldest';
+  /** How the read ended, or null while it runs. */
+  ended: 'exhausted' | 'stopped' | 'closed' | 'error' | null;
+  /** Documents handed out by this instance. */
+  delivered: number;
+}
+
+export interface PositionLostEvent {
+  /** The last key received before the loss. */
+  lastKey: unknown;
+  /** The server's 136 CappedPositionLost error. */
+  error: ResilientChangeStreamError;
+}
+
+export interface ResilientCursorHealth {
+  state: 'starting' | 'streaming' | 'reconnecting' | 'closed' | 'failed';
+  reconnects: number;
+  currentBackoffMs: number | null;
+  lastError: ResilientChangeStreamError | null;
+  documentsRead: number;
+  documentsDelivered: number;
+}
+
+export type CursorConnection = Collection<any> | Db | MongoClient | { uri: string } | string;
+
+/** A long read that survives failures and can be stopped, saved and restarted anywhere. */
+export declare class ResilientCursor<TSchema extends Document = Document> extends EventEmitter {
+  constructor(
+    target: Collection<any> | { uri: string; db: string; collection: string },
+    options?: ResilientCursorOptions,
+  );
+  /** Continues after `state.lastKey`, in this or another process. */
+  static restart<T extends Document = Document>(
+    state: ResilientCursorState,
+    connection: CursorConnection,
+    options?: Pick<ResilientCursorOptions, 'backoff' | 'tailRetryMS' | 'logger' | 'uri'>,
+  ): ResilientCursor<T>;
+  readonly lastKey: unknown;
+  readonly closed: boolean;
+  state(): ResilientCursorState;
+  health(): ResilientCursorHealth;
+  /** No further batches; received documents are still handed out, then the read ends. */
+  stop(): void;
+  next(): Promise<TSchema | null>;
+  hasNext(): Promise<boolean>;
+  tryNext(): Promise<TSchema | null>;
+  [Symbol.asyncIterator](): AsyncGenerator<TSchema, void, void>;
+  stream(options?: { transform?: (doc: TSchema) => unknown }): Readable;
+  close(): Promise<void>;
+  on(event: 'data', listener: (doc: TSchema) => unknown): this;
+  on(event: 'end', listener: (info: { reason: 'exhausted' | 'stopped' }) => void): this;
+  on(event: 'close', listener: (info: { reason: string; error?: Error }) => void): this;
+  on(event: 'reconnecting', listener: (e: ReconnectingEvent) => void): this;
+  on(event: 'resumed', listener: (e: ResumedEvent) => void): this;
+  on(event: 'positionLost', listener: (e: PositionLostEvent) => void): this;
+  on(event: 'error', listener: (error: ResilientChangeStreamError) => void): this;
+  on(event: string | symbol, listener: (...args: any[]) => void): this;
+}

@@ -5,10 +5,12 @@
 
 const { ResilientChangeStream } = require('./lib/stream');
 const { watch } = require('./lib/watch');
+const { ResilientCursor } = require('./lib/cursor');
 const { errorClasses } = require('./lib/errors');
 
 module.exports = {
   ResilientChangeStream,
+  ResilientCursor,
   watch,
   ...errorClasses,
 };

@@ -5,6 +5,7 @@ import rcs from './index.js';
 
 export const {
   ResilientChangeStream,
+  ResilientCursor,
   watch,
   ResilientChangeStreamError,
   ChangeStreamHistoryLostError,

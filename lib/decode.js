@@ -90,9 +90,12 @@ function decodeToken(buffer) {
   return bson().deserialize(buffer, TOKEN_DESERIALIZE_OPTIONS);
 }
 
-/** The engine's `spec` document, serialized like the driver serializes commands. */
+/**
+ * The engine's `spec` document. `{ batchSize: undefined }` means "not set", as in the
+ * driver, so undefined fields are left out (BSON would otherwise encode them as null).
+ */
 function encodeSpec(spec) {
-  return bson().serialize(spec);
+  return bson().serialize(spec, { ignoreUndefined: true });
 }
 
 /** Each of the `count` documents stored back to back in `buffer`, as a view (no copy). */

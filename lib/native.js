@@ -31,7 +31,6 @@ const SUPPORTED_PLATFORMS = [
   'win32-x64-msvc',
 ];
 
-let NativeChangeStream = null;
 
 /**
  * Thrown (by the first stream constructed) when no usable binary is found. `code` is
@@ -190,23 +189,29 @@ function loadBinding() {
   }
 }
 
-/** The addon's `NativeChangeStream` class (docs/native-contract.md), loaded on first use. */
-function nativeChangeStream() {
-  if (NativeChangeStream === null) {
-    const binding = loadBinding();
-    if (typeof binding?.NativeChangeStream !== 'function') {
-      throw new NativeAddonError(
-        'resilient-change-stream: the loaded native addon does not export NativeChangeStream ' +
-          `(expected version ${PACKAGE_VERSION}). Reinstall ${platformPackageName(currentPlatform())}.`,
-      );
-    }
-    NativeChangeStream = binding.NativeChangeStream;
+let binding = null;
+
+/**
+ * One class of the addon (docs/native-contract.md), loaded on first use; a binding without
+ * it is an addon of another version.
+ */
+function nativeClass(name) {
+  binding ??= loadBinding();
+  if (typeof binding?.[name] !== 'function') {
+    throw new NativeAddonError(
+      `resilient-change-stream: the loaded native addon does not export ${name} ` +
+        `(expected version ${PACKAGE_VERSION}). Reinstall ${platformPackageName(currentPlatform())}.`,
+    );
   }
-  return NativeChangeStream;
+  return binding[name];
 }
+
+const nativeChangeStream = () => nativeClass('NativeChangeStream');
+const nativeCursor = () => nativeClass('NativeCursor');
 
 module.exports = {
   nativeChangeStream,
+  nativeCursor,
   currentPlatform,
   platformPackageName,
   SUPPORTED_PLATFORMS,

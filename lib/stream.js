@@ -53,7 +53,7 @@ class ResilientChangeStream extends EventEmitter {
     }
     const NativeChangeStream = nativeChangeStream();
     const store = tokenStoreOption(rest.tokenStore);
-    const spec = encodeSpec(withoutUndefined({ ...rest, tokenStore: store.spec }));
+    const spec = encodeSpec({ ...rest, tokenStore: store.spec });
     try {
       this._native = new NativeChangeStream(spec, store.callback);
     } catch (err) {
@@ -499,17 +499,6 @@ class ResilientChangeStream extends EventEmitter {
 function namespaceOf({ db, collection }) {
   if (!db) return '<cluster>';
   return collection ? `${db}.${collection}` : db;
-}
-
-// `{ batchSize: undefined }` means "not set", as in the driver; BSON would encode it as null.
-function withoutUndefined(options) {
-  const result = {};
-  for (const [name, value] of Object.entries(options)) {
-    if (value === undefined) continue;
-    const isBackoff = name === 'backoff' && value !== null && typeof value === 'object';
-    result[name] = isBackoff && !Array.isArray(value) ? withoutUndefined(value) : value;
-  }
-  return result;
 }
 
 module.exports = { ResilientChangeStream };

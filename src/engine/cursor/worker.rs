@@ -1,0 +1,337 @@
+//! The background worker of one restartable cursor: opens the `find`, reads batches, and
+//! re-opens after the last key received on any resumable failure.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use mongodb::bson::{Bson, RawBsonRef, RawDocumentBuf};
+use mongodb::options::CursorType;
+use mongodb::raw_batch_cursor::RawBatchCursor;
+use mongodb::Client;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::spec::{key_of, CursorSpec, PositionLostPolicy};
+use super::{CursorEnd, CursorItem};
+use crate::engine::client_pool::client_for;
+use crate::engine::errors::{EngineError, ErrorCode};
+use crate::engine::status::{Shared, StreamState};
+
+/// The server's code for a tailable cursor whose position was overwritten.
+pub const CAPPED_POSITION_LOST: i32 = 136;
+
+struct Outage {
+    since: Instant,
+    failures: u32,
+}
+
+enum Flow {
+    Reopen,
+    Stop,
+}
+
+pub(crate) struct CursorWorker {
+    spec: Arc<CursorSpec>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    tx: mpsc::Sender<CursorItem>,
+    /// The key of the last document sent to the consumer: re-opens continue after it.
+    last_key: Option<Bson>,
+    outage: Option<Outage>,
+}
+
+/// One batch read from the server.
+struct Docs {
+    bytes: Vec<u8>,
+    count: usize,
+    last_key: Option<Bson>,
+}
+
+impl CursorWorker {
+    pub(crate) fn new(
+        spec: Arc<CursorSpec>,
+        shared: Arc<Shared>,
+        stop: CancellationToken,
+        tx: mpsc::Sender<CursorItem>,
+    ) -> Self {
+        let last_key = spec.last_key.clone();
+        CursorWorker {
+            spec,
+            shared,
+            stop,
+            tx,
+            last_key,
+            outage: None,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let client = loop {
+            match self.or_cancel(client_for(&self.spec.uri)).await {
+                None => return,
+                Some(Ok(client)) => break client,
+                Some(Err(e)) => {
+                    if !self.recover(e).await {
+                        return;
+                    }
+                }
+            }
+        };
+        loop {
+            if self.shared.state().is_terminal() {
+                return;
+            }
+            tracing::debug!(resuming = self.last_key.is_some(), "opening the cursor");
+            let open = open_cursor(&client, &self.spec, self.last_key.as_ref());
+            let flow = match self.or_cancel(open).await {
+                None => Flow::Stop,
+                Some(Ok(cursor)) => self.pump(cursor).await,
+                Some(Err(e)) => self.after_error(e).await,
+            };
+            if let Flow::Stop = flow {
+                return;
+            }
+        }
+    }
+
+    /// Reads batches from one cursor until it fails, ends, or the read is stopped. The
+    /// cursor is dropped on return, which kills it on the server.
+    async fn pump(&mut self, mut cursor: RawBatchCursor) -> Flow {
+        let mut first_reply = true;
+        loop {
+            // Reserve the slot BEFORE reading: at most one batch waits for the consumer.
+            let Some(Ok(permit)) = self.or_cancel(self.tx.clone().reserve_owned()).await else {
+                return Flow::Stop;
+            };
+            let next = match self.or_cancel(cursor.next()).await {
+                None => return Flow::Stop,
+                Some(next) => next,
+            };
+            let batch = match next {
+                Some(Ok(batch)) => batch,
+                Some(Err(e)) => {
+                    drop(permit);
+                    drop(cursor);
+                    return self.after_error(e).await;
+                }
+                None if self.spec.tailable => {
+                    // A dead tailable cursor (nothing matched yet, or the server let it go):
+                    // wait a little, then re-issue after the last key.
+                    drop(permit);
+                    tracing::debug!("tailable cursor is dead; re-issuing it");
+                    return match self
+                        .or_cancel(tokio::time::sleep(self.spec.tail_retry))
+                        .await
+                    {
+                        None => Flow::Stop,
+                        Some(()) => Flow::Reopen,
+                    };
+                }
+                None => {
+                    self.shared.end();
+                    permit.send(CursorItem::Ended(CursorEnd::Exhausted));
+                    return Flow::Stop;
+                }
+            };
+            self.shared.record_reply();
+            let docs = match read_batch(batch.as_raw_document(), &self.spec.key) {
+                Ok(docs) => docs,
+                Err(e) => {
+                    drop(permit);
+                    self.fail(e).await;
+                    return Flow::Stop;
+                }
+            };
+            if !self.shared.transition(StreamState::Streaming) {
+                return Flow::Stop;
+            }
+            let is_open_reply = std::mem::take(&mut first_reply);
+            let progressed = docs.count > 0 || !is_open_reply;
+            let mut permit = permit;
+            if let Some(outage) = self.outage.take_if(|_| progressed) {
+                tracing::info!(
+                    attempts = outage.failures,
+                    downtime_ms = outage.since.elapsed().as_millis() as u64,
+                    "cursor resumed"
+                );
+                let tx = permit.send(CursorItem::Resumed {
+                    attempts: outage.failures,
+                    downtime: outage.since.elapsed(),
+                });
+                permit = match self.or_cancel(tx.reserve_owned()).await {
+                    Some(Ok(p)) => p,
+                    _ => return Flow::Stop,
+                };
+            }
+            if docs.count == 0 {
+                continue;
+            }
+            self.shared.record_progress(docs.count, None);
+            self.last_key = docs.last_key;
+            permit.send(CursorItem::Batch {
+                docs: docs.bytes,
+                count: docs.count,
+            });
+        }
+    }
+
+    async fn after_error(&mut self, e: mongodb::error::Error) -> Flow {
+        let error = EngineError::from_driver(&e);
+        if error.server_code == Some(CAPPED_POSITION_LOST) {
+            return self.position_lost(error).await;
+        }
+        if self.recover(error).await {
+            Flow::Reopen
+        } else {
+            Flow::Stop
+        }
+    }
+
+    /// Documents after the last key were overwritten before they were read: never silent.
+    async fn position_lost(&mut self, error: EngineError) -> Flow {
+        tracing::error!(error = %error, "cursor position lost");
+        let sent = self
+            .or_cancel(self.tx.send(CursorItem::PositionLost {
+                error: error.clone(),
+            }))
+            .await;
+        if !matches!(sent, Some(Ok(()))) {
+            return Flow::Stop;
+        }
+        match self.spec.on_position_lost {
+            PositionLostPolicy::Error => {
+                self.fail(error).await;
+                Flow::Stop
+            }
+            // A new find after the last key starts at the oldest document still there.
+            PositionLostPolicy::RestartFromOldest => Flow::Reopen,
+        }
+    }
+
+    /// After a failure: fail if fatal or retries ran out, else announce and wait out the
+    /// backoff. Returns whether to try again.
+    async fn recover(&mut self, error: EngineError) -> bool {
+        if !error.resumable {
+            self.fail(error).await;
+            return false;
+        }
+        let outage = self.outage.get_or_insert_with(|| Outage {
+            since: Instant::now(),
+            failures: 0,
+        });
+        outage.failures += 1;
+        let attempt = outage.failures;
+        if !self.spec.backoff.allows(attempt) {
+            let gave_up = EngineError {
+                code: ErrorCode::RetriesExhausted,
+                message: format!(
+                    "gave up after {} failed attempts to re-open the cursor; last error: {}",
+                    attempt, error.message
+                ),
+                resumable: false,
+                ..error
+            };
+            self.fail(gave_up).await;
+            return false;
+        }
+        let delay = self.spec.backoff.delay(attempt);
+        tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, error = %error, "cursor reconnecting");
+        if !self.shared.record_failure(&error, attempt, delay) {
+            return false;
+        }
+        let announced = self.or_cancel(self.tx.send(CursorItem::Reconnecting {
+            attempt,
+            delay,
+            error,
+        }));
+        if !matches!(announced.await, Some(Ok(()))) {
+            return false;
+        }
+        self.or_cancel(tokio::time::sleep(delay)).await.is_some()
+            && !self.shared.state().is_terminal()
+    }
+
+    async fn fail(&mut self, error: EngineError) {
+        tracing::error!(error = %error, "cursor failed");
+        if !self.shared.fail(&error) {
+            return;
+        }
+        let _ = self
+            .or_cancel(self.tx.send(CursorItem::Failed(error)))
+            .await;
+    }
+
+    /// Runs `f` unless the read is stopped or closed first; `None` means "stop".
+    async fn or_cancel<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => None,
+            out = f => Some(out),
+        }
+    }
+}
+
+/// Copies a reply's documents into one buffer and reads the last one's key.
+fn read_batch(reply: &mongodb::bson::RawDocument, key: &str) -> Result<Docs, EngineError> {
+    let bad = |what: &str| {
+        EngineError::new(
+            ErrorCode::ClientError,
+            format!("the server sent a find reply without {what}"),
+        )
+    };
+    let cursor = reply
+        .get_document("cursor")
+        .map_err(|_| bad("a cursor document"))?;
+    let docs = cursor
+        .get_array("firstBatch")
+        .or_else(|_| cursor.get_array("nextBatch"))
+        .map_err(|_| bad("firstBatch/nextBatch"))?;
+    let mut out = Docs {
+        bytes: Vec::with_capacity(docs.as_bytes().len()),
+        count: 0,
+        last_key: None,
+    };
+    let mut last = None;
+    for item in docs {
+        let RawBsonRef::Document(d) = item.map_err(|_| bad("well-formed documents"))? else {
+            return Err(bad("documents"));
+        };
+        out.bytes.extend_from_slice(d.as_bytes());
+        out.count += 1;
+        last = Some(d);
+    }
+    if let Some(d) = last {
+        out.last_key = Some(key_of(d, key).ok_or_else(|| {
+            EngineError::new(
+                ErrorCode::InvalidOption,
+                format!("a document has no key field \"{key}\"; the key must be present in every document"),
+            )
+        })?);
+    }
+    Ok(out)
+}
+
+async fn open_cursor(
+    client: &Client,
+    spec: &CursorSpec,
+    last_key: Option<&Bson>,
+) -> Result<RawBatchCursor, mongodb::error::Error> {
+    let command = RawDocumentBuf::from_document(&spec.find_command(last_key))?;
+    let db = client.database(&spec.db);
+    let mut action = db.run_raw_cursor_command(command);
+    if let Some(n) = spec.batch_size {
+        action = action.batch_size(n);
+    }
+    if spec.tailable {
+        action = action.cursor_type(if spec.await_data {
+            CursorType::TailableAwait
+        } else {
+            CursorType::Tailable
+        });
+    }
+    if let Some(t) = spec.max_await_time {
+        action = action.max_time(t);
+    }
+    action.batch().await
+}
