@@ -9,6 +9,7 @@ pub mod cursor;
 pub mod errors;
 mod fields;
 pub mod oplog;
+mod outage;
 pub mod position;
 pub mod redact;
 pub mod resume;

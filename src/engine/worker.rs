@@ -15,6 +15,7 @@ use super::checkpoint::Checkpointer;
 use super::client_pool::{client_for, ClientLease};
 use super::errors::{EngineError, ErrorCode};
 use super::oplog::{read_window, OplogWindow};
+use super::outage::{OutageTracker, Retry};
 use super::resume::{aggregate_command, choose_start, ResumeState};
 use super::spec::{HistoryLostPolicy, InvalidatePolicy, StartPoint, WatchSpec};
 use super::status::{keystring_token_time, Shared, StreamState};
@@ -24,12 +25,6 @@ use super::stream::{EndReason, EventBatch, StreamItem};
 /// How long a getMore may take when the user sets no `maxAwaitTimeMS` (the server's
 /// default await time); the stall watchdog waits this plus `stallTimeoutMS`.
 const SERVER_DEFAULT_AWAIT: Duration = Duration::from_secs(1);
-
-/// The current outage: consecutive failures since the last delivered progress.
-struct Outage {
-    since: Instant,
-    failures: u32,
-}
 
 enum Flow {
     Reopen,
@@ -41,7 +36,7 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     tx: mpsc::Sender<StreamItem>,
     resume: ResumeState,
-    outage: Option<Outage>,
+    outage: OutageTracker,
     invalidated: bool,
     /// Whether this server advances an idle stream's position (a no-op heartbeat): only
     /// then does "no advance for stallTimeoutMS" mean a stall.
@@ -62,7 +57,7 @@ impl Worker {
             shared,
             tx,
             resume,
-            outage: None,
+            outage: OutageTracker::default(),
             invalidated: false,
             idle_advance_seen: false,
             checkpointer,
@@ -252,15 +247,15 @@ impl Worker {
             // position. A successful `aggregate` alone proves little (the next getMore may
             // fail again), so its reply does not reset the backoff.
             let progressed = parsed.count > 0 || !is_open_reply;
-            if let Some(outage) = self.outage.take_if(|_| progressed) {
+            if let Some(recovery) = progressed.then(|| self.outage.progress()).flatten() {
                 tracing::info!(
-                    attempts = outage.failures,
-                    downtime_ms = outage.since.elapsed().as_millis() as u64,
+                    attempts = recovery.attempts,
+                    downtime_ms = recovery.downtime.as_millis() as u64,
                     "change stream resumed"
                 );
                 let tx = permit.send(StreamItem::Resumed {
-                    attempts: outage.failures,
-                    downtime: outage.since.elapsed(),
+                    attempts: recovery.attempts,
+                    downtime: recovery.downtime,
                 });
                 permit = match self.or_cancel(tx.reserve_owned()).await {
                     Some(Ok(p)) => p,
@@ -363,30 +358,21 @@ impl Worker {
     /// After a failure: fail the stream if the error is fatal or retries ran out, else
     /// announce and wait out the backoff. Returns whether to try again.
     async fn recover(&mut self, error: EngineError) -> bool {
-        if !error.resumable {
-            self.fail(error).await;
-            return false;
-        }
-        let outage = self.outage.get_or_insert_with(|| Outage {
-            since: Instant::now(),
-            failures: 0,
-        });
-        outage.failures += 1;
-        let attempt = outage.failures;
-        if !self.spec.backoff.allows(attempt) {
-            let gave_up = EngineError {
-                code: ErrorCode::RetriesExhausted,
-                message: format!(
-                    "gave up after {} failed attempts to resume; last error: {}",
-                    attempt, error.message
-                ),
-                resumable: false,
-                ..error
+        let (attempt, delay, error) =
+            match self
+                .outage
+                .failure(error, &self.spec.backoff, "change stream")
+            {
+                Retry::GiveUp(error) => {
+                    self.fail(error).await;
+                    return false;
+                }
+                Retry::After {
+                    attempt,
+                    delay,
+                    error,
+                } => (attempt, delay, error),
             };
-            self.fail(gave_up).await;
-            return false;
-        }
-        let delay = self.spec.backoff.delay(attempt);
         tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, error = %error, "change stream reconnecting");
         if !self.shared.record_failure(&error, attempt, delay) {
             return false;

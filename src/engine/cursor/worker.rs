@@ -2,7 +2,6 @@
 //! re-opens after the last key received on any resumable failure.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures_util::StreamExt;
 use mongodb::bson::{Bson, RawBsonRef, RawDocumentBuf};
@@ -16,15 +15,11 @@ use super::spec::{key_of, CursorSpec, PositionLostPolicy};
 use super::{CursorEnd, CursorItem};
 use crate::engine::client_pool::client_for;
 use crate::engine::errors::{EngineError, ErrorCode};
+use crate::engine::outage::{OutageTracker, Retry};
 use crate::engine::status::{Shared, StreamState};
 
 /// The server's code for a tailable cursor whose position was overwritten.
 pub const CAPPED_POSITION_LOST: i32 = 136;
-
-struct Outage {
-    since: Instant,
-    failures: u32,
-}
 
 enum Flow {
     Reopen,
@@ -38,7 +33,7 @@ pub(crate) struct CursorWorker {
     tx: mpsc::Sender<CursorItem>,
     /// The key of the last document sent to the consumer: re-opens continue after it.
     last_key: Option<Bson>,
-    outage: Option<Outage>,
+    outage: OutageTracker,
 }
 
 /// One batch read from the server.
@@ -62,7 +57,7 @@ impl CursorWorker {
             stop,
             tx,
             last_key,
-            outage: None,
+            outage: OutageTracker::default(),
         }
     }
 
@@ -149,15 +144,15 @@ impl CursorWorker {
             let is_open_reply = std::mem::take(&mut first_reply);
             let progressed = docs.count > 0 || !is_open_reply;
             let mut permit = permit;
-            if let Some(outage) = self.outage.take_if(|_| progressed) {
+            if let Some(recovery) = progressed.then(|| self.outage.progress()).flatten() {
                 tracing::info!(
-                    attempts = outage.failures,
-                    downtime_ms = outage.since.elapsed().as_millis() as u64,
+                    attempts = recovery.attempts,
+                    downtime_ms = recovery.downtime.as_millis() as u64,
                     "cursor resumed"
                 );
                 let tx = permit.send(CursorItem::Resumed {
-                    attempts: outage.failures,
-                    downtime: outage.since.elapsed(),
+                    attempts: recovery.attempts,
+                    downtime: recovery.downtime,
                 });
                 permit = match self.or_cancel(tx.reserve_owned()).await {
                     Some(Ok(p)) => p,
@@ -212,30 +207,18 @@ impl CursorWorker {
     /// After a failure: fail if fatal or retries ran out, else announce and wait out the
     /// backoff. Returns whether to try again.
     async fn recover(&mut self, error: EngineError) -> bool {
-        if !error.resumable {
-            self.fail(error).await;
-            return false;
-        }
-        let outage = self.outage.get_or_insert_with(|| Outage {
-            since: Instant::now(),
-            failures: 0,
-        });
-        outage.failures += 1;
-        let attempt = outage.failures;
-        if !self.spec.backoff.allows(attempt) {
-            let gave_up = EngineError {
-                code: ErrorCode::RetriesExhausted,
-                message: format!(
-                    "gave up after {} failed attempts to re-open the cursor; last error: {}",
-                    attempt, error.message
-                ),
-                resumable: false,
-                ..error
-            };
-            self.fail(gave_up).await;
-            return false;
-        }
-        let delay = self.spec.backoff.delay(attempt);
+        let (attempt, delay, error) = match self.outage.failure(error, &self.spec.backoff, "cursor")
+        {
+            Retry::GiveUp(error) => {
+                self.fail(error).await;
+                return false;
+            }
+            Retry::After {
+                attempt,
+                delay,
+                error,
+            } => (attempt, delay, error),
+        };
         tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, error = %error, "cursor reconnecting");
         if !self.shared.record_failure(&error, attempt, delay) {
             return false;
