@@ -1,7 +1,6 @@
 'use strict';
 
-const { EventEmitter } = require('node:events');
-const { Readable } = require('node:stream');
+const { PullSource } = require('./pull');
 const {
   InvalidOptionError,
   ModeConflictError,
@@ -14,8 +13,6 @@ const { nativeCursor } = require('./native');
 const { resolveTarget, connectionString } = require('./target');
 const { checkLogger, logSink } = require('./logger');
 
-// How long tryNext() waits for the engine before answering null (see lib/stream.js).
-const TRY_NEXT_WAIT_MS = 10;
 /** The version of the `state()` document; `restart()` refuses others. */
 const STATE_VERSION = 1;
 
@@ -59,7 +56,7 @@ function connectionOf(target, uriOption) {
  * restarts. All policy is the native engine's; this class decodes, hands documents out and
  * keeps the key of the last one handed out.
  */
-class ResilientCursor extends EventEmitter {
+class ResilientCursor extends PullSource {
   /**
    * @param {object} target a driver Collection, or `{ uri, db, collection }`
    * @param {object} [options] filter, projection, key, batchSize, tailable, awaitData,
@@ -227,71 +224,9 @@ class ResilientCursor extends EventEmitter {
     return this._next();
   }
 
-  async hasNext() {
-    this._useAsIterator();
-    for (;;) {
-      if (this._buffer.length > 0) return true;
-      if (this._state !== 'open') {
-        this._throwIfFailed();
-        return false;
-      }
-      await this._pull();
-    }
-  }
 
-  async tryNext() {
-    this._useAsIterator();
-    if (this._buffer.length === 0 && this._state === 'open') {
-      let timer;
-      const waited = new Promise((resolve) => {
-        timer = setTimeout(resolve, TRY_NEXT_WAIT_MS);
-      });
-      try {
-        await Promise.race([this._pull(), waited]);
-      } finally {
-        clearTimeout(timer);
-      }
-    }
-    if (this._buffer.length > 0) return this._take();
-    if (this._state !== 'open') this._throwIfFailed();
-    return null;
-  }
 
-  async *[Symbol.asyncIterator]() {
-    this._useAsIterator();
-    try {
-      for (;;) {
-        const doc = await this._next();
-        if (doc === null) return;
-        yield doc;
-      }
-    } finally {
-      await this.close();
-    }
-  }
 
-  /** A Readable (object mode) of the documents; destroying it closes the cursor. */
-  stream(options = {}) {
-    this._useAsIterator();
-    const { transform } = options;
-    const cursor = this;
-    return new Readable({
-      objectMode: true,
-      highWaterMark: 1,
-      read() {
-        cursor
-          ._next()
-          .then((doc) => this.push(doc === null || !transform ? doc : transform(doc)))
-          .catch((err) => this.destroy(err));
-      },
-      destroy(err, callback) {
-        cursor.close().then(
-          () => callback(err),
-          (closeErr) => callback(err ?? closeErr),
-        );
-      },
-    });
-  }
 
   /** Closes at once: buffered documents are dropped (state() still says what was handed out). */
   async close() {
@@ -341,16 +276,6 @@ class ResilientCursor extends EventEmitter {
     }
   }
 
-  async _next() {
-    for (;;) {
-      if (this._buffer.length > 0) return this._take();
-      if (this._state !== 'open') {
-        this._throwIfFailed();
-        return null;
-      }
-      await this._pull();
-    }
-  }
 
   _pull() {
     this._pending ??= this._native

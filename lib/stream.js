@@ -1,7 +1,6 @@
 'use strict';
 
-const { EventEmitter } = require('node:events');
-const { Readable } = require('node:stream');
+const { PullSource } = require('./pull');
 const {
   InvalidOptionError,
   ModeConflictError,
@@ -24,9 +23,6 @@ const { nativeChangeStream } = require('./native');
 const { checkLogger, logSink } = require('./logger');
 const { headroomOptions, publicWindow, startHeadroomWatch } = require('./headroom');
 
-// How long tryNext() waits for the engine before answering null. It only has to cover a batch
-// the engine already holds (a hop through the event loop), not a server round trip.
-const TRY_NEXT_WAIT_MS = 10;
 
 /**
  * A change stream that survives outages. Same surface as the driver's ChangeStream; all
@@ -34,7 +30,7 @@ const TRY_NEXT_WAIT_MS = 10;
  * decodes, hands events out in one of two exclusive modes, and keeps the resume token of
  * the last event handed out.
  */
-class ResilientChangeStream extends EventEmitter {
+class ResilientChangeStream extends PullSource {
   constructor(options) {
     super();
     if (options === null || typeof options !== 'object') {
@@ -161,81 +157,9 @@ class ResilientChangeStream extends EventEmitter {
     return this._next();
   }
 
-  /** Resolves `true` once an event is available; `false` if the stream was closed while waiting. */
-  async hasNext() {
-    this._useAsIterator();
-    for (;;) {
-      if (this._buffer.length > 0) return true;
-      if (this._state !== 'open') {
-        this._throwIfFailed();
-        return false;
-      }
-      await this._pull();
-    }
-  }
 
-  /** The next event if one is available now, else `null`. A later next() gets what arrives. */
-  async tryNext() {
-    this._useAsIterator();
-    if (this._buffer.length === 0 && this._state === 'open') {
-      let timer;
-      const waited = new Promise((resolve) => {
-        timer = setTimeout(resolve, TRY_NEXT_WAIT_MS);
-      });
-      try {
-        // The pull keeps going if the timer wins: its result is buffered for the next call.
-        await Promise.race([this._pull(), waited]);
-      } finally {
-        clearTimeout(timer);
-      }
-    }
-    if (this._buffer.length > 0) return this._take();
-    if (this._state !== 'open') this._throwIfFailed();
-    return null;
-  }
 
-  async *[Symbol.asyncIterator]() {
-    if (this.closed) return; // as the driver: iterating a closed stream yields nothing
-    this._useAsIterator(); // outside the try: a mode conflict must not close the stream
-    try {
-      for (;;) {
-        const event = await this._next();
-        if (event === null) return;
-        yield event;
-      }
-    } finally {
-      // Leaving the loop (break, return, error) ends the stream, as the driver does.
-      await this.close();
-    }
-  }
 
-  /**
-   * A Readable (object mode) of the events. Unlike the driver's, it keeps resuming: it is
-   * fed by next(). It ends when the stream is closed; destroying it closes the stream.
-   * @param {{ transform?: (event: object) => unknown }} [options]
-   */
-  stream(options = {}) {
-    this._useAsIterator();
-    const { transform } = options;
-    const changeStream = this;
-    return new Readable({
-      objectMode: true,
-      // Every event read ahead has already moved the resume token: read ahead only one.
-      highWaterMark: 1,
-      read() {
-        changeStream
-          ._next()
-          .then((event) => this.push(event === null || !transform ? event : transform(event)))
-          .catch((err) => this.destroy(err));
-      },
-      destroy(err, callback) {
-        changeStream.close().then(
-          () => callback(err),
-          (closeErr) => callback(err ?? closeErr),
-        );
-      },
-    });
-  }
 
   /**
    * Closes the stream and the native engine, storing the last processed position (in
@@ -306,17 +230,6 @@ class ResilientChangeStream extends EventEmitter {
     }
   }
 
-  /** next() without the mode/closed checks (shared by the async iterator and stream()). */
-  async _next() {
-    for (;;) {
-      if (this._buffer.length > 0) return this._take();
-      if (this._state !== 'open') {
-        this._throwIfFailed();
-        return null;
-      }
-      await this._pull();
-    }
-  }
 
   /** Waits for the engine's next item and applies it. Never rejects: failures close the stream. */
   _pull() {

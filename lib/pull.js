@@ -1,0 +1,106 @@
+'use strict';
+
+const { EventEmitter } = require('node:events');
+const { Readable } = require('node:stream');
+
+// How long tryNext() waits for the engine before answering null. It only has to cover a batch
+// the engine already holds (a hop through the event loop), not a server round trip.
+const TRY_NEXT_WAIT_MS = 10;
+
+/**
+ * The iterator surface shared by ResilientChangeStream and ResilientCursor: both pull
+ * batches from a native engine into `_buffer` and hand items out one at a time. Subclasses
+ * provide `_useAsIterator()` (mode and closed checks), `_pull()` (one engine item, never
+ * rejects), `_take()` (hand out `_buffer[0]`), `_throwIfFailed()`, `_state` and `close()`.
+ */
+class PullSource extends EventEmitter {
+  /** Resolves `true` once an item is available; `false` if it ended while waiting. */
+  async hasNext() {
+    this._useAsIterator();
+    for (;;) {
+      if (this._buffer.length > 0) return true;
+      if (this._state !== 'open') {
+        this._throwIfFailed();
+        return false;
+      }
+      await this._pull();
+    }
+  }
+
+  /** The next item if one is available now, else `null`. A later next() gets what arrives. */
+  async tryNext() {
+    this._useAsIterator();
+    if (this._buffer.length === 0 && this._state === 'open') {
+      let timer;
+      const waited = new Promise((resolve) => {
+        timer = setTimeout(resolve, TRY_NEXT_WAIT_MS);
+      });
+      try {
+        // The pull keeps going if the timer wins: its result is buffered for the next call.
+        await Promise.race([this._pull(), waited]);
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+    if (this._buffer.length > 0) return this._take();
+    if (this._state !== 'open') this._throwIfFailed();
+    return null;
+  }
+
+  async *[Symbol.asyncIterator]() {
+    if (this._state !== 'open' && this._buffer.length === 0) return; // as the driver
+    this._useAsIterator(); // outside the try: a mode conflict must not close anything
+    try {
+      for (;;) {
+        const item = await this._next();
+        if (item === null) return;
+        yield item;
+      }
+    } finally {
+      // Leaving the loop (break, return, error) closes, as the driver does.
+      await this.close();
+    }
+  }
+
+  /**
+   * A Readable (object mode) of the items, fed by next(): unlike the driver's it keeps
+   * resuming. It ends when the source ends; destroying it closes the source.
+   * @param {{ transform?: (item: object) => unknown }} [options]
+   */
+  stream(options = {}) {
+    this._useAsIterator();
+    const { transform } = options;
+    const source = this;
+    return new Readable({
+      objectMode: true,
+      // Every item read ahead has already moved the position: read ahead only one.
+      highWaterMark: 1,
+      read() {
+        source
+          ._next()
+          .then((item) => this.push(item === null || !transform ? item : transform(item)))
+          .catch((err) => this.destroy(err));
+      },
+      destroy(err, callback) {
+        source.close().then(
+          () => callback(err),
+          (closeErr) => callback(err ?? closeErr),
+        );
+      },
+    });
+  }
+
+  /** next() without the mode/closed checks. */
+  async _next() {
+    for (;;) {
+      if (this._buffer.length > 0) return this._take();
+      if (this._state !== 'open') {
+        this._throwIfFailed();
+        return null;
+      }
+      await this._pull();
+    }
+  }
+}
+
+module.exports = { PullSource };
