@@ -42,7 +42,7 @@ class PullSource extends EventEmitter {
         clearTimeout(timer);
       }
     }
-    if (this._buffer.length > 0) return this._take();
+    if (this._buffer.length > 0 && this._hasRoom()) return this._take();
     if (this._state !== 'open') this._throwIfFailed();
     return null;
   }
@@ -90,10 +90,21 @@ class PullSource extends EventEmitter {
     });
   }
 
+  /** Whether an item may be handed out now (a subclass may hold items back). */
+  _hasRoom() {
+    return true;
+  }
+
+  /** Waits until an item may be handed out. */
+  async _admit() {}
+
   /** next() without the mode/closed checks. */
   async _next() {
     for (;;) {
-      if (this._buffer.length > 0) return this._take();
+      if (this._buffer.length > 0) {
+        await this._admit();
+        return this._take();
+      }
       if (this._state !== 'open') {
         this._throwIfFailed();
         return null;

@@ -86,6 +86,8 @@ class ResilientChangeStream extends PullSource {
     this._uncommitted = null;
     /** The last historyLost interval, attached to the error that may follow. */
     this._historyLost = null;
+    /** The position that fell off the oplog, as the engine had it (may come from the store). */
+    this._lostToken = null;
     /** Events handed to the user, and when the last one was (for health()). */
     this._eventsDelivered = 0;
     this._lastEventAt = null;
@@ -217,6 +219,8 @@ class ResilientChangeStream extends PullSource {
           await this._pull();
           continue;
         }
+        await this._admit();
+        if (this._state !== 'open') break;
         const { event } = this._buffer[0];
         // rawListeners, not listeners: once() wrappers must run so they remove themselves.
         for (const listener of this.rawListeners('change')) await listener.call(this, event);
@@ -271,6 +275,7 @@ class ResilientChangeStream extends PullSource {
         const { Timestamp } = bson();
         const time = (ts) => (ts ? new Timestamp({ t: ts.t, i: ts.i }) : null);
         this._historyLost = { from: time(item.from), to: time(item.to) };
+        this._lostToken = item.endToken ? decodeToken(item.endToken) : null;
         this.emit('historyLost', this._historyLost);
         return;
       }
@@ -278,7 +283,7 @@ class ResilientChangeStream extends PullSource {
         const error = fromNative(item.error);
         if (error.code === 'ChangeStreamHistoryLost') {
           // What the application needs to backfill: where it was, and what may be missing.
-          error.resumeToken = this._token;
+          error.resumeToken = this._lostToken ?? this._token;
           error.historyLost = this._historyLost;
         }
         return this._terminate(error);
@@ -322,6 +327,21 @@ class ResilientChangeStream extends PullSource {
     if (entry === null) return;
     this._uncommitted = null;
     this._native.commit(entry.raw, entry.end);
+  }
+
+  /** Asking for the next event means the one handed out before is processed. */
+  async _next() {
+    this._commitUncommitted();
+    return super._next();
+  }
+
+  /** With a token store: hold events back while too many processed ones are unsaved. */
+  _hasRoom() {
+    return !this._durable || this._native.hasRoom();
+  }
+
+  async _admit() {
+    if (!this._hasRoom()) await this._native.waitForRoom();
   }
 
   /** Hands out the first buffered event, moving the resume token past it. */
@@ -379,15 +399,21 @@ class ResilientChangeStream extends PullSource {
       this._state = 'closing';
       this._error = error;
       this._stopHeadroomWatch?.();
-      this._closing = this._native.close().finally(() => {
-        this._state = 'closed';
-        // The iterator gets the error from next(); 'error' goes to emitter mode and to
-        // whoever listens for it.
-        if (error && (this._isEmitter() || this.listenerCount('error') > 0)) {
-          this._emitOutsidePromise('error', error);
-        }
-        this._emitOutsidePromise('close', error ? { reason: 'error', error } : { reason });
-      });
+      this._closing = this._native
+        .close()
+        .then((failure) => {
+          // The last processed position could not be stored: the caller must know.
+          if (failure) throw fromNative(failure);
+        })
+        .finally(() => {
+          this._state = 'closed';
+          // The iterator gets the error from next(); 'error' goes to emitter mode and to
+          // whoever listens for it.
+          if (error && (this._isEmitter() || this.listenerCount('error') > 0)) {
+            this._emitOutsidePromise('error', error);
+          }
+          this._emitOutsidePromise('close', error ? { reason: 'error', error } : { reason });
+        });
     }
     return this._closing;
   }

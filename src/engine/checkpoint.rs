@@ -38,7 +38,7 @@ impl Default for CheckpointPolicy {
 }
 
 /// How long a store may keep failing before the stream gives up with an error.
-const STORE_GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+pub const STORE_GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 
 fn store_backoff() -> BackoffPolicy {
     BackoffPolicy {
@@ -161,19 +161,21 @@ impl Checkpointer {
         self.lock().unsaved_events
     }
 
+    /// Fewer than `max_unsaved_events` processed events are unsaved (or saving failed for
+    /// good: the stream is failing and must not block).
+    pub fn has_room(&self) -> bool {
+        let pending = self.lock();
+        pending.failed.is_some() || pending.unsaved_events < self.policy.max_unsaved_events
+    }
+
     /// Waits while too much processed progress is unsaved (a store that is down).
     pub async fn wait_for_room(&self) {
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            {
-                let pending = self.lock();
-                if pending.failed.is_some()
-                    || pending.unsaved_events < self.policy.max_unsaved_events
-                {
-                    return;
-                }
+            if self.has_room() {
+                return;
             }
             room.await;
         }

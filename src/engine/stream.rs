@@ -68,6 +68,8 @@ pub enum StreamItem {
     HistoryLost {
         from: Option<Timestamp>,
         to: Option<Timestamp>,
+        /// The lost position (the last token the stream had).
+        token: Option<RawDocumentBuf>,
     },
     /// Fatal: the stream is closed.
     Failed(EngineError),
@@ -129,12 +131,31 @@ impl ChangeStreamEngine {
         Ok(())
     }
 
-    /// The position advanced without an event (postBatchResumeToken of a quiet stream).
+    /// The position advanced without an event (postBatchResumeToken of a quiet stream);
+    /// its cluster time is the engine's position time (the reply's operation time).
     pub fn commit_token(&self, token: &[u8]) -> Result<(), EngineError> {
         if let Some(ck) = &self.checkpointer {
-            ck.commit(Progress::token_only(token)?, 0);
+            let mut progress = Progress::token_only(token)?;
+            progress.cluster_time = self.shared.snapshot().position_time;
+            ck.commit(progress, 0);
         }
         Ok(())
+    }
+
+    /// Whether fewer than `checkpoint.maxUnsavedEvents` processed events are unsaved (always
+    /// true without a token store): the consumer may take another event.
+    pub fn has_room(&self) -> bool {
+        self.checkpointer.as_ref().is_none_or(|c| c.has_room())
+    }
+
+    /// Waits until `has_room()`, or the stream is closed.
+    pub async fn wait_for_room(&self) {
+        if let Some(ck) = &self.checkpointer {
+            tokio::select! {
+                _ = ck.wait_for_room() => {},
+                _ = self.shared.cancel.cancelled() => {},
+            }
+        }
     }
 
     /// Processed events not yet stored (0 without a token store).

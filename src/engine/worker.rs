@@ -11,7 +11,7 @@ use mongodb::Client;
 use tokio::sync::mpsc;
 
 use super::batch::parse_reply;
-use super::checkpoint::Checkpointer;
+use super::checkpoint::{Checkpointer, STORE_GIVE_UP_AFTER};
 use super::client_pool::{client_for, ClientLease};
 use super::errors::{EngineError, ErrorCode};
 use super::oplog::{read_window, OplogWindow};
@@ -79,6 +79,7 @@ impl Worker {
             .durability
             .as_ref()
             .is_some_and(|d| d.allow_mismatch);
+        let started = std::time::Instant::now();
         loop {
             let loaded = match self.or_cancel(load_record(ck.store(), ck.name())).await {
                 None => return false,
@@ -103,13 +104,18 @@ impl Worker {
                     self.resume.restore(record.token, record.start_after);
                     return true;
                 }
-                Err(e) if e.resumable => {
+                // A store that stays down surfaces as an error, as for saves.
+                Err(e) if e.resumable && started.elapsed() < STORE_GIVE_UP_AFTER => {
                     if !self.recover(e).await {
                         return false;
                     }
                 }
                 Err(e) => {
-                    self.fail(e).await;
+                    self.fail(EngineError {
+                        resumable: false,
+                        ..e
+                    })
+                    .await;
                     return false;
                 }
             }
@@ -175,28 +181,33 @@ impl Worker {
                     drop(cursor);
                     return self.reopen_after(e, client).await;
                 }
-                None if self.invalidated
-                    && self.spec.on_invalidate == InvalidatePolicy::Restart =>
-                {
-                    // Continue with `startAfter` the invalidate token (a dropped collection
-                    // that is re-created keeps streaming).
+                // The server ends a change stream cursor only after an invalidate (drop,
+                // rename, dropDatabase) — also when the pipeline filtered that event out.
+                None => {
+                    let saw_invalidate = std::mem::take(&mut self.invalidated);
+                    if self.spec.on_invalidate == InvalidatePolicy::Close {
+                        self.shared.end();
+                        permit.send(StreamItem::Ended(EndReason::Invalidated));
+                        return Flow::Stop;
+                    }
+                    drop(permit);
+                    if !saw_invalidate {
+                        // Without the invalidate event there is no token `startAfter` can
+                        // continue from; guessing a position could skip events.
+                        self.fail(EngineError::new(
+                            ErrorCode::ChangeStreamFatal,
+                            "the server ended the change stream without an invalidate event \
+                             (does the pipeline filter it out?); onInvalidate: 'restart' needs \
+                             invalidate events to pass the pipeline",
+                        ))
+                        .await;
+                        return Flow::Stop;
+                    }
+                    // Restart: continue with `startAfter` the invalidate token, so a dropped
+                    // collection that is re-created keeps streaming.
                     tracing::info!("restarting after invalidate");
-                    self.invalidated = false;
                     self.resume.restart_after_invalidate();
                     return Flow::Reopen;
-                }
-                None if self.invalidated => {
-                    self.shared.end();
-                    permit.send(StreamItem::Ended(EndReason::Invalidated));
-                    return Flow::Stop;
-                }
-                None => {
-                    drop(permit);
-                    let err = EngineError::resumable(
-                        ErrorCode::Network,
-                        "the server closed the change stream cursor",
-                    );
-                    return self.retry_after(err).await;
                 }
             };
             self.shared.record_reply();
@@ -329,8 +340,9 @@ impl Worker {
             Some(_) => None,
         };
         tracing::error!(?from, ?to, "change stream history lost");
+        let token = self.resume.token().cloned();
         let sent = self
-            .or_cancel(self.tx.send(StreamItem::HistoryLost { from, to }))
+            .or_cancel(self.tx.send(StreamItem::HistoryLost { from, to, token }))
             .await;
         if !matches!(sent, Some(Ok(()))) {
             return Flow::Stop;

@@ -200,9 +200,11 @@ impl From<StreamItem> for NativeItem {
                 silent_ms: Some(silent.as_millis() as f64),
                 ..NativeItem::of("stalled")
             },
-            StreamItem::HistoryLost { from, to } => NativeItem {
+            StreamItem::HistoryLost { from, to, token } => NativeItem {
                 from: from.map(Into::into),
                 to: to.map(Into::into),
+                // The lost position.
+                end_token: token.map(|t| t.into_bytes().into()),
                 ..NativeItem::of("historyLost")
             },
             StreamItem::Failed(error) => NativeItem {
@@ -261,12 +263,26 @@ impl NativeChangeStream {
         Ok(self.engine.next().await.into())
     }
 
-    /// Rejects only if the last processed position could not be stored.
+    /// Resolves with the error when the last processed position could not be stored.
     #[napi]
-    pub async fn close(&self) -> Result<()> {
+    pub async fn close(&self) -> Result<Option<NativeErrorInfo>> {
         let closed = self.engine.close().await;
         logging::unregister(self.engine.id());
-        closed.map_err(|e| Error::new(Status::GenericFailure, e.to_string()))
+        Ok(closed.err().map(Into::into))
+    }
+
+    /// Whether the consumer may take another event (fewer than `maxUnsavedEvents`
+    /// processed events unsaved).
+    #[napi]
+    pub fn has_room(&self) -> bool {
+        self.engine.has_room()
+    }
+
+    /// Resolves once `hasRoom()` or the stream is closed.
+    #[napi]
+    pub async fn wait_for_room(&self) -> Result<()> {
+        self.engine.wait_for_room().await;
+        Ok(())
     }
 
     /// The consumer processed `event` (and all before it); `end_token` when it ended its
