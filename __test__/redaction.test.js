@@ -4,6 +4,9 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const net = require('node:net');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
 const { ResilientChangeStream, RetriesExhaustedError } = require('..');
 const { setup, withTimeout } = require('./helpers');
 
@@ -78,6 +81,8 @@ test('credentials the server rejects or ignores: nothing shows the password', as
   base.username = 'mallory';
   base.password = SECRET;
   const { lines, logger } = recordingLogger();
+  const positionFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'rcs-redaction-')), 'position.json');
+  t.after(() => fs.rmSync(path.dirname(positionFile), { recursive: true, force: true }));
   const stream = new ResilientChangeStream({
     uri: base.toString(),
     db: 'x',
@@ -85,6 +90,8 @@ test('credentials the server rejects or ignores: nothing shows the password', as
     maxAwaitTimeMS: 100,
     backoff: { initialDelayMS: 1, maxRetries: 1 },
     logger,
+    name: 'redaction',
+    tokenStore: { type: 'file', path: positionFile },
   });
   // The test server may accept any credentials; a real one rejects them. Either way, look
   // at everything produced until the stream is open or closed.
@@ -104,6 +111,13 @@ test('credentials the server rejects or ignores: nothing shows the password', as
   await stream.close();
   if (outcome !== 'open') seen.push(outcome.error);
   assert.ok(lines.length > 0, 'the engine logged something');
+  t.diagnostic(`outcome: ${outcome === 'open' ? 'open' : 'closed'}`);
+  if (outcome === 'open') {
+    // close() stored the position: the record names the namespace, never the connection.
+    const stored = fs.readFileSync(positionFile, 'utf8');
+    assert.ok(stored.includes('"x.y"'), stored);
+    assert.ok(!stored.includes(SECRET) && !stored.includes('mallory'), `leaked in the stored record: ${stored}`);
+  }
   for (const l of lines) assert.ok(!l.text.includes(SECRET), `leaked in log: ${l.text}`);
   for (const e of seen.filter(Boolean)) assert.ok(!exposed(e).includes(SECRET), `leaked in: ${exposed(e)}`);
 });
