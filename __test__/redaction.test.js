@@ -112,6 +112,8 @@ test('credentials the server rejects or ignores: nothing shows the password', as
   if (outcome !== 'open') seen.push(outcome.error);
   assert.ok(lines.length > 0, 'the engine logged something');
   t.diagnostic(`outcome: ${outcome === 'open' ? 'open' : 'closed'}`);
+  // (The test server rejects these credentials, so usually nothing is stored; the record's
+  // fields are checked in src/engine/position.rs.)
   if (outcome === 'open') {
     // close() stored the position: the record names the namespace, never the connection.
     const stored = fs.readFileSync(positionFile, 'utf8');

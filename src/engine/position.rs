@@ -203,6 +203,21 @@ mod tests {
     }
 
     #[test]
+    fn records_never_hold_the_connection_string() {
+        let s = WatchSpec::from_document(
+            &doc! {"uri": "mongodb://alice:s3cr3t@db1:27017/?authSource=admin", "db": "d", "collection": "c"},
+        )
+        .unwrap();
+        let text = Bson::Document(record(&s).to_document())
+            .into_canonical_extjson()
+            .to_string();
+        assert!(
+            !text.contains("s3cr3t") && !text.contains("alice") && !text.contains("db1"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn corrupt_records_name_the_source() {
         let e =
             PositionRecord::from_document(&doc! {"version": 1}, "file /tmp/p.json").unwrap_err();
