@@ -219,11 +219,17 @@ class ResilientChangeStream extends PullSource {
           await this._pull();
           continue;
         }
-        await this._admit();
-        if (this._state !== 'open') break;
+        if (!this._hasRoom()) {
+          await this._admit();
+          if (this._state !== 'open') break;
+        }
         const { event } = this._buffer[0];
         // rawListeners, not listeners: once() wrappers must run so they remove themselves.
-        for (const listener of this.rawListeners('change')) await listener.call(this, event);
+        for (const listener of this.rawListeners('change')) {
+          // Await only what a listener returns as a promise: sync listeners cost no tick.
+          const result = listener.call(this, event);
+          if (result !== null && typeof result?.then === 'function') await result;
+        }
         this._take();
       }
     } catch (err) {

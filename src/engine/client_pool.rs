@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::Mutex;
 
-use mongodb::options::ClientOptions;
+use mongodb::options::{ClientOptions, ServerMonitoringMode};
 use mongodb::Client;
 use once_cell::sync::Lazy;
 
@@ -74,6 +74,13 @@ pub async fn client_for(uri: &str) -> Result<ClientLease, EngineError> {
         .map_err(|e| EngineError::from_driver(&e))?;
     if options.max_pool_size.is_none() {
         options.max_pool_size = Some(DEFAULT_MAX_POOL_SIZE);
+    }
+    // After a network error the streaming monitor waits its minimum heartbeat interval
+    // (500 ms) before the server is selectable again; polling re-checks at once, so a
+    // dropped connection costs ~40 ms instead of ~500 ms. Applied only when the URI sets
+    // no `serverMonitoringMode`.
+    if options.server_monitoring_mode.is_none() {
+        options.server_monitoring_mode = Some(ServerMonitoringMode::Poll);
     }
     if options.app_name.is_none() {
         options.app_name = Some("resilient-change-stream".into());
