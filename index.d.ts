@@ -3,16 +3,9 @@
 
 import { EventEmitter } from 'node:events';
 import { Readable } from 'node:stream';
-import type {
-  ChangeStreamDocument,
-  Collection,
-  CollationOptions,
-  Db,
-  Document,
-  MongoClient,
-  ResumeToken,
-  Timestamp,
-} from 'mongodb';
+// @ts-ignore -- `mongodb` is an optional peer: without it these driver types are `any` and
+// everything still type-checks under `strict`; with it, events have the driver's own types.
+import type { ChangeStreamDocument, Collection, CollationOptions, Db, Document, MongoClient, ResumeToken, Timestamp } from 'mongodb';
 
 export type { ResumeToken };
 
