@@ -325,10 +325,15 @@ test('a terminal gets a live status line on stderr; Ctrl-C through the terminal 
   }
   const { coll, ns, tokenFile } = await namespace();
   const quote = (s) => `'${s.replaceAll("'", "'\\''")}'`;
-  const command = [process.execPath, BIN, 'tail', server.uri, ns, '--token-file', tokenFile].map(quote).join(' ');
+  // `exec`: without it some shells (dash, which script(1) uses when $SHELL is unset) stay
+  // between script and the CLI, take the tty's SIGINT themselves and die of it (exit 130).
+  const command = `exec ${[process.execPath, BIN, 'tail', server.uri, ns, '--token-file', tokenFile].map(quote).join(' ')}`;
   // script(1) runs the CLI on a pseudo-terminal (stdout and stderr both on it); what we write
   // to script's stdin is typed on that terminal, so \x03 is a real Ctrl-C (SIGINT from the tty).
-  const child = spawn('script', ['-qfec', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn('script', ['-qfec', command, '/dev/null'], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    env: { ...process.env, SHELL: '/bin/sh' },
+  });
   let screen = '';
   child.stdout.setEncoding('utf8').on('data', (d) => {
     screen += d;
