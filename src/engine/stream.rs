@@ -122,13 +122,24 @@ impl ChangeStreamEngine {
         })
     }
 
-    /// The consumer processed `event` (BSON) and everything before it; `end_token` is the
-    /// batch's end token when the event ended its batch. No-op without a token store.
-    pub fn commit_event(&self, event: &[u8], end_token: Option<&[u8]>) -> Result<(), EngineError> {
+    /// The consumer processed `events` more events, the last of them `event` (BSON);
+    /// `end_token` is the batch's end token when that event ended its batch. No-op without
+    /// a token store.
+    pub fn commit_event(
+        &self,
+        event: &[u8],
+        end_token: Option<&[u8]>,
+        events: u64,
+    ) -> Result<(), EngineError> {
         if let Some(ck) = &self.checkpointer {
-            ck.commit(Progress::after_event(event, end_token)?, 1);
+            ck.commit(Progress::after_event(event, end_token)?, events);
         }
         Ok(())
+    }
+
+    /// The checkpoint policy, for a named consumer.
+    pub fn checkpoint_policy(&self) -> Option<&super::checkpoint::CheckpointPolicy> {
+        self.spec.durability.as_ref().map(|d| &d.checkpoint)
     }
 
     /// The position advanced without an event (postBatchResumeToken of a quiet stream);

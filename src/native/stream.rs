@@ -285,18 +285,35 @@ impl NativeChangeStream {
         Ok(())
     }
 
-    /// The consumer processed `event` (and all before it); `end_token` when it ended its
-    /// batch. Without an event: the position advanced to `end_token` on a quiet stream.
+    /// The consumer processed `events` more events (default 1), the last of them `event`;
+    /// `end_token` when it ended its batch. Without an event: the position advanced to
+    /// `end_token` on a quiet stream.
     #[napi]
-    pub fn commit(&self, event: Option<Buffer>, end_token: Option<Buffer>) -> Result<()> {
+    pub fn commit(
+        &self,
+        event: Option<Buffer>,
+        end_token: Option<Buffer>,
+        events: Option<u32>,
+    ) -> Result<()> {
         let committed = match (&event, &end_token) {
-            (Some(e), end) => self
-                .engine
-                .commit_event(e.as_ref(), end.as_ref().map(|b| b.as_ref())),
+            (Some(e), end) => self.engine.commit_event(
+                e.as_ref(),
+                end.as_ref().map(|b| b.as_ref()),
+                events.unwrap_or(1) as u64,
+            ),
             (None, Some(token)) => self.engine.commit_token(token.as_ref()),
             (None, None) => Ok(()),
         };
         committed.map_err(|e| Error::new(Status::InvalidArg, e.message))
+    }
+
+    /// The checkpoint policy's `everyEvents` (null without a token store): committing at
+    /// least this often keeps the stored position as fresh as the policy asks.
+    #[napi(getter)]
+    pub fn checkpoint_every(&self) -> Option<u32> {
+        self.engine
+            .checkpoint_policy()
+            .map(|p| p.every_events.min(u32::MAX as u64) as u32)
     }
 
     /// Processed events whose position is not stored yet.
