@@ -67,22 +67,36 @@ const TOKEN_DESERIALIZE_OPTIONS = {
 };
 
 /**
- * Decodes `count` BSON documents stored back to back in `buffer`: one `deserialize` per
- * document, in place (no copies), as the driver's OnDemandDocument.toObject does.
+ * The options for decoding one document of a batch in place (no copy), as the driver's
+ * OnDemandDocument.toObject does: one object per stream or batch whose `index` the caller
+ * moves to each document's offset (not one object per event).
  */
-function decodeEvents(buffer, count, options) {
-  const { deserialize } = bson();
-  const events = new Array(count);
-  // One options object per batch, its index moved along (not one object per event).
-  const perEvent = { ...options, index: 0, allowObjectSmallerThanBufferSize: true };
+function perEventOptions(options) {
+  return { ...options, index: 0, allowObjectSmallerThanBufferSize: true };
+}
+
+/** Checks that `buffer` holds exactly `count` BSON documents back to back. */
+function checkBatch(buffer, count) {
   let offset = 0;
   for (let i = 0; i < count; i++) {
     if (offset + 4 > buffer.length) throw new Error(`native batch holds fewer than ${count} documents`);
+    offset += buffer.readInt32LE(offset);
+  }
+  if (offset !== buffer.length) throw new Error(`native batch holds more than ${count} documents`);
+}
+
+/** Decodes `count` BSON documents stored back to back in `buffer`, one `deserialize` each. */
+function decodeEvents(buffer, count, options) {
+  const { deserialize } = bson();
+  checkBatch(buffer, count);
+  const events = new Array(count);
+  const perEvent = perEventOptions(options);
+  let offset = 0;
+  for (let i = 0; i < count; i++) {
     perEvent.index = offset;
     events[i] = deserialize(buffer, perEvent);
     offset += buffer.readInt32LE(offset);
   }
-  if (offset !== buffer.length) throw new Error(`native batch holds more than ${count} documents`);
   return events;
 }
 
@@ -98,21 +112,10 @@ function encodeSpec(spec) {
   return bson().serialize(spec, { ignoreUndefined: true });
 }
 
-/** Each of the `count` documents stored back to back in `buffer`, as a view (no copy). */
-function splitDocuments(buffer, count) {
-  const docs = new Array(count);
-  let offset = 0;
-  for (let i = 0; i < count; i++) {
-    const length = buffer.readInt32LE(offset);
-    docs[i] = buffer.subarray(offset, offset + length);
-    offset += length;
-  }
-  return docs;
-}
-
 module.exports = {
   bson,
-  splitDocuments,
+  perEventOptions,
+  checkBatch,
   takeDecodeOptions,
   eventDeserializeOptions,
   decodeEvents,

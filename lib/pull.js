@@ -11,14 +11,16 @@ const TRY_NEXT_WAIT_MS = 10;
  * The iterator surface shared by ResilientChangeStream and ResilientCursor: both pull
  * batches from a native engine into `_buffer` and hand items out one at a time. Subclasses
  * provide `_useAsIterator()` (mode and closed checks), `_pull()` (one engine item, never
- * rejects), `_take()` (hand out `_buffer[0]`), `_throwIfFailed()`, `_state` and `close()`.
+ * rejects), `_take()` (hand out the first buffered item), `_throwIfFailed()`, `_state` and
+ * `close()`. Items are buffered in `_buffer` (an array) unless the subclass overrides
+ * `_available()` and keeps them its own way.
  */
 class PullSource extends EventEmitter {
   /** Resolves `true` once an item is available; `false` if it ended while waiting. */
   async hasNext() {
     this._useAsIterator();
     for (;;) {
-      if (this._buffer.length > 0) return true;
+      if (this._available()) return true;
       if (this._state !== 'open') {
         this._throwIfFailed();
         return false;
@@ -30,7 +32,7 @@ class PullSource extends EventEmitter {
   /** The next item if one is available now, else `null`. A later next() gets what arrives. */
   async tryNext() {
     this._useAsIterator();
-    if (this._buffer.length === 0 && this._state === 'open') {
+    if (!this._available() && this._state === 'open') {
       let timer;
       const waited = new Promise((resolve) => {
         timer = setTimeout(resolve, TRY_NEXT_WAIT_MS);
@@ -42,13 +44,13 @@ class PullSource extends EventEmitter {
         clearTimeout(timer);
       }
     }
-    if (this._buffer.length > 0 && this._hasRoom()) return this._take();
+    if (this._available() && this._hasRoom()) return this._take();
     if (this._state !== 'open') this._throwIfFailed();
     return null;
   }
 
   async *[Symbol.asyncIterator]() {
-    if (this._state !== 'open' && this._buffer.length === 0) return; // as the driver
+    if (this._state !== 'open' && !this._available()) return; // as the driver
     this._useAsIterator(); // outside the try: a mode conflict must not close anything
     try {
       for (;;) {
@@ -90,6 +92,11 @@ class PullSource extends EventEmitter {
     });
   }
 
+  /** Whether an item is buffered, ready to be handed out. */
+  _available() {
+    return this._buffer.length > 0;
+  }
+
   /** Whether an item may be handed out now (a subclass may hold items back). */
   _hasRoom() {
     return true;
@@ -101,8 +108,8 @@ class PullSource extends EventEmitter {
   /** next() without the mode/closed checks. */
   async _next() {
     for (;;) {
-      if (this._buffer.length > 0) {
-        await this._admit();
+      if (this._available()) {
+        if (!this._hasRoom()) await this._admit();
         return this._take();
       }
       if (this._state !== 'open') {

@@ -12,10 +12,10 @@ const {
 const {
   takeDecodeOptions,
   eventDeserializeOptions,
-  decodeEvents,
+  perEventOptions,
+  checkBatch,
   decodeToken,
   encodeSpec,
-  splitDocuments,
   bson,
 } = require('./decode');
 const { tokenStoreOption } = require('./store');
@@ -57,7 +57,9 @@ class ResilientChangeStream extends PullSource {
       throw err?.code === 'InvalidArg' ? new InvalidOptionError(err.message, { cause: err }) : err;
     }
     if (logger) this._native.setLogger(logSink(logger, namespaceOf(rest)));
-    this._decodeOptions = eventDeserializeOptions(decode);
+    /** deserialize() options for one event; its `index` is moved along the batch. */
+    this._decodeOptions = perEventOptions(eventDeserializeOptions(decode));
+    this._deserialize = bson().deserialize;
     /** Resume token after the last event handed out (driver: startAfter wins over resumeAfter). */
     this._token = options.startAfter ?? options.resumeAfter ?? null;
     /** @type {'open' | 'closing' | 'closed'} lifecycle; only moves forward. */
@@ -68,8 +70,17 @@ class ResilientChangeStream extends PullSource {
      * modes exclude each other.
      */
     this._mode = 'unset';
-    /** @type {{ event: object, token: unknown }[]} decoded events not yet handed out. */
-    this._buffer = [];
+    /**
+     * Events not yet handed out, kept as the engine delivered them: whole batches of raw BSON
+     * (`{ events, count, endToken, end }`). `_head` is the batch being handed out, `_queue`
+     * any that arrived after it; `_index`/`_offset` locate its next event, which is decoded
+     * only when it is looked at or handed out (`_peeked` caches it).
+     */
+    this._head = null;
+    this._queue = [];
+    this._index = 0;
+    this._offset = 0;
+    this._peeked = null;
     /** The one outstanding native nextBatch(), already chained to _handle (contract: never two). */
     this._pending = null;
     /** The close promise, created once by the first close (user or fatal). */
@@ -82,13 +93,33 @@ class ResilientChangeStream extends PullSource {
      * commit() is called, or the stream is closed.
      */
     this._durable = rest.name !== undefined && rest.name !== null;
-    /** @type {{ raw: Buffer, end: Buffer | null } | null} handed out, not yet processed */
-    this._uncommitted = null;
+    /**
+     * Processed events are reported to the engine once per run, not one by one: `_cpCount`
+     * events processed since the last native commit, the last of them at `_cpOffset`
+     * (`_cpLength` bytes) in batch `_cpBatch`. The run is committed when it reaches the
+     * policy's everyEvents, at the end of a batch, before anything that may wait (a pull, an
+     * async listener, room), and on commit()/close(). Nothing is committed before it is
+     * processed: at-least-once holds.
+     */
+    this._cpEvery = this._durable ? Math.max(1, this._native.checkpointEvery ?? 1) : 0;
+    this._cpCount = 0;
+    this._cpBatch = null;
+    this._cpOffset = 0;
+    this._cpLength = 0;
+    /** Iterator mode: the event handed out last, not processed yet (batch, offset, length). */
+    this._handedBatch = null;
+    this._handedOffset = 0;
+    this._handedLength = 0;
+    /**
+     * The engine had room for more unsaved events when last asked. Room shrinks only when
+     * this side commits, so it is asked after each commit (and again while there was none).
+     */
+    this._room = true;
     /** The last historyLost interval, attached to the error that may follow. */
     this._historyLost = null;
     /** The position that fell off the oplog, as the engine had it (may come from the store). */
     this._lostToken = null;
-    /** Events handed to the user, and when the last one was (for health()). */
+    /** Events handed to the user, and when the last one was (ms since epoch; for health()). */
     this._eventsDelivered = 0;
     this._lastEventAt = null;
 
@@ -120,7 +151,7 @@ class ResilientChangeStream extends PullSource {
     const lastError = this._error ?? (native.lastError ? fromNative(native.lastError) : null);
     return {
       state: this._state === 'open' ? native.state : closedState,
-      lastEventAt: this._lastEventAt,
+      lastEventAt: this._lastEventAt === null ? null : new Date(this._lastEventAt),
       lastTokenAt: native.lastTokenAt == null ? null : new Date(native.lastTokenAt),
       lagMs: native.lagMs ?? null,
       reconnects: native.reconnects,
@@ -132,7 +163,8 @@ class ResilientChangeStream extends PullSource {
         serverCode: lastError.serverCode,
       },
       eventsDelivered: this._eventsDelivered,
-      pendingCheckpoint: this._native.pendingCheckpoint(),
+      // Processed events the engine has not stored, counting those not yet reported to it.
+      pendingCheckpoint: this._native.pendingCheckpoint() + this._cpCount,
     };
   }
 
@@ -150,7 +182,9 @@ class ResilientChangeStream extends PullSource {
    * (otherwise that happens when the next event is asked for, or at close()).
    */
   commit() {
-    this._commitUncommitted();
+    if (!this._durable) return;
+    this._processHanded();
+    this._flushCommit();
   }
 
   /** Resolves with the next event; `null` if the stream was closed while waiting. */
@@ -169,7 +203,7 @@ class ResilientChangeStream extends PullSource {
    * next() resolves null. Rejects only if that position could not be stored.
    */
   async close() {
-    if (this._state === 'open') this._commitUncommitted();
+    if (this._state === 'open' && this._durable) this._processHanded();
     await this._shutdown(null);
   }
 
@@ -215,7 +249,8 @@ class ResilientChangeStream extends PullSource {
   async _flow() {
     try {
       while (this._state === 'open' && this.listenerCount('change') > 0) {
-        if (this._buffer.length === 0) {
+        if (this._head === null) {
+          this._flushCommit(); // nothing processed waits for the server
           await this._pull();
           continue;
         }
@@ -223,12 +258,16 @@ class ResilientChangeStream extends PullSource {
           await this._admit();
           if (this._state !== 'open') break;
         }
-        const { event } = this._buffer[0];
+        const event = this._peek();
         // rawListeners, not listeners: once() wrappers must run so they remove themselves.
         for (const listener of this.rawListeners('change')) {
           // Await only what a listener returns as a promise: sync listeners cost no tick.
           const result = listener.call(this, event);
-          if (result !== null && typeof result?.then === 'function') await result;
+          if (result !== null && typeof result?.then === 'function') {
+            // The listener may take long: what was processed before it is reported now.
+            if (this._cpCount > 0) this._flushCommit();
+            await result;
+          }
         }
         this._take();
       }
@@ -302,75 +341,148 @@ class ResilientChangeStream extends PullSource {
   }
 
   _onBatch({ events, count, endToken }) {
-    const decoded = decodeEvents(events, count, this._decodeOptions);
+    checkBatch(events, count);
     const end = endToken && decodeToken(endToken);
     if (count === 0) {
       // The position moved with no event (postBatchResumeToken advanced). With nothing
       // handed out and unprocessed, it is processed as it is: checkpoint it too (quiet
       // streams must not fall off the oplog).
       if (end) this._advance(end);
-      if (endToken && this._durable && this._buffer.length === 0 && this._uncommitted === null) {
+      if (endToken && this._durable && this._head === null && this._handedBatch === null) {
+        this._flushCommit(); // the events before it first
         this._native.commit(null, endToken);
       }
       return;
     }
-    const raws = this._durable ? splitDocuments(events, count) : null;
-    // Contract: the token after event i < count-1 is its _id; after the last one, endToken.
-    decoded.forEach((event, i) => {
-      const last = i === count - 1;
-      this._buffer.push({
-        event,
-        token: last ? end : event._id,
-        raw: raws && raws[i],
-        end: last ? endToken ?? null : null,
-      });
-    });
+    const batch = { events, count, endToken: endToken ?? null, end };
+    if (this._head === null) this._startBatch(batch);
+    else this._queue.push(batch);
   }
 
-  /** The event handed out last is processed: its position may be stored. */
-  _commitUncommitted() {
-    const entry = this._uncommitted;
-    if (entry === null) return;
-    this._uncommitted = null;
-    this._native.commit(entry.raw, entry.end);
+  _startBatch(batch) {
+    this._head = batch;
+    this._index = 0;
+    this._offset = 0;
+    this._peeked = null;
+  }
+
+  _available() {
+    return this._head !== null;
+  }
+
+  /** The next event (decoded once, when first looked at). A batch that cannot be decoded closes the stream. */
+  _peek() {
+    if (this._peeked === null) {
+      const options = this._decodeOptions;
+      options.index = this._offset;
+      try {
+        this._peeked = this._deserialize(this._head.events, options);
+      } catch (err) {
+        this._terminate(err);
+        throw err;
+      }
+    }
+    return this._peeked;
   }
 
   /** Asking for the next event means the one handed out before is processed. */
   async _next() {
-    this._commitUncommitted();
+    if (this._durable) {
+      this._processHanded();
+      // This call is about to wait for the server: report what is processed first.
+      if (this._head === null) this._flushCommit();
+    }
     return super._next();
   }
 
   /** With a token store: hold events back while too many processed ones are unsaved. */
   _hasRoom() {
-    return !this._durable || this._native.hasRoom();
+    if (!this._durable || this._room) return true;
+    this._room = this._native.hasRoom();
+    return this._room;
   }
 
   async _admit() {
-    if (!this._hasRoom()) await this._native.waitForRoom();
+    if (this._hasRoom()) return;
+    // The engine can only make room for what it was told about.
+    this._flushCommit();
+    if (this._hasRoom()) return;
+    await this._native.waitForRoom();
+    this._room = this._native.hasRoom();
   }
 
-  /** Hands out the first buffered event, moving the resume token past it. */
+  /** Hands out the next event, moving the resume token past it. */
   _take() {
-    const entry = this._buffer[0];
+    const event = this._peek();
+    const batch = this._head;
+    const last = this._index === batch.count - 1;
+    // Contract: the token after event i < count-1 is its _id; after the last one, endToken.
+    const token = last ? batch.end : event._id;
     try {
-      this._advance(entry.token);
+      this._advance(token);
     } catch (err) {
       this._terminate(err);
       throw err;
     }
-    this._buffer.shift();
-    this._eventsDelivered += 1;
-    this._lastEventAt = new Date();
-    if (this._durable) {
-      // Emitter mode: the listeners have finished, the event is processed. Iterator mode:
-      // asking for this event means the previous one is processed; this one is not yet.
-      this._commitUncommitted();
-      if (this._isEmitter()) this._native.commit(entry.raw, entry.end);
-      else this._uncommitted = entry;
+    const offset = this._offset;
+    const length = batch.events.readInt32LE(offset);
+    this._peeked = null;
+    if (last) {
+      const next = this._queue.shift();
+      if (next === undefined) this._head = null;
+      else this._startBatch(next);
+    } else {
+      this._index += 1;
+      this._offset = offset + length;
     }
-    if (entry.event.operationType === 'invalidate') this.emit('invalidate', entry.event);
-    return entry.event;
+    this._eventsDelivered += 1;
+    this._lastEventAt = Date.now();
+    if (this._durable) {
+      if (this._isEmitter()) {
+        // Emitter mode: the listeners have finished, the event is processed.
+        this._processed(batch, offset, length);
+        if (last || this._cpCount >= this._cpEvery) this._flushCommit();
+      } else {
+        // Iterator mode: asking for this event means the previous one is processed; this one
+        // is not yet.
+        this._processHanded();
+        this._handedBatch = batch;
+        this._handedOffset = offset;
+        this._handedLength = length;
+      }
+    }
+    if (event.operationType === 'invalidate') this.emit('invalidate', event);
+    return event;
+  }
+
+  /** One more processed event, the one at `offset` in `batch`. */
+  _processed(batch, offset, length) {
+    this._cpBatch = batch;
+    this._cpOffset = offset;
+    this._cpLength = length;
+    this._cpCount += 1;
+  }
+
+  /** Iterator mode: the event handed out last is processed (reported with the next commit). */
+  _processHanded() {
+    const batch = this._handedBatch;
+    if (batch === null) return;
+    this._handedBatch = null;
+    this._processed(batch, this._handedOffset, this._handedLength);
+    if (this._cpCount >= this._cpEvery) this._flushCommit();
+  }
+
+  /** Reports the processed run to the engine: its last event, and how many it held. */
+  _flushCommit() {
+    const count = this._cpCount;
+    if (count === 0) return;
+    const batch = this._cpBatch;
+    const offset = this._cpOffset;
+    const last = offset + this._cpLength === batch.events.length;
+    this._cpCount = 0;
+    this._cpBatch = null;
+    this._native.commit(batch.events.subarray(offset, offset + this._cpLength), last ? batch.endToken : null, count);
+    this._room = this._native.hasRoom();
   }
 
   /**
@@ -402,6 +514,12 @@ class ResilientChangeStream extends PullSource {
   /** @param {string} [reason] the engine's end reason when it ended without an error */
   _shutdown(error, reason = 'closed') {
     if (this._closing === null) {
+      // What was processed is reported before the engine's close stores it (whatever closes).
+      try {
+        this._flushCommit();
+      } catch {
+        // a position the engine rejects cannot be stored; close anyway
+      }
       this._state = 'closing';
       this._error = error;
       this._stopHeadroomWatch?.();
