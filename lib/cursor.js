@@ -12,9 +12,21 @@ const { takeDecodeOptions, eventDeserializeOptions, decodeEvents, encodeSpec, bs
 const { nativeCursor } = require('./native');
 const { resolveTarget, connectionString } = require('./target');
 const { checkLogger, logSink } = require('./logger');
+const { tokenStoreOption } = require('./store');
 
 /** The version of the `state()` document; `restart()` refuses others. */
 const STATE_VERSION = 1;
+
+/** The `count` BSON documents laid back to back in `buffer`, as views (no copies). */
+function documentViews(buffer, count) {
+  const views = new Array(count);
+  for (let i = 0, offset = 0; i < count; i++) {
+    const length = buffer.readInt32LE(offset);
+    views[i] = buffer.subarray(offset, offset + length);
+    offset += length;
+  }
+  return views;
+}
 
 /** The value at a dotted `path` of `doc` (undefined when absent). */
 function valueAt(doc, path) {
@@ -60,7 +72,8 @@ class ResilientCursor extends PullSource {
   /**
    * @param {object} target a driver Collection, or `{ uri, db, collection }`
    * @param {object} [options] filter, projection, key, batchSize, tailable, awaitData,
-   *   maxAwaitTimeMS, backoff, onPositionLost, tailRetryMS, logger, uri, BSON decode options
+   *   maxAwaitTimeMS, backoff, onPositionLost, tailRetryMS, stallTimeoutMS, name, tokenStore,
+   *   checkpoint, allowPositionMismatch, logger, uri, BSON decode options
    */
   constructor(target, options = {}) {
     super();
@@ -90,16 +103,32 @@ class ResilientCursor extends PullSource {
     };
     this._namespace = { db, collection };
     const NativeCursor = nativeCursor();
-    const spec = encodeSpec({ ...rest, uri, db, collection, lastKey });
+    const store = tokenStoreOption(rest.tokenStore);
+    const spec = encodeSpec({ ...rest, tokenStore: store.spec, uri, db, collection, lastKey });
     try {
-      this._native = new NativeCursor(spec);
+      this._native = new NativeCursor(spec, store.callback);
     } catch (err) {
       throw err?.code === 'InvalidArg' ? new InvalidOptionError(err.message, { cause: err }) : err;
     }
     if (logger) this._native.setLogger(logSink(logger, `${db}.${collection}`));
     this._decodeOptions = eventDeserializeOptions(decode);
+    /**
+     * A named cursor stores its position (the key of the last processed document) through
+     * its token store. Processed documents are reported to the engine once per run, not one
+     * by one: `_cpCount` documents up to `_cpRaw` (BSON), reported when the policy's count is
+     * reached, when the buffer runs dry, and on commit()/stop()/close().
+     */
+    const every = this._native.checkpointEvery;
+    this._durable = every !== null && every !== undefined;
+    this._cpEvery = this._durable ? Math.max(1, every) : 0;
+    this._cpCount = 0;
+    this._cpRaw = null;
+    /** Iterator mode: the entry handed out last, processed once the next one is asked for. */
+    this._handed = null;
     /** The key of the last document handed out (before any: where a restart began). */
     this._lastKey = lastKey ?? null;
+    /** The BSON of the last document handed out: its key, exactly. */
+    this._lastRaw = null;
     /** @type {'open' | 'closing' | 'closed'} */
     this._state = 'open';
     /** @type {'unset' | 'iterator' | 'paused' | 'flowing'} as in ResilientChangeStream */
@@ -111,6 +140,8 @@ class ResilientCursor extends PullSource {
     /** How the read ended: 'exhausted' | 'stopped' | 'closed' | 'error' | null (still open). */
     this._endReason = null;
     this._stopped = false;
+    /** The engine's end reason, until what it sent before is handed out. */
+    this._endedBy = null;
     this._delivered = 0;
     this._endEmitted = false;
     this._positionLost = null;
@@ -161,6 +192,16 @@ class ResilientCursor extends PullSource {
     );
   }
 
+  /**
+   * Iterator mode with a token store: marks the document last handed out as processed now
+   * (otherwise that happens when the next one is asked for, or at stop()/close()).
+   */
+  commit() {
+    if (!this._durable) return;
+    this._processHanded();
+    this._flushCommit();
+  }
+
   /** The key of the last document handed out (null before any). */
   get lastKey() {
     return this._lastKey;
@@ -184,7 +225,7 @@ class ResilientCursor extends PullSource {
       filter: ejson(this._options.filter),
       projection: ejson(this._options.projection),
       key: this._key,
-      lastKey: this._lastKey === null ? null : EJSON.serialize({ k: this._lastKey }, { relaxed: false }).k,
+      lastKey: this._exactLastKey(),
       batchSize: this._options.batchSize,
       tailable: this._options.tailable,
       awaitData: this._options.awaitData,
@@ -193,6 +234,14 @@ class ResilientCursor extends PullSource {
       ended: this._endReason,
       delivered: this._delivered,
     };
+  }
+
+  /** The last key handed out as canonical Extended JSON, with its exact BSON type. */
+  _exactLastKey() {
+    const { EJSON, deserialize } = bson();
+    const key =
+      this._lastRaw === null ? this._lastKey : valueAt(deserialize(this._lastRaw, { promoteValues: false }), this._key);
+    return key === null || key === undefined ? null : EJSON.serialize({ k: key }, { relaxed: false }).k;
   }
 
   health() {
@@ -204,6 +253,8 @@ class ResilientCursor extends PullSource {
       lastError: native.lastError ? fromNative(native.lastError) : null,
       documentsRead: native.eventsRead,
       documentsDelivered: this._delivered,
+      // Processed documents the engine has not stored, counting those not yet reported.
+      pendingCheckpoint: this._native.pendingCheckpoint() + this._cpCount,
     };
   }
 
@@ -224,12 +275,23 @@ class ResilientCursor extends PullSource {
     return this._next();
   }
 
+  /** Asking for the next document means the one handed out before is processed. */
+  async _next() {
+    this._processHanded();
+    return super._next();
+  }
 
 
 
 
-  /** Closes at once: buffered documents are dropped (state() still says what was handed out). */
+
+  /**
+   * Closes at once: buffered documents are dropped (state() still says what was handed
+   * out). A named cursor stores its last processed position first (in iterator mode the
+   * document last handed out counts as processed); rejects only if that fails.
+   */
   async close() {
+    if (this._state === 'open') this._processHanded();
     await this._shutdown(null, 'closed');
   }
 
@@ -265,7 +327,11 @@ class ResilientCursor extends PullSource {
           await this._pull();
           continue;
         }
-        const doc = this._buffer[0];
+        if (!this._hasRoom()) {
+          await this._admit();
+          continue;
+        }
+        const { doc } = this._buffer[0];
         for (const listener of this.rawListeners('data')) await listener.call(this, doc);
         this._take();
       }
@@ -278,6 +344,13 @@ class ResilientCursor extends PullSource {
 
 
   _pull() {
+    // The engine ended by itself (exhausted, stopped) and everything it sent was handed out
+    // and, with a token store, reported as processed: close it now, which stores the last
+    // position. (Closing at the 'end' item would lose what is handed out after it.)
+    if (this._endedBy !== null) {
+      this._terminate(null, this._endedBy);
+      return Promise.resolve();
+    }
     this._pending ??= this._native
       .nextBatch()
       .then((item) => this._handle(item))
@@ -291,14 +364,22 @@ class ResilientCursor extends PullSource {
   _handle(item) {
     if (this._state !== 'open') return;
     switch (item.kind) {
-      case 'batch':
-        for (const doc of decodeEvents(item.events, item.count, this._decodeOptions)) this._buffer.push(doc);
+      case 'batch': {
+        const docs = decodeEvents(item.events, item.count, this._decodeOptions);
+        // The raw bytes stay with each document: the exact key (an Int64 beyond 2^53 too)
+        // for state() and the token store comes from them, not from the decoded value.
+        const raws = documentViews(item.events, item.count);
+        docs.forEach((doc, i) => this._buffer.push({ doc, raw: raws[i] }));
         return;
+      }
       case 'reconnecting':
         this.emit('reconnecting', { attempt: item.attempt, delayMs: item.delayMs, error: fromNative(item.error) });
         return;
       case 'resumed':
         this.emit('resumed', { attempts: item.attempts, downtimeMs: item.downtimeMs });
+        return;
+      case 'stalled':
+        this.emit('stalled', { silentMs: item.silentMs });
         return;
       case 'positionLost': {
         const error = fromNative(item.error);
@@ -312,7 +393,8 @@ class ResilientCursor extends PullSource {
         return this._terminate(error);
       }
       case 'end':
-        return this._terminate(null, item.reason);
+        this._endedBy = item.reason;
+        return;
       default:
         throw new Error(`unknown native item kind "${item.kind}"`);
     }
@@ -321,16 +403,61 @@ class ResilientCursor extends PullSource {
   /** The key of the last document received (handed out or buffered): where the loss begins. */
   _lastKeyReceived() {
     const last = this._buffer[this._buffer.length - 1];
-    return last === undefined ? this._lastKey : valueAt(last, this._key);
+    return last === undefined ? this._lastKey : valueAt(last.doc, this._key);
   }
 
   _take() {
-    const doc = this._buffer.shift();
-    const key = valueAt(doc, this._key);
-    if (key !== undefined) this._lastKey = key;
+    const entry = this._buffer.shift();
+    const key = valueAt(entry.doc, this._key);
+    if (key !== undefined) {
+      this._lastKey = key;
+      this._lastRaw = entry.raw;
+    }
     this._delivered += 1;
+    if (this._durable) {
+      // Emitter mode: the listeners have finished, the document is processed. Iterator
+      // mode: asking for this one means the previous one is processed; this one is not yet.
+      this._processHanded();
+      if (this._mode === 'iterator') this._handed = entry;
+      else this._processed(entry);
+    }
     if (this._buffer.length === 0) this._maybeEnded();
-    return doc;
+    return entry.doc;
+  }
+
+  /** With a token store: hold documents back while too many processed ones are unsaved. */
+  _hasRoom() {
+    return !this._durable || this._native.hasRoom();
+  }
+
+  async _admit() {
+    // Room is made by saving what was reported: report what is processed first.
+    this._flushCommit();
+    while (!this._hasRoom() && this._state === 'open') await this._native.waitForRoom();
+  }
+
+  _processed(entry) {
+    this._cpRaw = entry.raw;
+    this._cpCount += 1;
+    // A run ends at the policy's count, or when nothing more is buffered (the consumer may
+    // now wait on the server for long: what it processed must not wait with it).
+    if (this._cpCount >= this._cpEvery || this._buffer.length === 0) this._flushCommit();
+  }
+
+  _processHanded() {
+    const entry = this._handed;
+    if (entry === null) return;
+    this._handed = null;
+    this._processed(entry);
+  }
+
+  /** Reports the processed run to the engine: its last document, and how many it held. */
+  _flushCommit() {
+    const count = this._cpCount;
+    if (count === 0) return;
+    this._cpCount = 0;
+    this._native.commit(this._cpRaw, count);
+    this._cpRaw = null;
   }
 
   _throwIfFailed() {
@@ -344,18 +471,30 @@ class ResilientCursor extends PullSource {
   /** Ends the read. Documents already buffered stay available unless close() was called. */
   _shutdown(error, reason = 'closed') {
     if (this._closing === null) {
+      // What was processed is reported before the engine's close stores it.
+      try {
+        this._flushCommit();
+      } catch {
+        // a position the engine rejects cannot be stored; close anyway
+      }
       this._state = 'closing';
       this._error = error;
       this._endReason = error ? 'error' : reason;
       if (reason === 'closed' && !error) this._buffer = [];
-      this._closing = this._native.close().finally(() => {
-        this._state = 'closed';
-        const emitter = this._mode === 'flowing' || this._mode === 'paused';
-        if (error && (emitter || this.listenerCount('error') > 0)) {
-          this._emitOutsidePromise('error', error);
-        }
-        this._maybeEnded();
-      });
+      this._closing = this._native
+        .close()
+        .then((failure) => {
+          // The last processed position could not be stored: the caller must know.
+          if (failure) throw fromNative(failure);
+        })
+        .finally(() => {
+          this._state = 'closed';
+          const emitter = this._mode === 'flowing' || this._mode === 'paused';
+          if (error && (emitter || this.listenerCount('error') > 0)) {
+            this._emitOutsidePromise('error', error);
+          }
+          this._maybeEnded();
+        });
     } else if (reason === 'closed' && !error) {
       this._buffer = [];
     }

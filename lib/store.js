@@ -33,7 +33,8 @@ function customStoreCallback(store) {
       const loaded = await store.load(name);
       return loaded == null ? null : serialize(loaded);
     }
-    await store.save(name, deserialize(record));
+    // Longs stay Longs: a cursor's Int64 key must come back exactly (not as a lossy number).
+    await store.save(name, deserialize(record, { promoteLongs: false }));
     return null;
   };
 }

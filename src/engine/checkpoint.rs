@@ -6,14 +6,17 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mongodb::bson::{DateTime, RawDocument, RawDocumentBuf, Timestamp};
-use tokio::sync::Notify;
+use mongodb::bson::{DateTime, Timestamp};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::backoff::BackoffPolicy;
-use super::errors::{EngineError, ErrorCode};
-use super::position::PositionRecord;
-use super::store::TokenStore;
+use super::errors::EngineError;
+use super::position::{Owner, Position, PositionRecord};
+use super::status::Shared;
+use super::store::{load_record, TokenStore};
 
 /// When to write positions.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,47 +52,9 @@ fn store_backoff() -> BackoffPolicy {
     }
 }
 
-/// A processed position.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Progress {
-    pub token: RawDocumentBuf,
-    pub cluster_time: Option<Timestamp>,
-    /// The token is an invalidate token: continue with `startAfter`.
-    pub start_after: bool,
-}
-
-impl Progress {
-    /// The position after `event` (one change event's BSON): its `_id`, or `end_token` when
-    /// the event ends its batch.
-    pub fn after_event(event: &[u8], end_token: Option<&[u8]>) -> Result<Self, EngineError> {
-        let bad = || EngineError::new(ErrorCode::ClientError, "commit: not a change event");
-        let event = RawDocument::from_bytes(event).map_err(|_| bad())?;
-        let token = match end_token {
-            Some(bytes) => RawDocument::from_bytes(bytes).map_err(|_| bad())?,
-            None => event.get_document("_id").map_err(|_| bad())?,
-        };
-        Ok(Progress {
-            token: token.to_raw_document_buf(),
-            cluster_time: event.get_timestamp("clusterTime").ok(),
-            start_after: event.get_str("operationType").ok() == Some("invalidate"),
-        })
-    }
-
-    /// A position that advanced without an event (postBatchResumeToken).
-    pub fn token_only(token: &[u8]) -> Result<Self, EngineError> {
-        let token = RawDocument::from_bytes(token)
-            .map_err(|_| EngineError::new(ErrorCode::ClientError, "commit: not a token"))?;
-        Ok(Progress {
-            token: token.to_raw_document_buf(),
-            cluster_time: None,
-            start_after: false,
-        })
-    }
-}
-
 #[derive(Default)]
 struct Pending {
-    processed: Option<Progress>,
+    processed: Option<Position>,
     /// Bumped by every commit; a save covers the generation it snapshotted.
     generation: u64,
     saved_generation: u64,
@@ -100,9 +65,7 @@ struct Pending {
 }
 
 pub struct Checkpointer {
-    name: String,
-    fingerprint: String,
-    namespace: String,
+    owner: Owner,
     store: Arc<dyn TokenStore>,
     policy: CheckpointPolicy,
     pending: Mutex<Pending>,
@@ -111,17 +74,9 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    pub fn new(
-        name: String,
-        fingerprint: String,
-        namespace: String,
-        store: Arc<dyn TokenStore>,
-        policy: CheckpointPolicy,
-    ) -> Self {
+    pub fn new(owner: Owner, store: Arc<dyn TokenStore>, policy: CheckpointPolicy) -> Self {
         Checkpointer {
-            name,
-            fingerprint,
-            namespace,
+            owner,
             store,
             policy,
             pending: Mutex::new(Pending::default()),
@@ -131,7 +86,55 @@ impl Checkpointer {
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.owner.name
+    }
+
+    pub fn policy(&self) -> &CheckpointPolicy {
+        &self.policy
+    }
+
+    /// The stored position, checked against this consumer (a record of another kind is
+    /// always refused; one of another namespace or shape unless `allow_mismatch`).
+    pub async fn load_position(
+        &self,
+        allow_mismatch: bool,
+    ) -> Result<Option<Position>, EngineError> {
+        let Some(record) = load_record(self.store.as_ref(), self.name()).await? else {
+            return Ok(None);
+        };
+        let source = self.store.describe();
+        let checked = if allow_mismatch {
+            Owner {
+                kind: self.owner.kind,
+                ..record.owner.clone()
+            }
+        } else {
+            self.owner.clone()
+        };
+        record.check_matches(&checked, &source)?;
+        tracing::info!(name = self.name(), store = %source, "continuing from the stored position");
+        Ok(Some(record.position))
+    }
+
+    /// Runs `run()` as a task until `shared` is cancelled; a store that stays down fails
+    /// the reader with that error (sent as `failed(error)`).
+    pub(crate) fn spawn<I: Send + 'static>(
+        self: &Arc<Self>,
+        shared: Arc<Shared>,
+        tx: mpsc::Sender<I>,
+        failed: fn(EngineError) -> I,
+        span: tracing::Span,
+    ) -> JoinHandle<()> {
+        let ck = self.clone();
+        let task = async move {
+            if let Err(e) = ck.run(&shared.cancel).await {
+                tracing::error!(error = %e, "the token store stayed down");
+                if shared.fail(&e) {
+                    let _ = tx.send(failed(e)).await;
+                }
+            }
+        };
+        tokio::spawn(task.instrument(span))
     }
 
     pub fn store(&self) -> &dyn TokenStore {
@@ -142,14 +145,18 @@ impl Checkpointer {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The consumer processed `events` more events, up to `progress`.
-    pub fn commit(&self, progress: Progress, events: u64) {
+    /// The consumer processed `events` more events (or documents), up to `position`.
+    pub fn commit(&self, position: Position, events: u64) {
         {
             let mut pending = self.lock();
-            if progress.cluster_time.is_some() {
-                pending.cluster_time = progress.cluster_time;
+            if let Position::Stream {
+                cluster_time: Some(time),
+                ..
+            } = &position
+            {
+                pending.cluster_time = Some(*time);
             }
-            pending.processed = Some(progress);
+            pending.processed = Some(position);
             pending.generation += 1;
             pending.unsaved_events += events;
         }
@@ -240,24 +247,25 @@ impl Checkpointer {
         loop {
             let (generation, events, record) = {
                 let pending = self.lock();
-                let Some(progress) = &pending.processed else {
+                let Some(position) = &pending.processed else {
                     return Ok(());
                 };
                 if pending.generation == pending.saved_generation {
                     return Ok(());
                 }
+                let mut position = position.clone();
+                // A token-only advance has no time of its own: keep the latest known.
+                if let Position::Stream { cluster_time, .. } = &mut position {
+                    *cluster_time = cluster_time.or(pending.cluster_time);
+                }
                 let record = PositionRecord {
-                    name: self.name.clone(),
-                    token: progress.token.clone(),
-                    cluster_time: progress.cluster_time.or(pending.cluster_time),
-                    start_after: progress.start_after,
-                    fingerprint: self.fingerprint.clone(),
-                    namespace: self.namespace.clone(),
+                    owner: self.owner.clone(),
+                    position,
                     written_at: DateTime::now(),
                 };
                 (pending.generation, pending.unsaved_events, record)
             };
-            match self.store.save(&self.name, record.to_document()).await {
+            match self.store.save(self.name(), record.to_document()).await {
                 Ok(()) => {
                     let mut pending = self.lock();
                     pending.saved_generation = generation;
@@ -293,8 +301,11 @@ impl Checkpointer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::errors::ErrorCode;
+    use crate::engine::position::ReaderKind;
     use crate::engine::store::MemoryStore;
     use futures_util::future::BoxFuture;
+    use mongodb::bson::RawDocumentBuf;
     use mongodb::bson::{doc, Document};
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -304,29 +315,18 @@ mod tests {
             .into_bytes()
     }
 
-    #[test]
-    fn progress_reads_the_event() {
-        let p = Progress::after_event(&event("01", "insert"), None).unwrap();
-        assert_eq!(p.token.to_document().unwrap(), doc! {"_data": "01"});
-        assert_eq!(
-            p.cluster_time,
-            Some(Timestamp {
-                time: 9,
-                increment: 1
-            })
-        );
-        assert!(!p.start_after);
-        let end = RawDocumentBuf::from_document(&doc! {"_data": "pb"}).unwrap();
-        let p = Progress::after_event(&event("02", "invalidate"), Some(end.as_bytes())).unwrap();
-        assert_eq!(p.token, end);
-        assert!(p.start_after);
+    fn owner(name: &str) -> Owner {
+        Owner {
+            kind: ReaderKind::ChangeStream,
+            name: name.into(),
+            namespace: "d.c".into(),
+            fingerprint: "f".into(),
+        }
     }
 
     fn checkpointer(store: Arc<dyn TokenStore>, every_events: u64) -> Arc<Checkpointer> {
         Arc::new(Checkpointer::new(
-            "n".into(),
-            "f".into(),
-            "d.c".into(),
+            owner("n"),
             store,
             CheckpointPolicy {
                 every_events,
@@ -340,9 +340,7 @@ mod tests {
     async fn writes_every_n_events_and_flushes_the_rest() {
         let name = format!("ck-{}", std::process::id());
         let ck = Arc::new(Checkpointer::new(
-            name.clone(),
-            "f".into(),
-            "d.c".into(),
+            owner(&name),
             Arc::new(MemoryStore),
             CheckpointPolicy {
                 every_events: 2,
@@ -356,11 +354,11 @@ mod tests {
             tokio::spawn(async move { ck.run(&cancel).await })
         };
         ck.commit(
-            Progress::after_event(&event("01", "insert"), None).unwrap(),
+            Position::after_event(&event("01", "insert"), None).unwrap(),
             1,
         );
         ck.commit(
-            Progress::after_event(&event("02", "insert"), None).unwrap(),
+            Position::after_event(&event("02", "insert"), None).unwrap(),
             1,
         );
         for _ in 0..100 {
@@ -378,7 +376,7 @@ mod tests {
         let stored = MemoryStore.load(&name).await.unwrap().unwrap();
         assert_eq!(stored.get_document("token").unwrap(), &doc! {"_data": "02"});
         ck.commit(
-            Progress::after_event(&event("03", "insert"), None).unwrap(),
+            Position::after_event(&event("03", "insert"), None).unwrap(),
             1,
         );
         cancel.cancel();
@@ -413,10 +411,11 @@ mod tests {
         };
         for i in 0..3 {
             ck.commit(
-                Progress::token_only(
+                Position::token_only(
                     RawDocumentBuf::from_document(&doc! {"_data": i})
                         .unwrap()
                         .as_bytes(),
+                    None,
                 )
                 .unwrap(),
                 1,

@@ -1,6 +1,7 @@
-//! The stored position of a named consumer: what a token store keeps.
+//! The stored position of a named consumer: what a token store keeps. A change stream
+//! stores its resume token; a restartable cursor the key of the last document processed.
 
-use mongodb::bson::{doc, Bson, DateTime, Document, RawDocumentBuf, Timestamp};
+use mongodb::bson::{doc, Bson, DateTime, Document, RawDocument, RawDocumentBuf, Timestamp};
 
 use super::errors::{EngineError, ErrorCode};
 use super::spec::WatchSpec;
@@ -8,33 +9,113 @@ use super::spec::WatchSpec;
 /// Format version of stored records; bumped when the shape changes incompatibly.
 pub const RECORD_VERSION: i32 = 1;
 
+/// What kind of reader wrote a record (`kind` in the stored document).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaderKind {
+    ChangeStream,
+    Cursor,
+}
+
+impl ReaderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReaderKind::ChangeStream => "changeStream",
+            ReaderKind::Cursor => "cursor",
+        }
+    }
+}
+
+/// Who a record belongs to: the consumer's name, and the shape of what it reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Owner {
+    pub kind: ReaderKind,
+    pub name: String,
+    pub namespace: String,
+    pub fingerprint: String,
+}
+
+/// Where a consumer is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Position {
+    /// A change stream's resume token.
+    Stream {
+        token: RawDocumentBuf,
+        /// Cluster time of the last processed event, when known.
+        cluster_time: Option<Timestamp>,
+        /// Must be re-opened with `startAfter` (an invalidate token).
+        start_after: bool,
+    },
+    /// A restartable cursor: the key of the last document processed, exactly as stored in
+    /// the collection (an Int64 stays an Int64).
+    Cursor { last_key: Bson },
+}
+
+impl Position {
+    /// A change stream's position after `event` (one change event's BSON): its `_id`, or
+    /// `end_token` when the event ends its batch.
+    pub fn after_event(event: &[u8], end_token: Option<&[u8]>) -> Result<Self, EngineError> {
+        let bad = || EngineError::new(ErrorCode::ClientError, "commit: not a change event");
+        let event = RawDocument::from_bytes(event).map_err(|_| bad())?;
+        let token = match end_token {
+            Some(bytes) => RawDocument::from_bytes(bytes).map_err(|_| bad())?,
+            None => event.get_document("_id").map_err(|_| bad())?,
+        };
+        Ok(Position::Stream {
+            token: token.to_raw_document_buf(),
+            cluster_time: event.get_timestamp("clusterTime").ok(),
+            start_after: event.get_str("operationType").ok() == Some("invalidate"),
+        })
+    }
+
+    /// A change stream's position that advanced without an event (postBatchResumeToken).
+    pub fn token_only(token: &[u8], cluster_time: Option<Timestamp>) -> Result<Self, EngineError> {
+        let token = RawDocument::from_bytes(token)
+            .map_err(|_| EngineError::new(ErrorCode::ClientError, "commit: not a token"))?;
+        Ok(Position::Stream {
+            token: token.to_raw_document_buf(),
+            cluster_time,
+            start_after: false,
+        })
+    }
+}
+
 /// One consumer's position.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PositionRecord {
-    pub name: String,
-    pub token: RawDocumentBuf,
-    /// Cluster time of the last processed event, when known.
-    pub cluster_time: Option<Timestamp>,
-    /// Must be re-opened with `startAfter` (an invalidate token).
-    pub start_after: bool,
-    pub fingerprint: String,
-    pub namespace: String,
+    pub owner: Owner,
+    pub position: Position,
     pub written_at: DateTime,
 }
 
 impl PositionRecord {
     pub fn to_document(&self) -> Document {
-        let token = self.token.to_document().unwrap_or_default();
-        doc! {
+        let owner = &self.owner;
+        let mut doc = doc! {
             "version": RECORD_VERSION,
-            "name": &self.name,
-            "token": token,
-            "clusterTime": self.cluster_time.map(Bson::Timestamp).unwrap_or(Bson::Null),
-            "startAfter": self.start_after,
-            "fingerprint": &self.fingerprint,
-            "namespace": &self.namespace,
-            "writtenAt": self.written_at,
+            "kind": owner.kind.as_str(),
+            "name": &owner.name,
+        };
+        match &self.position {
+            Position::Stream {
+                token,
+                cluster_time,
+                start_after,
+            } => {
+                doc.insert("token", token.to_document().unwrap_or_default());
+                doc.insert(
+                    "clusterTime",
+                    cluster_time.map(Bson::Timestamp).unwrap_or(Bson::Null),
+                );
+                doc.insert("startAfter", *start_after);
+            }
+            Position::Cursor { last_key } => {
+                doc.insert("lastKey", last_key.clone());
+            }
         }
+        doc.insert("fingerprint", &owner.fingerprint);
+        doc.insert("namespace", &owner.namespace);
+        doc.insert("writtenAt", self.written_at);
+        doc
     }
 
     /// Reads a stored record; `source` names where it came from, for the error.
@@ -50,26 +131,44 @@ impl PositionRecord {
             Ok(v) => return Err(corrupt(&format!("unsupported format version {v}"))),
             Err(_) => return Err(corrupt("no format version")),
         }
-        let token = doc
-            .get_document("token")
-            .map_err(|_| corrupt("no token"))
-            .and_then(|t| RawDocumentBuf::from_document(t).map_err(|_| corrupt("bad token")))?;
+        // Records written before `kind` existed are change streams'.
+        let kind = match doc.get_str("kind") {
+            Err(_) | Ok("changeStream") => ReaderKind::ChangeStream,
+            Ok("cursor") => ReaderKind::Cursor,
+            Ok(other) => return Err(corrupt(&format!("unknown kind \"{other}\""))),
+        };
+        let position = match kind {
+            ReaderKind::ChangeStream => Position::Stream {
+                token: doc
+                    .get_document("token")
+                    .map_err(|_| corrupt("no token"))
+                    .and_then(|t| {
+                        RawDocumentBuf::from_document(t).map_err(|_| corrupt("bad token"))
+                    })?,
+                cluster_time: doc.get_timestamp("clusterTime").ok(),
+                start_after: doc.get_bool("startAfter").unwrap_or(false),
+            },
+            ReaderKind::Cursor => Position::Cursor {
+                last_key: doc
+                    .get("lastKey")
+                    .filter(|k| !matches!(k, Bson::Null | Bson::Document(_) | Bson::Array(_)))
+                    .cloned()
+                    .ok_or_else(|| corrupt("no lastKey"))?,
+            },
+        };
+        let text = |field: &str| {
+            doc.get_str(field)
+                .map(str::to_string)
+                .map_err(|_| corrupt(&format!("no {field}")))
+        };
         Ok(PositionRecord {
-            name: doc
-                .get_str("name")
-                .map_err(|_| corrupt("no name"))?
-                .to_string(),
-            token,
-            cluster_time: doc.get_timestamp("clusterTime").ok(),
-            start_after: doc.get_bool("startAfter").unwrap_or(false),
-            fingerprint: doc
-                .get_str("fingerprint")
-                .map_err(|_| corrupt("no fingerprint"))?
-                .to_string(),
-            namespace: doc
-                .get_str("namespace")
-                .map_err(|_| corrupt("no namespace"))?
-                .to_string(),
+            owner: Owner {
+                kind,
+                name: text("name")?,
+                namespace: text("namespace")?,
+                fingerprint: text("fingerprint")?,
+            },
+            position,
             written_at: doc
                 .get_datetime("writtenAt")
                 .copied()
@@ -77,49 +176,50 @@ impl PositionRecord {
         })
     }
 
-    /// Refuses a record written for another stream shape: resuming a different pipeline
-    /// silently skips or repeats events.
-    pub fn check_matches(
-        &self,
-        name: &str,
-        spec: &WatchSpec,
-        source: &str,
-    ) -> Result<(), EngineError> {
+    /// Refuses a record written by another consumer shape: resuming a different pipeline
+    /// or filter silently skips or repeats what is read.
+    pub fn check_matches(&self, expected: &Owner, source: &str) -> Result<(), EngineError> {
+        let name = &expected.name;
         let mismatch = |what: String| {
             EngineError::new(
                 ErrorCode::PositionMismatch,
                 format!("the stored position \"{name}\" in {source} {what}; set allowPositionMismatch to use it anyway, or choose another name"),
             )
         };
-        if self.name != name {
-            return Err(mismatch(format!("belongs to \"{}\"", self.name)));
+        let found = &self.owner;
+        if found.kind != expected.kind {
+            // Never usable, even with allowPositionMismatch: a token is not a key.
+            return Err(EngineError::new(
+                ErrorCode::PositionMismatch,
+                format!(
+                    "the stored position \"{name}\" in {source} was written by a {}, not a {}; choose another name",
+                    found.kind.as_str(),
+                    expected.kind.as_str()
+                ),
+            ));
         }
-        if self.namespace != spec.namespace() {
+        if found.name != *name {
+            return Err(mismatch(format!("belongs to \"{}\"", found.name)));
+        }
+        if found.namespace != expected.namespace {
             return Err(mismatch(format!(
                 "was written for namespace {}, not {}",
-                self.namespace,
-                spec.namespace()
+                found.namespace, expected.namespace
             )));
         }
-        let expected = fingerprint(spec);
-        if self.fingerprint != expected {
-            return Err(mismatch(
-                "was written for a different pipeline or different watch options".to_string(),
-            ));
+        if found.fingerprint != expected.fingerprint {
+            let what = match expected.kind {
+                ReaderKind::ChangeStream => "a different pipeline or different watch options",
+                ReaderKind::Cursor => "a different filter, projection, key or cursor type",
+            };
+            return Err(mismatch(format!("was written for {what}")));
         }
         Ok(())
     }
 }
 
-/// A stable hash (FNV-1a, 64 bit) of what shapes the events: namespace, pipeline, and the
-/// `$changeStream` and collation options. Batch size, timeouts and backoff do not count.
-pub fn fingerprint(spec: &WatchSpec) -> String {
-    let shape = doc! {
-        "namespace": spec.namespace(),
-        "pipeline": spec.pipeline.iter().cloned().map(Bson::Document).collect::<Vec<_>>(),
-        "stage": spec.stage_options.clone(),
-        "collation": spec.collation.clone().map(Bson::Document).unwrap_or(Bson::Null),
-    };
+/// A stable hash (FNV-1a, 64 bit) of a document's canonical Extended JSON.
+pub fn fingerprint_of(shape: Document) -> String {
     let bytes = Bson::Document(shape).into_canonical_extjson().to_string();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes.as_bytes() {
@@ -127,6 +227,27 @@ pub fn fingerprint(spec: &WatchSpec) -> String {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("{hash:016x}")
+}
+
+/// What shapes a change stream's events: namespace, pipeline, and the `$changeStream` and
+/// collation options. Batch size, timeouts and backoff do not count.
+pub fn fingerprint(spec: &WatchSpec) -> String {
+    fingerprint_of(doc! {
+        "namespace": spec.namespace(),
+        "pipeline": spec.pipeline.iter().cloned().map(Bson::Document).collect::<Vec<_>>(),
+        "stage": spec.stage_options.clone(),
+        "collation": spec.collation.clone().map(Bson::Document).unwrap_or(Bson::Null),
+    })
+}
+
+/// The owner of a change stream's record.
+pub fn stream_owner(name: &str, spec: &WatchSpec) -> Owner {
+    Owner {
+        kind: ReaderKind::ChangeStream,
+        name: name.to_string(),
+        namespace: spec.namespace(),
+        fingerprint: fingerprint(spec),
+    }
 }
 
 #[cfg(test)]
@@ -141,17 +262,46 @@ mod tests {
 
     fn record(s: &WatchSpec) -> PositionRecord {
         PositionRecord {
-            name: "n".into(),
-            token: RawDocumentBuf::from_document(&doc! {"_data": "01"}).unwrap(),
-            cluster_time: Some(Timestamp {
-                time: 5,
-                increment: 1,
-            }),
-            start_after: false,
-            fingerprint: fingerprint(s),
-            namespace: s.namespace(),
+            owner: stream_owner("n", s),
+            position: Position::Stream {
+                token: RawDocumentBuf::from_document(&doc! {"_data": "01"}).unwrap(),
+                cluster_time: Some(Timestamp {
+                    time: 5,
+                    increment: 1,
+                }),
+                start_after: false,
+            },
             written_at: DateTime::from_millis(1000),
         }
+    }
+
+    #[test]
+    fn a_stream_position_reads_the_event() {
+        let event = |id: &str, op: &str| {
+            RawDocumentBuf::from_document(&doc! {"_id": {"_data": id}, "operationType": op, "clusterTime": Timestamp{time: 9, increment: 1}})
+                .unwrap()
+                .into_bytes()
+        };
+        let Position::Stream {
+            token,
+            cluster_time,
+            start_after,
+        } = Position::after_event(&event("01", "insert"), None).unwrap()
+        else {
+            panic!("a stream position")
+        };
+        assert_eq!(token.to_document().unwrap(), doc! {"_data": "01"});
+        assert_eq!(
+            cluster_time,
+            Some(Timestamp {
+                time: 9,
+                increment: 1
+            })
+        );
+        assert!(!start_after);
+        let end = RawDocumentBuf::from_document(&doc! {"_data": "pb"}).unwrap();
+        let p = Position::after_event(&event("02", "invalidate"), Some(end.as_bytes())).unwrap();
+        assert!(matches!(p, Position::Stream { token, start_after: true, .. } if token == end));
     }
 
     #[test]
@@ -185,21 +335,56 @@ mod tests {
     fn mismatches_are_refused_with_a_reason() {
         let s = spec(doc! {});
         let r = record(&s);
-        assert!(r.check_matches("n", &s, "x").is_ok());
-        let e = r.check_matches("other", &s, "x").unwrap_err();
-        assert_eq!(e.code, ErrorCode::PositionMismatch);
+        assert!(r.check_matches(&stream_owner("n", &s), "x").is_ok());
         let e = r
-            .check_matches("n", &spec(doc! {"pipeline": [{"$match": {"a": 1}}]}), "x")
+            .check_matches(&stream_owner("other", &s), "x")
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::PositionMismatch);
+        let piped = spec(doc! {"pipeline": [{"$match": {"a": 1}}]});
+        let e = r
+            .check_matches(&stream_owner("n", &piped), "x")
             .unwrap_err();
         assert!(e.message.contains("different pipeline"), "{}", e.message);
         let other_ns =
             WatchSpec::from_document(&doc! {"uri": "mongodb://h", "db": "d", "collection": "z"})
                 .unwrap();
         assert!(r
-            .check_matches("n", &other_ns, "x")
+            .check_matches(&stream_owner("n", &other_ns), "x")
             .unwrap_err()
             .message
             .contains("namespace d.c"));
+    }
+
+    #[test]
+    fn cursor_records_keep_the_exact_key_and_refuse_a_stream() {
+        let owner = Owner {
+            kind: ReaderKind::Cursor,
+            name: "n".into(),
+            namespace: "d.c".into(),
+            fingerprint: "f".into(),
+        };
+        let r = PositionRecord {
+            owner: owner.clone(),
+            position: Position::Cursor {
+                last_key: Bson::Int64((1 << 53) + 1),
+            },
+            written_at: DateTime::from_millis(1000),
+        };
+        let doc = r.to_document();
+        assert_eq!(doc.get_i64("lastKey"), Ok((1 << 53) + 1));
+        let back = PositionRecord::from_document(&doc, "x").unwrap();
+        assert_eq!(back, r);
+        assert!(back.check_matches(&owner, "x").is_ok());
+        let s = spec(doc! {});
+        let e = back.check_matches(&stream_owner("n", &s), "x").unwrap_err();
+        assert!(e.message.contains("written by a cursor"), "{}", e.message);
+        // Records written before `kind` existed read as a change stream's.
+        let mut old = record(&s).to_document();
+        old.remove("kind");
+        assert_eq!(
+            PositionRecord::from_document(&old, "x").unwrap(),
+            record(&s)
+        );
     }
 
     #[test]

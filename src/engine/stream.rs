@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use super::checkpoint::{Checkpointer, Progress};
+use super::checkpoint::Checkpointer;
 use super::errors::{EngineError, ErrorCode};
-use super::position::fingerprint;
+use super::position::{stream_owner, Position};
 use super::spec::WatchSpec;
 use super::status::{Health, Shared, StreamState};
 use super::store::{open_store, TokenStore};
@@ -102,9 +102,7 @@ impl ChangeStreamEngine {
         let checkpointer = match &spec.durability {
             None => None,
             Some(d) => Some(Arc::new(Checkpointer::new(
-                d.name.clone(),
-                fingerprint(&spec),
-                spec.namespace(),
+                stream_owner(&d.name, &spec),
                 open_store(&d.store, &spec.uri, custom_store)?,
                 d.checkpoint.clone(),
             ))),
@@ -132,7 +130,7 @@ impl ChangeStreamEngine {
         events: u64,
     ) -> Result<(), EngineError> {
         if let Some(ck) = &self.checkpointer {
-            ck.commit(Progress::after_event(event, end_token)?, events);
+            ck.commit(Position::after_event(event, end_token)?, events);
         }
         Ok(())
     }
@@ -146,9 +144,8 @@ impl ChangeStreamEngine {
     /// its cluster time is the engine's position time (the reply's operation time).
     pub fn commit_token(&self, token: &[u8]) -> Result<(), EngineError> {
         if let Some(ck) = &self.checkpointer {
-            let mut progress = Progress::token_only(token)?;
-            progress.cluster_time = self.shared.snapshot().position_time;
-            ck.commit(progress, 0);
+            let time = self.shared.snapshot().position_time;
+            ck.commit(Position::token_only(token, time)?, 0);
         }
         Ok(())
     }
@@ -267,16 +264,12 @@ impl ChangeStreamEngine {
         let span =
             tracing::info_span!("change_stream", stream = self.id, ns = %self.spec.namespace());
         if let Some(ck) = &self.checkpointer {
-            let (ck, shared, tx) = (ck.clone(), self.shared.clone(), tx.clone());
-            let task = async move {
-                if let Err(e) = ck.run(&shared.cancel).await {
-                    tracing::error!(error = %e, "the token store stayed down");
-                    if shared.fail(&e) {
-                        let _ = tx.send(StreamItem::Failed(e)).await;
-                    }
-                }
-            };
-            let handle = tokio::spawn(task.instrument(span.clone()));
+            let handle = ck.spawn(
+                self.shared.clone(),
+                tx.clone(),
+                StreamItem::Failed,
+                span.clone(),
+            );
             *self
                 .checkpoint_task
                 .lock()

@@ -16,10 +16,10 @@ use super::client_pool::{client_for, ClientLease};
 use super::errors::{EngineError, ErrorCode};
 use super::oplog::{read_window, OplogWindow};
 use super::outage::{OutageTracker, Retry};
+use super::position::Position;
 use super::resume::{aggregate_command, choose_start, ResumeState};
 use super::spec::{HistoryLostPolicy, InvalidatePolicy, StartPoint, WatchSpec};
 use super::status::{keystring_token_time, Shared, StreamState};
-use super::store::load_record;
 use super::stream::{EndReason, EventBatch, StreamItem};
 
 /// How long a getMore may take when the user sets no `maxAwaitTimeMS` (the server's
@@ -81,29 +81,23 @@ impl Worker {
             .is_some_and(|d| d.allow_mismatch);
         let started = std::time::Instant::now();
         loop {
-            let loaded = match self.or_cancel(load_record(ck.store(), ck.name())).await {
+            let loaded = match self.or_cancel(ck.load_position(allow_mismatch)).await {
                 None => return false,
                 Some(loaded) => loaded,
             };
             match loaded {
                 Ok(None) => return true,
-                Ok(Some(record)) => {
-                    if !allow_mismatch {
-                        let source = ck.store().describe();
-                        if let Err(e) = record.check_matches(ck.name(), &self.spec, &source) {
-                            self.fail(e).await;
-                            return false;
-                        }
-                    }
-                    tracing::info!(
-                        name = ck.name(),
-                        store = %ck.store().describe(),
-                        "continuing from the stored position"
-                    );
-                    self.shared.record_progress(0, record.cluster_time);
-                    self.resume.restore(record.token, record.start_after);
+                Ok(Some(Position::Stream {
+                    token,
+                    cluster_time,
+                    start_after,
+                })) => {
+                    self.shared.record_progress(0, cluster_time);
+                    self.resume.restore(token, start_after);
                     return true;
                 }
+                // load_position refuses other kinds.
+                Ok(Some(Position::Cursor { .. })) => return true,
                 // A store that stays down surfaces as an error, as for saves.
                 Err(e) if e.resumable && started.elapsed() < STORE_GIVE_UP_AFTER => {
                     if !self.recover(e).await {

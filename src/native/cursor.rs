@@ -9,26 +9,10 @@ use napi::{Error, Result, Status};
 use napi_derive::napi;
 
 use super::logging::{self, LoggerFn};
-use super::stream::{NativeHealth, NativeItem};
+use super::store::{JsStore, StoreFn};
+use super::stream::{NativeErrorInfo, NativeHealth, NativeItem};
 use crate::engine::cursor::{CursorEngine, CursorItem, CursorSpec};
-
-fn item(kind: &str) -> NativeItem {
-    NativeItem {
-        kind: kind.to_string(),
-        events: None,
-        count: None,
-        end_token: None,
-        attempt: None,
-        delay_ms: None,
-        attempts: None,
-        downtime_ms: None,
-        error: None,
-        reason: None,
-        silent_ms: None,
-        from: None,
-        to: None,
-    }
-}
+use crate::engine::store::TokenStore;
 
 impl From<CursorItem> for NativeItem {
     fn from(i: CursorItem) -> Self {
@@ -36,7 +20,7 @@ impl From<CursorItem> for NativeItem {
             CursorItem::Batch { docs, count } => NativeItem {
                 events: Some(docs.into()),
                 count: Some(count as u32),
-                ..item("batch")
+                ..NativeItem::of("batch")
             },
             CursorItem::Reconnecting {
                 attempt,
@@ -46,24 +30,28 @@ impl From<CursorItem> for NativeItem {
                 attempt: Some(attempt),
                 delay_ms: Some(delay.as_millis() as f64),
                 error: Some(error.into()),
-                ..item("reconnecting")
+                ..NativeItem::of("reconnecting")
             },
             CursorItem::Resumed { attempts, downtime } => NativeItem {
                 attempts: Some(attempts),
                 downtime_ms: Some(downtime.as_millis() as f64),
-                ..item("resumed")
+                ..NativeItem::of("resumed")
             },
             CursorItem::PositionLost { error } => NativeItem {
                 error: Some(error.into()),
-                ..item("positionLost")
+                ..NativeItem::of("positionLost")
+            },
+            CursorItem::Stalled { silent } => NativeItem {
+                silent_ms: Some(silent.as_millis() as f64),
+                ..NativeItem::of("stalled")
             },
             CursorItem::Failed(error) => NativeItem {
                 error: Some(error.into()),
-                ..item("error")
+                ..NativeItem::of("error")
             },
             CursorItem::Ended(end) => NativeItem {
                 reason: Some(end.as_str().to_string()),
-                ..item("end")
+                ..NativeItem::of("end")
             },
         }
     }
@@ -82,9 +70,10 @@ impl Drop for NativeCursor {
 
 #[napi]
 impl NativeCursor {
-    /// `spec`: one BSON document with every option (docs/native-contract.md).
+    /// `spec`: one BSON document with every option (docs/native-contract.md); `store`: the
+    /// application's `{ load, save }` for `tokenStore: { type: 'custom' }`.
     #[napi(constructor)]
-    pub fn new(spec: Buffer) -> Result<Self> {
+    pub fn new(spec: Buffer, store: Option<StoreFn>) -> Result<Self> {
         let doc = Document::from_reader(spec.as_ref()).map_err(|e| {
             Error::new(
                 Status::InvalidArg,
@@ -93,9 +82,49 @@ impl NativeCursor {
         })?;
         let spec = CursorSpec::from_document(&doc)
             .map_err(|e| Error::new(Status::InvalidArg, e.message))?;
+        let custom = store.map(|s| Arc::new(JsStore::new(s)) as Arc<dyn TokenStore>);
+        let engine = CursorEngine::new(spec, custom)
+            .map_err(|e| Error::new(Status::InvalidArg, e.message))?;
         Ok(NativeCursor {
-            engine: Arc::new(CursorEngine::new(spec)),
+            engine: Arc::new(engine),
         })
+    }
+
+    /// The consumer processed `documents` more documents (default 1), the last of them
+    /// `document`: its key is the position to store.
+    #[napi]
+    pub fn commit(&self, document: Buffer, documents: Option<u32>) -> Result<()> {
+        self.engine
+            .commit_document(document.as_ref(), documents.unwrap_or(1) as u64)
+            .map_err(|e| Error::new(Status::InvalidArg, e.message))
+    }
+
+    /// The checkpoint policy's `everyEvents` (null without a token store).
+    #[napi(getter)]
+    pub fn checkpoint_every(&self) -> Option<u32> {
+        self.engine
+            .checkpoint_policy()
+            .map(|p| p.every_events.min(u32::MAX as u64) as u32)
+    }
+
+    /// Whether the consumer may take another document (fewer than `maxUnsavedEvents`
+    /// processed documents unsaved).
+    #[napi]
+    pub fn has_room(&self) -> bool {
+        self.engine.has_room()
+    }
+
+    /// Resolves once `hasRoom()` or the cursor is closed.
+    #[napi]
+    pub async fn wait_for_room(&self) -> Result<()> {
+        self.engine.wait_for_room().await;
+        Ok(())
+    }
+
+    /// Processed documents whose position is not stored yet.
+    #[napi]
+    pub fn pending_checkpoint(&self) -> f64 {
+        self.engine.pending_checkpoint() as f64
     }
 
     #[napi]
@@ -109,11 +138,12 @@ impl NativeCursor {
         self.engine.stop();
     }
 
+    /// Resolves with the error when the last processed position could not be stored.
     #[napi]
-    pub async fn close(&self) -> Result<()> {
-        self.engine.close().await;
+    pub async fn close(&self) -> Result<Option<NativeErrorInfo>> {
+        let closed = self.engine.close().await;
         logging::unregister(self.engine.id());
-        Ok(())
+        Ok(closed.err().map(Into::into))
     }
 
     #[napi(ts_args_type = "logger: (record: LogRecord) => void")]

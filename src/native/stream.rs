@@ -153,7 +153,7 @@ impl From<Health> for NativeHealth {
 }
 
 impl NativeItem {
-    fn of(kind: &str) -> Self {
+    pub(crate) fn of(kind: &str) -> Self {
         NativeItem {
             kind: kind.to_string(),
             events: None,

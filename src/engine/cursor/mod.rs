@@ -15,8 +15,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use mongodb::bson::RawDocument;
+
+use super::checkpoint::{CheckpointPolicy, Checkpointer};
 use super::errors::{EngineError, ErrorCode};
+use super::position::Position;
 use super::status::{Health, Shared, StreamState};
+use super::store::{open_store, TokenStore};
 
 pub use spec::{key_of, CursorSpec, PositionLostPolicy, DEFAULT_TAIL_RETRY};
 use worker::CursorWorker;
@@ -65,6 +70,10 @@ pub enum CursorItem {
     PositionLost {
         error: EngineError,
     },
+    /// No reply for `silent`; a re-open after the last key follows (as `Reconnecting`).
+    Stalled {
+        silent: Duration,
+    },
     /// Fatal: the cursor is closed.
     Failed(EngineError),
     Ended(CursorEnd),
@@ -82,14 +91,29 @@ pub struct CursorEngine {
     rx: tokio::sync::Mutex<mpsc::Receiver<CursorItem>>,
     unstarted: Mutex<Option<mpsc::Sender<CursorItem>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
+    /// Present for a named reader (a token store).
+    checkpointer: Option<Arc<Checkpointer>>,
+    checkpoint_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl CursorEngine {
-    pub fn new(spec: CursorSpec) -> Self {
+    /// `custom_store`: the application's own store, for `tokenStore: { type: 'custom' }`.
+    pub fn new(
+        spec: CursorSpec,
+        custom_store: Option<Arc<dyn TokenStore>>,
+    ) -> Result<Self, EngineError> {
+        let checkpointer = match &spec.durability {
+            None => None,
+            Some(d) => Some(Arc::new(Checkpointer::new(
+                spec.owner(&d.name),
+                open_store(&d.store, &spec.uri, custom_store)?,
+                d.checkpoint.clone(),
+            ))),
+        };
         let shared = Arc::new(Shared::new());
         let stop = shared.cancel.child_token();
         let (tx, rx) = mpsc::channel(1);
-        CursorEngine {
+        Ok(CursorEngine {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             spec: Arc::new(spec),
             shared,
@@ -97,7 +121,53 @@ impl CursorEngine {
             rx: tokio::sync::Mutex::new(rx),
             unstarted: Mutex::new(Some(tx)),
             worker: Mutex::new(None),
+            checkpointer,
+            checkpoint_task: Mutex::new(None),
+        })
+    }
+
+    /// The consumer processed `documents` more documents, the last of them `document`
+    /// (BSON): its key is the stored position. No-op without a token store.
+    pub fn commit_document(&self, document: &[u8], documents: u64) -> Result<(), EngineError> {
+        let Some(ck) = &self.checkpointer else {
+            return Ok(());
+        };
+        let bad = |what: &str| EngineError::new(ErrorCode::ClientError, format!("commit: {what}"));
+        let doc = RawDocument::from_bytes(document).map_err(|_| bad("not a BSON document"))?;
+        let last_key = key_of(doc, &self.spec.key).ok_or_else(|| {
+            bad(&format!(
+                "the document has no key field \"{}\"",
+                self.spec.key
+            ))
+        })?;
+        ck.commit(Position::Cursor { last_key }, documents);
+        Ok(())
+    }
+
+    /// The checkpoint policy, for a named reader.
+    pub fn checkpoint_policy(&self) -> Option<&CheckpointPolicy> {
+        self.checkpointer.as_ref().map(|c| c.policy())
+    }
+
+    /// Whether fewer than `checkpoint.maxUnsavedEvents` processed documents are unsaved
+    /// (always true without a token store).
+    pub fn has_room(&self) -> bool {
+        self.checkpointer.as_ref().is_none_or(|c| c.has_room())
+    }
+
+    /// Waits until `has_room()`, or the cursor is closed.
+    pub async fn wait_for_room(&self) {
+        if let Some(ck) = &self.checkpointer {
+            tokio::select! {
+                _ = ck.wait_for_room() => {},
+                _ = self.shared.cancel.cancelled() => {},
+            }
         }
+    }
+
+    /// Processed documents not yet stored (0 without a token store).
+    pub fn pending_checkpoint(&self) -> u64 {
+        self.checkpointer.as_ref().map_or(0, |c| c.unsaved_events())
     }
 
     pub fn id(&self) -> u64 {
@@ -117,6 +187,8 @@ impl CursorEngine {
         if !self.stop.is_cancelled() {
             self.start_worker();
         }
+        // Bounded unsaved progress: while the store is down, hand out nothing more.
+        self.wait_for_room().await;
         let mut rx = self.rx.lock().await;
         if self.shared.cancel.is_cancelled() {
             return CursorItem::Ended(CursorEnd::Closed);
@@ -149,16 +221,24 @@ impl CursorEngine {
         drop(self.take_unstarted());
     }
 
-    /// Stops, discards what is queued, and waits for the worker to finish. Idempotent.
-    pub async fn close(&self) {
+    /// Stops, discards what is queued, waits for the worker to finish, then stores the
+    /// last processed position. Idempotent. Fails only if that position could not be stored.
+    pub async fn close(&self) -> Result<(), EngineError> {
         self.shared.begin_close();
         self.shared.cancel.cancel();
         drop(self.take_unstarted());
-        let handle = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(handle) = handle {
-            let _ = handle.await;
+        for task in [&self.worker, &self.checkpoint_task] {
+            let handle = task.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(handle) = handle {
+                // A panic in the worker is already reported by `next()`.
+                let _ = handle.await;
+            }
         }
         self.shared.finish_close();
+        match &self.checkpointer {
+            Some(ck) => ck.flush().await,
+            None => Ok(()),
+        }
     }
 
     fn take_unstarted(&self) -> Option<mpsc::Sender<CursorItem>> {
@@ -176,11 +256,24 @@ impl CursorEngine {
             return;
         }
         let span = tracing::info_span!("cursor", stream = self.id, ns = %self.spec.namespace());
+        if let Some(ck) = &self.checkpointer {
+            let handle = ck.spawn(
+                self.shared.clone(),
+                tx.clone(),
+                CursorItem::Failed,
+                span.clone(),
+            );
+            *self
+                .checkpoint_task
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        }
         let worker = CursorWorker::new(
             self.spec.clone(),
             self.shared.clone(),
             self.stop.clone(),
             tx,
+            self.checkpointer.clone(),
         );
         let handle = tokio::spawn(worker.run().instrument(span));
         *self.worker.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);

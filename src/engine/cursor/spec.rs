@@ -10,7 +10,8 @@ use crate::engine::errors::{EngineError, ErrorCode};
 use crate::engine::fields::{
     optional_bool, optional_document, optional_string, optional_whole, required_string,
 };
-use crate::engine::spec::WatchSpec;
+use crate::engine::position::{fingerprint_of, Owner, ReaderKind};
+use crate::engine::spec::{Durability, WatchSpec};
 
 /// What to do when a tailable cursor's position was overwritten (136 CappedPositionLost).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,6 +42,10 @@ pub struct CursorSpec {
     pub on_position_lost: PositionLostPolicy,
     /// How long a tailable read waits before re-issuing a dead (id 0) cursor.
     pub tail_retry: Duration,
+    /// No reply to a round trip for this long (plus the await time) is a stall: re-open.
+    pub stall_timeout: Option<Duration>,
+    /// A named reader whose position is kept in a token store.
+    pub durability: Option<Durability>,
     pub last_key: Option<Bson>,
 }
 
@@ -61,7 +66,23 @@ const KNOWN_FIELDS: &[&str] = &[
     "backoff",
     "onPositionLost",
     "tailRetryMS",
+    "stallTimeoutMS",
+    "name",
+    "tokenStore",
+    "checkpoint",
+    "allowPositionMismatch",
     "lastKey",
+];
+
+/// Options parsed exactly as a watch's.
+const SHARED_WITH_WATCH: &[&str] = &[
+    "uri",
+    "backoff",
+    "stallTimeoutMS",
+    "name",
+    "tokenStore",
+    "checkpoint",
+    "allowPositionMismatch",
 ];
 
 impl CursorSpec {
@@ -73,9 +94,10 @@ impl CursorSpec {
                 format!("unknown option \"{unknown}\""),
             ));
         }
-        // The connection string and backoff are parsed exactly as a watch's.
+        // The connection string, backoff, watchdog and token store are parsed exactly as a
+        // watch's.
         let mut shared = Document::new();
-        for name in ["uri", "backoff"] {
+        for &name in SHARED_WITH_WATCH {
             if let Some(v) = doc.get(name) {
                 shared.insert(name, v.clone());
             }
@@ -154,8 +176,27 @@ impl CursorSpec {
             backoff: watch.backoff,
             on_position_lost,
             tail_retry,
+            stall_timeout: watch.stall_timeout,
+            durability: watch.durability,
             last_key,
         })
+    }
+
+    /// Who a stored position belongs to: what shapes the documents read (namespace,
+    /// filter, projection, key, cursor type). Batch size and timeouts do not count.
+    pub fn owner(&self, name: &str) -> Owner {
+        Owner {
+            kind: ReaderKind::Cursor,
+            name: name.to_string(),
+            namespace: self.namespace(),
+            fingerprint: fingerprint_of(doc! {
+                "namespace": self.namespace(),
+                "filter": self.filter.clone(),
+                "projection": self.projection.clone().map(Bson::Document).unwrap_or(Bson::Null),
+                "key": self.key.as_str(),
+                "tailable": self.tailable,
+            }),
+        }
     }
 
     /// `db.collection`, for logs (never the URI).
@@ -327,6 +368,27 @@ mod tests {
         with(doc! {"projection": {"_id": 0}, "key": "seq"}).unwrap();
         with(doc! {"projection": {"a": 1}}).unwrap();
         with(doc! {"projection": {"s": 1}, "key": "s.t"}).unwrap();
+        assert!(msg(doc! {"tokenStore": {"type": "file", "path": "/p"}}).contains("\"name\""));
+        assert!(msg(doc! {"name": "n", "checkpoint": {"everyEvents": "x"}})
+            .contains("checkpoint.everyEvents"));
+    }
+
+    #[test]
+    fn a_named_cursor_has_a_store_and_an_owner_shaped_by_what_it_reads() {
+        let spec = with(doc! {"name": "n", "tokenStore": {"type": "file", "path": "/p"}}).unwrap();
+        assert_eq!(spec.durability.as_ref().unwrap().name, "n");
+        assert_eq!(
+            spec.stall_timeout,
+            Some(crate::engine::spec::DEFAULT_STALL_TIMEOUT)
+        );
+        let owner = spec.owner("n");
+        assert_eq!(owner.kind, ReaderKind::Cursor);
+        assert_eq!(owner.namespace, "d.c");
+        let same = with(doc! {"batchSize": 7, "stallTimeoutMS": 0}).unwrap();
+        assert_eq!(same.stall_timeout, None);
+        assert_eq!(same.owner("n"), owner, "batching and timeouts do not count");
+        let filtered = with(doc! {"filter": {"a": 1}}).unwrap();
+        assert_ne!(filtered.owner("n").fingerprint, owner.fingerprint);
     }
 
     #[test]

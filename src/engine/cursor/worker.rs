@@ -1,10 +1,12 @@
 //! The background worker of one restartable cursor: opens the `find`, reads batches, and
 //! re-opens after the last key received on any resumable failure.
 
+use std::future::IntoFuture;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use mongodb::bson::{Bson, RawBsonRef, RawDocumentBuf};
+use mongodb::bson::{doc, Bson, RawBsonRef, RawDocumentBuf};
 use mongodb::options::CursorType;
 use mongodb::raw_batch_cursor::RawBatchCursor;
 use mongodb::Client;
@@ -13,9 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::spec::{key_of, CursorSpec, PositionLostPolicy};
 use super::{CursorEnd, CursorItem};
+use crate::engine::checkpoint::{Checkpointer, STORE_GIVE_UP_AFTER};
 use crate::engine::client_pool::client_for;
 use crate::engine::errors::{EngineError, ErrorCode};
 use crate::engine::outage::{OutageTracker, Retry};
+use crate::engine::position::Position;
 use crate::engine::status::{Shared, StreamState};
 
 /// The server's code for a tailable cursor whose position was overwritten.
@@ -33,7 +37,10 @@ pub(crate) struct CursorWorker {
     tx: mpsc::Sender<CursorItem>,
     /// The key of the last document sent to the consumer: re-opens continue after it.
     last_key: Option<Bson>,
+    /// The last key whose loss was already reported (a lost position is reported once).
+    lost_reported_for: Option<Bson>,
     outage: OutageTracker,
+    checkpointer: Option<Arc<Checkpointer>>,
 }
 
 /// One batch read from the server.
@@ -49,6 +56,7 @@ impl CursorWorker {
         shared: Arc<Shared>,
         stop: CancellationToken,
         tx: mpsc::Sender<CursorItem>,
+        checkpointer: Option<Arc<Checkpointer>>,
     ) -> Self {
         let last_key = spec.last_key.clone();
         CursorWorker {
@@ -57,11 +65,60 @@ impl CursorWorker {
             stop,
             tx,
             last_key,
+            lost_reported_for: None,
             outage: OutageTracker::default(),
+            checkpointer,
+        }
+    }
+
+    /// Continues after the token store's key, unless the read was given one (`lastKey`, a
+    /// `restart()` state) — that wins. Returns false when the read must stop.
+    async fn restore_position(&mut self) -> bool {
+        let Some(ck) = self.checkpointer.clone() else {
+            return true;
+        };
+        if self.last_key.is_some() {
+            return true;
+        }
+        let allow_mismatch = self
+            .spec
+            .durability
+            .as_ref()
+            .is_some_and(|d| d.allow_mismatch);
+        let started = Instant::now();
+        loop {
+            let Some(loaded) = self.or_cancel(ck.load_position(allow_mismatch)).await else {
+                return false;
+            };
+            match loaded {
+                Ok(Some(Position::Cursor { last_key })) => {
+                    self.last_key = Some(last_key);
+                    return true;
+                }
+                // load_position refuses a change stream's record.
+                Ok(_) => return true,
+                // A store that stays down surfaces as an error, as for saves.
+                Err(e) if e.resumable && started.elapsed() < STORE_GIVE_UP_AFTER => {
+                    if !self.recover(e).await {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    self.fail(EngineError {
+                        resumable: false,
+                        ..e
+                    })
+                    .await;
+                    return false;
+                }
+            }
         }
     }
 
     pub(crate) async fn run(mut self) {
+        if !self.restore_position().await {
+            return;
+        }
         let client = loop {
             match self.or_cancel(client_for(&self.spec.uri)).await {
                 None => return,
@@ -78,11 +135,15 @@ impl CursorWorker {
                 return;
             }
             tracing::debug!(resuming = self.last_key.is_some(), "opening the cursor");
-            let open = open_cursor(&client, &self.spec, self.last_key.as_ref());
+            let open = self.watchdog(open_cursor(&client, &self.spec, self.last_key.as_ref()));
             let flow = match self.or_cancel(open).await {
                 None => Flow::Stop,
-                Some(Ok(cursor)) => self.pump(cursor).await,
-                Some(Err(e)) => self.after_error(e).await,
+                Some(Ok(Ok(cursor))) => match self.check_position(&client).await {
+                    None => self.pump(cursor).await,
+                    Some(flow) => flow,
+                },
+                Some(Ok(Err(e))) => self.after_error(e).await,
+                Some(Err(silent)) => self.stalled(silent).await,
             };
             if let Flow::Stop = flow {
                 return;
@@ -99,9 +160,14 @@ impl CursorWorker {
             let Some(Ok(permit)) = self.or_cancel(self.tx.clone().reserve_owned()).await else {
                 return Flow::Stop;
             };
-            let next = match self.or_cancel(cursor.next()).await {
+            let next = match self.or_cancel(self.watchdog(cursor.next())).await {
                 None => return Flow::Stop,
-                Some(next) => next,
+                Some(Ok(next)) => next,
+                Some(Err(silent)) => {
+                    drop(permit);
+                    drop(cursor);
+                    return self.stalled(silent).await;
+                }
             };
             let batch = match next {
                 Some(Ok(batch)) => batch,
@@ -183,9 +249,78 @@ impl CursorWorker {
         }
     }
 
+    /// A tailable read re-opened after its last key: if the capped collection no longer
+    /// holds that document, documents after it may have been overwritten while nothing was
+    /// reading (mongod reports that only for a live cursor). Checked after the open, so a
+    /// document still there proves nothing after it was lost before the new cursor began.
+    /// `None`: go on with the new cursor; `Some(flow)`: the lost position was handled.
+    async fn check_position(&mut self, client: &Client) -> Option<Flow> {
+        let last = self.last_key.clone().filter(|_| self.spec.tailable)?;
+        if self.lost_reported_for.as_ref() == Some(&last) {
+            return None;
+        }
+        let collection = client
+            .database(&self.spec.db)
+            .collection::<RawDocumentBuf>(&self.spec.collection);
+        let lookup = collection
+            .find_one(doc! { self.spec.key.as_str(): last })
+            .projection(doc! { "_id": 1 });
+        match self.or_cancel(self.watchdog(lookup.into_future())).await {
+            None => Some(Flow::Stop),
+            Some(Ok(Ok(Some(_)))) => None,
+            Some(Ok(Ok(None))) => {
+                let mut error = EngineError::new(
+                    ErrorCode::ServerError,
+                    "the capped collection no longer holds the last document read: documents \
+                     after it may have been overwritten while the cursor was not reading",
+                );
+                error.server_code = Some(CAPPED_POSITION_LOST);
+                error.code_name = Some("CappedPositionLost".to_string());
+                match self.position_lost(error).await {
+                    // Continue with the cursor just opened: the oldest documents left.
+                    Flow::Reopen => None,
+                    Flow::Stop => Some(Flow::Stop),
+                }
+            }
+            Some(Ok(Err(e))) => Some(self.after_error(e).await),
+            Some(Err(silent)) => Some(self.stalled(silent).await),
+        }
+    }
+
+    /// Runs one server round trip under the stall watchdog: `Err(waited)` when no reply
+    /// came within the await time plus `stallTimeoutMS`.
+    async fn watchdog<F: std::future::Future>(&self, f: F) -> Result<F::Output, Duration> {
+        let Some(stall) = self.spec.stall_timeout else {
+            return Ok(f.await);
+        };
+        let limit = stall + self.spec.max_await_time.unwrap_or(Duration::ZERO);
+        tokio::time::timeout(limit, f).await.map_err(|_| limit)
+    }
+
+    /// Announces a stall, then re-opens after the last key like any resumable failure.
+    async fn stalled(&mut self, silent: Duration) -> Flow {
+        tracing::warn!(silent_ms = silent.as_millis() as u64, "cursor stalled");
+        let sent = self
+            .or_cancel(self.tx.send(CursorItem::Stalled { silent }))
+            .await;
+        if !matches!(sent, Some(Ok(()))) {
+            return Flow::Stop;
+        }
+        let error = EngineError::resumable(
+            ErrorCode::Stalled,
+            format!("the cursor got no reply for {} ms", silent.as_millis()),
+        );
+        if self.recover(error).await {
+            Flow::Reopen
+        } else {
+            Flow::Stop
+        }
+    }
+
     /// Documents after the last key were overwritten before they were read: never silent.
     async fn position_lost(&mut self, error: EngineError) -> Flow {
         tracing::error!(error = %error, "cursor position lost");
+        self.lost_reported_for = self.last_key.clone();
         let sent = self
             .or_cancel(self.tx.send(CursorItem::PositionLost {
                 error: error.clone(),
