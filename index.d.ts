@@ -515,6 +515,25 @@ export interface ResilientCursorOptions {
   onPositionLost?: 'error' | 'restartFromOldest';
   /** How long a tailable read waits before re-issuing a dead cursor (default 200). */
   tailRetryMS?: number;
+  /**
+   * Stall watchdog: no reply to a find/getMore within `maxAwaitTimeMS` plus this emits
+   * `stalled` and re-opens after the last key. `0` turns it off. @default 30000
+   */
+  stallTimeoutMS?: number;
+  /**
+   * Names this read's position. With a name, the key of the last processed document is
+   * checkpointed to `tokenStore` (default: in-process memory) and a new cursor with the same
+   * name continues after it — in another process too. A `restart()` state or `lastKey` wins
+   * over the stored position. A document is processed when its `data` listeners finished,
+   * or (iterator mode) when the next one is asked for, `commit()` is called, or on close.
+   */
+  name?: string;
+  /** Where positions are kept (the same stores as the change stream's). @default { type: 'memory' } */
+  tokenStore?: TokenStoreOption;
+  /** When positions are written (and always by `close()`); counts are in documents. */
+  checkpoint?: CheckpointOptions;
+  /** Use a stored position even if it was written for another filter, projection or key. @default false */
+  allowPositionMismatch?: boolean;
   /** Connection string (default: the target's). */
   uri?: string;
   logger?: StreamLogger;
@@ -560,6 +579,8 @@ export interface ResilientCursorHealth {
   lastError: ResilientChangeStreamError | null;
   documentsRead: number;
   documentsDelivered: number;
+  /** Processed documents whose position is not stored yet (0 without a name). */
+  pendingCheckpoint: number;
 }
 
 export type CursorConnection = Collection<any> | Db | MongoClient | { uri: string } | string;
@@ -574,7 +595,18 @@ export declare class ResilientCursor<TSchema extends Document = Document> extend
   static restart<T extends Document = Document>(
     state: ResilientCursorState,
     connection: CursorConnection,
-    options?: Pick<ResilientCursorOptions, 'backoff' | 'tailRetryMS' | 'logger' | 'uri'>,
+    options?: Pick<
+      ResilientCursorOptions,
+      | 'backoff'
+      | 'tailRetryMS'
+      | 'stallTimeoutMS'
+      | 'logger'
+      | 'uri'
+      | 'name'
+      | 'tokenStore'
+      | 'checkpoint'
+      | 'allowPositionMismatch'
+    >,
   ): ResilientCursor<T>;
   readonly lastKey: unknown;
   readonly closed: boolean;
@@ -582,6 +614,8 @@ export declare class ResilientCursor<TSchema extends Document = Document> extend
   health(): ResilientCursorHealth;
   /** No further batches; received documents are still handed out, then the read ends. */
   stop(): void;
+  /** Iterator mode with a `name`: the document last handed out is processed now. */
+  commit(): void;
   next(): Promise<TSchema | null>;
   hasNext(): Promise<boolean>;
   tryNext(): Promise<TSchema | null>;
@@ -594,6 +628,7 @@ export declare class ResilientCursor<TSchema extends Document = Document> extend
   on(event: 'reconnecting', listener: (e: ReconnectingEvent) => void): this;
   on(event: 'resumed', listener: (e: ResumedEvent) => void): this;
   on(event: 'positionLost', listener: (e: PositionLostEvent) => void): this;
+  on(event: 'stalled', listener: (info: StalledEvent) => void): this;
   on(event: 'error', listener: (error: ResilientChangeStreamError) => void): this;
   on(event: string | symbol, listener: (...args: any[]) => void): this;
 }

@@ -6,6 +6,7 @@ import type { ChangeStreamDocument, ChangeStreamInsertDocument, Document } from 
 import {
   watch,
   ResilientChangeStream,
+  ResilientCursor,
   ResilientChangeStreamError,
   ChangeStreamHistoryLostError,
   RetriesExhaustedError,
@@ -155,4 +156,30 @@ function wrongUsage(client: MongoClient, stream: ResilientChangeStream<Order>): 
   stream.on('change', (e) => e.operationType === 'insert' && e.fullDocument.missing);
 }
 
-export { iterate, emitter, explicitForm, reshaped, errors, wrongUsage };
+async function namedCursor(client: MongoClient): Promise<void> {
+  const orders = client.db('shop').collection<Order>('orders');
+  const cursor = new ResilientCursor<Order>(orders, {
+    key: '_id',
+    batchSize: 500,
+    name: 'orders-export',
+    tokenStore: { type: 'file', path: '/var/lib/app/orders-export.json' },
+    checkpoint: { everyEvents: 1000, everyMs: 5000 },
+    stallTimeoutMS: 60000,
+  });
+  cursor.on('stalled', (info) => console.log(info.silentMs));
+  for (let doc = await cursor.next(); doc !== null; doc = await cursor.next()) {
+    const total: number = doc.total;
+    console.log(total);
+    cursor.commit();
+  }
+  const pending: number = cursor.health().pendingCheckpoint;
+  console.log(pending);
+  const again = ResilientCursor.restart<Order>(cursor.state(), client, { name: 'orders-export' });
+  await again.close();
+  // @ts-expect-error a name is a string
+  new ResilientCursor(orders, { name: 7 });
+  // @ts-expect-error checkpoint counts are numbers
+  new ResilientCursor(orders, { name: 'x', checkpoint: { everyEvents: 'often' } });
+}
+
+export { iterate, emitter, explicitForm, reshaped, errors, wrongUsage, namedCursor };
