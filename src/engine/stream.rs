@@ -2,20 +2,18 @@
 //! channel (so at most one batch is prefetched), `close()` tears it down in order.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mongodb::bson::{RawDocumentBuf, Timestamp};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tracing::Instrument;
 
-use super::checkpoint::Checkpointer;
-use super::errors::{EngineError, ErrorCode};
+use super::checkpoint::CheckpointPolicy;
+use super::errors::EngineError;
+use super::handle::{Handle, Received};
 use super::position::{stream_owner, Position};
 use super::spec::WatchSpec;
-use super::status::{Health, Shared, StreamState};
-use super::store::{open_store, TokenStore};
+use super::status::{Health, StreamState};
+use super::store::TokenStore;
 use super::worker::Worker;
 
 /// Why a stream ended without an error.
@@ -76,6 +74,23 @@ pub enum StreamItem {
     Ended(EndReason),
 }
 
+impl super::reporter::FailureItem for StreamItem {
+    const WHAT: &'static str = "change stream";
+    fn reconnecting(attempt: u32, delay: Duration, error: EngineError) -> Self {
+        StreamItem::Reconnecting {
+            attempt,
+            delay,
+            error,
+        }
+    }
+    fn stalled(silent: Duration) -> Self {
+        StreamItem::Stalled { silent }
+    }
+    fn failed(error: EngineError) -> Self {
+        StreamItem::Failed(error)
+    }
+}
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// One change stream. `next()` and `close()` may be called from any task.
@@ -83,14 +98,7 @@ pub struct ChangeStreamEngine {
     /// Process-unique; names the stream in logs (the `stream` field of its span).
     id: u64,
     spec: Arc<WatchSpec>,
-    shared: Arc<Shared>,
-    rx: tokio::sync::Mutex<mpsc::Receiver<StreamItem>>,
-    /// The sender, until the worker is started with it.
-    unstarted: Mutex<Option<mpsc::Sender<StreamItem>>>,
-    worker: Mutex<Option<JoinHandle<()>>>,
-    /// Present for a named consumer (a token store).
-    checkpointer: Option<Arc<Checkpointer>>,
-    checkpoint_task: Mutex<Option<JoinHandle<()>>>,
+    handle: Handle<StreamItem>,
 }
 
 impl ChangeStreamEngine {
@@ -99,24 +107,16 @@ impl ChangeStreamEngine {
         spec: WatchSpec,
         custom_store: Option<Arc<dyn TokenStore>>,
     ) -> Result<Self, EngineError> {
-        let checkpointer = match &spec.durability {
-            None => None,
-            Some(d) => Some(Arc::new(Checkpointer::new(
-                stream_owner(&d.name, &spec),
-                open_store(&d.store, &spec.uri, custom_store)?,
-                d.checkpoint.clone(),
-            ))),
-        };
-        let (tx, rx) = mpsc::channel(1);
+        let handle = Handle::new(
+            spec.durability.as_ref(),
+            |name| stream_owner(name, &spec),
+            &spec.uri,
+            custom_store,
+        )?;
         Ok(ChangeStreamEngine {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             spec: Arc::new(spec),
-            shared: Arc::new(Shared::new()),
-            rx: tokio::sync::Mutex::new(rx),
-            unstarted: Mutex::new(Some(tx)),
-            worker: Mutex::new(None),
-            checkpointer,
-            checkpoint_task: Mutex::new(None),
+            handle,
         })
     }
 
@@ -129,22 +129,22 @@ impl ChangeStreamEngine {
         end_token: Option<&[u8]>,
         events: u64,
     ) -> Result<(), EngineError> {
-        if let Some(ck) = &self.checkpointer {
+        if let Some(ck) = &self.handle.checkpointer {
             ck.commit(Position::after_event(event, end_token)?, events);
         }
         Ok(())
     }
 
     /// The checkpoint policy, for a named consumer.
-    pub fn checkpoint_policy(&self) -> Option<&super::checkpoint::CheckpointPolicy> {
-        self.spec.durability.as_ref().map(|d| &d.checkpoint)
+    pub fn checkpoint_policy(&self) -> Option<&CheckpointPolicy> {
+        self.handle.checkpoint_policy()
     }
 
     /// The position advanced without an event (postBatchResumeToken of a quiet stream);
     /// its cluster time is the engine's position time (the reply's operation time).
     pub fn commit_token(&self, token: &[u8]) -> Result<(), EngineError> {
-        if let Some(ck) = &self.checkpointer {
-            let time = self.shared.snapshot().position_time;
+        if let Some(ck) = &self.handle.checkpointer {
+            let time = self.handle.shared.snapshot().position_time;
             ck.commit(Position::token_only(token, time)?, 0);
         }
         Ok(())
@@ -153,22 +153,17 @@ impl ChangeStreamEngine {
     /// Whether fewer than `checkpoint.maxUnsavedEvents` processed events are unsaved (always
     /// true without a token store): the consumer may take another event.
     pub fn has_room(&self) -> bool {
-        self.checkpointer.as_ref().is_none_or(|c| c.has_room())
+        self.handle.has_room()
     }
 
     /// Waits until `has_room()`, or the stream is closed.
     pub async fn wait_for_room(&self) {
-        if let Some(ck) = &self.checkpointer {
-            tokio::select! {
-                _ = ck.wait_for_room() => {},
-                _ = self.shared.cancel.cancelled() => {},
-            }
-        }
+        self.handle.wait_for_room().await
     }
 
     /// Processed events not yet stored (0 without a token store).
     pub fn pending_checkpoint(&self) -> u64 {
-        self.checkpointer.as_ref().map_or(0, |c| c.unsaved_events())
+        self.handle.pending_checkpoint()
     }
 
     pub fn id(&self) -> u64 {
@@ -180,11 +175,11 @@ impl ChangeStreamEngine {
     }
 
     pub fn state(&self) -> StreamState {
-        self.shared.state()
+        self.handle.shared.state()
     }
 
     pub fn health(&self) -> Health {
-        self.shared.snapshot()
+        self.handle.shared.snapshot()
     }
 
     /// The server's oplog window and where this stream's position stands in it.
@@ -195,33 +190,22 @@ impl ChangeStreamEngine {
 
     /// The next item. Must run inside a Tokio runtime (the worker is spawned on it).
     pub async fn next(&self) -> StreamItem {
-        self.start_worker();
-        if let Some(ck) = &self.checkpointer {
-            // Bounded unsaved progress: while the store is down, hand out nothing more.
-            tokio::select! {
-                _ = ck.wait_for_room() => {},
-                _ = self.shared.cancel.cancelled() => return StreamItem::Ended(EndReason::Closed),
-            }
-        }
-        let mut rx = self.rx.lock().await;
-        // Closed by the user: whatever is still queued no longer matters. (A stream that
-        // ended by itself, e.g. after an invalidate, still hands out its last items.)
-        if self.shared.cancel.is_cancelled() {
-            return StreamItem::Ended(EndReason::Closed);
-        }
-        match rx.recv().await {
-            Some(item) => item,
-            None if self.state().is_terminal() => StreamItem::Ended(EndReason::Closed),
-            // The worker vanished without saying why: only a panic does that. Never let
-            // that look like a clean end.
-            None => {
-                let error = EngineError::new(
-                    ErrorCode::ClientError,
-                    "internal error: the change stream worker stopped unexpectedly",
-                );
-                self.shared.fail(&error);
-                StreamItem::Failed(error)
-            }
+        let span =
+            || tracing::info_span!("change_stream", stream = self.id, ns = %self.spec.namespace());
+        self.handle.start(span, |tx| {
+            let worker = Worker::new(
+                self.spec.clone(),
+                self.handle.shared.clone(),
+                tx,
+                self.handle.checkpointer.clone(),
+            );
+            worker.run()
+        });
+        match self.handle.recv().await {
+            Received::Item(item) => item,
+            Received::Closed => StreamItem::Ended(EndReason::Closed),
+            Received::Drained if self.state().is_terminal() => StreamItem::Ended(EndReason::Closed),
+            Received::Drained => self.handle.vanished(),
         }
     }
 
@@ -229,67 +213,6 @@ impl ChangeStreamEngine {
     /// cursor, waits for the worker to finish, then stores the last processed position.
     /// Idempotent. Fails only if that last position could not be stored.
     pub async fn close(&self) -> Result<(), EngineError> {
-        self.shared.begin_close();
-        self.shared.cancel.cancel();
-        drop(self.take_unstarted());
-        for task in [&self.worker, &self.checkpoint_task] {
-            let handle = task.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(handle) = handle {
-                // Tasks only end by themselves; a panic inside the worker is already
-                // reported by `next()`, so a JoinError carries nothing more to say here.
-                let _ = handle.await;
-            }
-        }
-        self.shared.finish_close();
-        match &self.checkpointer {
-            Some(ck) => ck.flush().await,
-            None => Ok(()),
-        }
-    }
-
-    fn take_unstarted(&self) -> Option<mpsc::Sender<StreamItem>> {
-        self.unstarted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-    }
-
-    fn start_worker(&self) {
-        let Some(tx) = self.take_unstarted() else {
-            return;
-        };
-        if !self.shared.transition(StreamState::Opening) {
-            return;
-        }
-        let span =
-            tracing::info_span!("change_stream", stream = self.id, ns = %self.spec.namespace());
-        if let Some(ck) = &self.checkpointer {
-            let handle = ck.spawn(
-                self.shared.clone(),
-                tx.clone(),
-                StreamItem::Failed,
-                span.clone(),
-            );
-            *self
-                .checkpoint_task
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(handle);
-        }
-        let worker = Worker::new(
-            self.spec.clone(),
-            self.shared.clone(),
-            tx,
-            self.checkpointer.clone(),
-        );
-        let handle = tokio::spawn(worker.run().instrument(span));
-        *self.worker.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
-    }
-}
-
-impl Drop for ChangeStreamEngine {
-    /// A stream dropped without `close()` (e.g. garbage-collected in JS) must not leave a
-    /// worker re-opening forever.
-    fn drop(&mut self) {
-        self.shared.cancel.cancel();
+        self.handle.close().await
     }
 }

@@ -11,12 +11,12 @@ use mongodb::Client;
 use tokio::sync::mpsc;
 
 use super::batch::parse_reply;
-use super::checkpoint::{Checkpointer, STORE_GIVE_UP_AFTER};
+use super::checkpoint::Checkpointer;
 use super::client_pool::{client_for, ClientLease};
 use super::errors::{EngineError, ErrorCode};
 use super::oplog::{read_window, OplogWindow};
-use super::outage::{OutageTracker, Retry};
 use super::position::Position;
+use super::reporter::Reporter;
 use super::resume::{aggregate_command, choose_start, ResumeState};
 use super::spec::{HistoryLostPolicy, InvalidatePolicy, StartPoint, WatchSpec};
 use super::status::{keystring_token_time, Shared, StreamState};
@@ -36,7 +36,7 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     tx: mpsc::Sender<StreamItem>,
     resume: ResumeState,
-    outage: OutageTracker,
+    report: Reporter<StreamItem>,
     invalidated: bool,
     /// Whether this server advances an idle stream's position (a no-op heartbeat): only
     /// then does "no advance for stallTimeoutMS" mean a stall.
@@ -52,12 +52,13 @@ impl Worker {
         checkpointer: Option<Arc<Checkpointer>>,
     ) -> Self {
         let resume = ResumeState::new(&spec);
+        let report = Reporter::new(shared.clone(), tx.clone(), shared.cancel.clone());
         Worker {
             spec,
             shared,
             tx,
             resume,
-            outage: OutageTracker::default(),
+            report,
             invalidated: false,
             idle_advance_seen: false,
             checkpointer,
@@ -79,40 +80,23 @@ impl Worker {
             .durability
             .as_ref()
             .is_some_and(|d| d.allow_mismatch);
-        let started = std::time::Instant::now();
-        loop {
-            let loaded = match self.or_cancel(ck.load_position(allow_mismatch)).await {
-                None => return false,
-                Some(loaded) => loaded,
-            };
-            match loaded {
-                Ok(None) => return true,
-                Ok(Some(Position::Stream {
-                    token,
-                    cluster_time,
-                    start_after,
-                })) => {
-                    self.shared.record_progress(0, cluster_time);
-                    self.resume.restore(token, start_after);
-                    return true;
-                }
-                // load_position refuses other kinds.
-                Ok(Some(Position::Cursor { .. })) => return true,
-                // A store that stays down surfaces as an error, as for saves.
-                Err(e) if e.resumable && started.elapsed() < STORE_GIVE_UP_AFTER => {
-                    if !self.recover(e).await {
-                        return false;
-                    }
-                }
-                Err(e) => {
-                    self.fail(EngineError {
-                        resumable: false,
-                        ..e
-                    })
-                    .await;
-                    return false;
-                }
+        let restored = self
+            .report
+            .restore(&ck, allow_mismatch, &self.spec.backoff)
+            .await;
+        match restored {
+            None => false,
+            Some(Some(Position::Stream {
+                token,
+                cluster_time,
+                start_after,
+            })) => {
+                self.shared.record_progress(0, cluster_time);
+                self.resume.restore(token, start_after);
+                true
             }
+            // None stored (load_position refuses a cursor's record).
+            Some(_) => true,
         }
     }
 
@@ -252,7 +236,7 @@ impl Worker {
             // position. A successful `aggregate` alone proves little (the next getMore may
             // fail again), so its reply does not reset the backoff.
             let progressed = parsed.count > 0 || !is_open_reply;
-            if let Some(recovery) = progressed.then(|| self.outage.progress()).flatten() {
+            if let Some(recovery) = progressed.then(|| self.report.progress()).flatten() {
                 tracing::info!(
                     attempts = recovery.attempts,
                     downtime_ms = recovery.downtime.as_millis() as u64,
@@ -296,24 +280,11 @@ impl Worker {
 
     /// Announces a stall, then re-opens from the cached token like any resumable failure.
     async fn stalled(&mut self, silent: Duration) -> Flow {
-        tracing::warn!(
-            silent_ms = silent.as_millis() as u64,
-            "change stream stalled"
-        );
-        let sent = self
-            .or_cancel(self.tx.send(StreamItem::Stalled { silent }))
-            .await;
-        if !matches!(sent, Some(Ok(()))) {
-            return Flow::Stop;
+        if self.report.stalled(silent, &self.spec.backoff).await {
+            Flow::Reopen
+        } else {
+            Flow::Stop
         }
-        let err = EngineError::resumable(
-            ErrorCode::Stalled,
-            format!(
-                "the change stream made no progress for {} ms",
-                silent.as_millis()
-            ),
-        );
-        self.retry_after(err).await
     }
 
     async fn reopen_after(&mut self, e: mongodb::error::Error, client: &ClientLease) -> Flow {
@@ -335,10 +306,11 @@ impl Worker {
         };
         tracing::error!(?from, ?to, "change stream history lost");
         let token = self.resume.token().cloned();
-        let sent = self
-            .or_cancel(self.tx.send(StreamItem::HistoryLost { from, to, token }))
-            .await;
-        if !matches!(sent, Some(Ok(()))) {
+        if !self
+            .report
+            .send(StreamItem::HistoryLost { from, to, token })
+            .await
+        {
             return Flow::Stop;
         }
         match self.spec.on_history_lost {
@@ -361,58 +333,17 @@ impl Worker {
         }
     }
 
-    /// After a failure: fail the stream if the error is fatal or retries ran out, else
-    /// announce and wait out the backoff. Returns whether to try again.
     async fn recover(&mut self, error: EngineError) -> bool {
-        let (attempt, delay, error) =
-            match self
-                .outage
-                .failure(error, &self.spec.backoff, "change stream")
-            {
-                Retry::GiveUp(error) => {
-                    self.fail(error).await;
-                    return false;
-                }
-                Retry::After {
-                    attempt,
-                    delay,
-                    error,
-                } => (attempt, delay, error),
-            };
-        tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, error = %error, "change stream reconnecting");
-        if !self.shared.record_failure(&error, attempt, delay) {
-            return false;
-        }
-        let announced = self.or_cancel(self.tx.send(StreamItem::Reconnecting {
-            attempt,
-            delay,
-            error,
-        }));
-        if !matches!(announced.await, Some(Ok(()))) {
-            return false;
-        }
-        self.or_cancel(tokio::time::sleep(delay)).await.is_some()
-            && !self.shared.state().is_terminal()
+        self.report.recover(error, &self.spec.backoff).await
     }
 
     async fn fail(&mut self, error: EngineError) {
-        tracing::error!(error = %error, "change stream failed");
-        if !self.shared.fail(&error) {
-            return;
-        }
-        // The consumer learns of the failure from this item; if it is gone, nobody waits.
-        let _ = self
-            .or_cancel(self.tx.send(StreamItem::Failed(error)))
-            .await;
+        self.report.fail(error).await;
     }
 
     /// Runs `f` unless the stream is closed first; `None` means "closed".
     async fn or_cancel<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
-        tokio::select! {
-            biased;
-            _ = self.shared.cancel.cancelled() => None,
-            out = f => Some(out),
-        }
+        self.report.or_cancel(f).await
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::future::IntoFuture;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use mongodb::bson::{doc, Bson, RawBsonRef, RawDocumentBuf};
@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::spec::{key_of, CursorSpec, PositionLostPolicy};
 use super::{CursorEnd, CursorItem};
-use crate::engine::checkpoint::{Checkpointer, STORE_GIVE_UP_AFTER};
+use crate::engine::checkpoint::Checkpointer;
 use crate::engine::client_pool::client_for;
 use crate::engine::errors::{EngineError, ErrorCode};
-use crate::engine::outage::{OutageTracker, Retry};
 use crate::engine::position::Position;
+use crate::engine::reporter::Reporter;
 use crate::engine::status::{Shared, StreamState};
 
 /// The server's code for a tailable cursor whose position was overwritten.
@@ -33,13 +33,12 @@ enum Flow {
 pub(crate) struct CursorWorker {
     spec: Arc<CursorSpec>,
     shared: Arc<Shared>,
-    stop: CancellationToken,
     tx: mpsc::Sender<CursorItem>,
     /// The key of the last document sent to the consumer: re-opens continue after it.
     last_key: Option<Bson>,
     /// The last key whose loss was already reported (a lost position is reported once).
     lost_reported_for: Option<Bson>,
-    outage: OutageTracker,
+    report: Reporter<CursorItem>,
     checkpointer: Option<Arc<Checkpointer>>,
 }
 
@@ -59,14 +58,15 @@ impl CursorWorker {
         checkpointer: Option<Arc<Checkpointer>>,
     ) -> Self {
         let last_key = spec.last_key.clone();
+        // stop() (and close(), its parent) cancels `stop`: the read requests nothing more.
+        let report = Reporter::new(shared.clone(), tx.clone(), stop);
         CursorWorker {
             spec,
             shared,
-            stop,
             tx,
             last_key,
             lost_reported_for: None,
-            outage: OutageTracker::default(),
+            report,
             checkpointer,
         }
     }
@@ -85,33 +85,18 @@ impl CursorWorker {
             .durability
             .as_ref()
             .is_some_and(|d| d.allow_mismatch);
-        let started = Instant::now();
-        loop {
-            let Some(loaded) = self.or_cancel(ck.load_position(allow_mismatch)).await else {
-                return false;
-            };
-            match loaded {
-                Ok(Some(Position::Cursor { last_key })) => {
-                    self.last_key = Some(last_key);
-                    return true;
-                }
-                // load_position refuses a change stream's record.
-                Ok(_) => return true,
-                // A store that stays down surfaces as an error, as for saves.
-                Err(e) if e.resumable && started.elapsed() < STORE_GIVE_UP_AFTER => {
-                    if !self.recover(e).await {
-                        return false;
-                    }
-                }
-                Err(e) => {
-                    self.fail(EngineError {
-                        resumable: false,
-                        ..e
-                    })
-                    .await;
-                    return false;
-                }
+        let restored = self
+            .report
+            .restore(&ck, allow_mismatch, &self.spec.backoff)
+            .await;
+        match restored {
+            None => false,
+            Some(Some(Position::Cursor { last_key })) => {
+                self.last_key = Some(last_key);
+                true
             }
+            // None stored (load_position refuses a change stream's record).
+            Some(_) => true,
         }
     }
 
@@ -210,7 +195,7 @@ impl CursorWorker {
             let is_open_reply = std::mem::take(&mut first_reply);
             let progressed = docs.count > 0 || !is_open_reply;
             let mut permit = permit;
-            if let Some(recovery) = progressed.then(|| self.outage.progress()).flatten() {
+            if let Some(recovery) = progressed.then(|| self.report.progress()).flatten() {
                 tracing::info!(
                     attempts = recovery.attempts,
                     downtime_ms = recovery.downtime.as_millis() as u64,
@@ -299,18 +284,7 @@ impl CursorWorker {
 
     /// Announces a stall, then re-opens after the last key like any resumable failure.
     async fn stalled(&mut self, silent: Duration) -> Flow {
-        tracing::warn!(silent_ms = silent.as_millis() as u64, "cursor stalled");
-        let sent = self
-            .or_cancel(self.tx.send(CursorItem::Stalled { silent }))
-            .await;
-        if !matches!(sent, Some(Ok(()))) {
-            return Flow::Stop;
-        }
-        let error = EngineError::resumable(
-            ErrorCode::Stalled,
-            format!("the cursor got no reply for {} ms", silent.as_millis()),
-        );
-        if self.recover(error).await {
+        if self.report.stalled(silent, &self.spec.backoff).await {
             Flow::Reopen
         } else {
             Flow::Stop
@@ -321,12 +295,10 @@ impl CursorWorker {
     async fn position_lost(&mut self, error: EngineError) -> Flow {
         tracing::error!(error = %error, "cursor position lost");
         self.lost_reported_for = self.last_key.clone();
-        let sent = self
-            .or_cancel(self.tx.send(CursorItem::PositionLost {
-                error: error.clone(),
-            }))
-            .await;
-        if !matches!(sent, Some(Ok(()))) {
+        let lost = CursorItem::PositionLost {
+            error: error.clone(),
+        };
+        if !self.report.send(lost).await {
             return Flow::Stop;
         }
         match self.spec.on_position_lost {
@@ -339,54 +311,17 @@ impl CursorWorker {
         }
     }
 
-    /// After a failure: fail if fatal or retries ran out, else announce and wait out the
-    /// backoff. Returns whether to try again.
     async fn recover(&mut self, error: EngineError) -> bool {
-        let (attempt, delay, error) = match self.outage.failure(error, &self.spec.backoff, "cursor")
-        {
-            Retry::GiveUp(error) => {
-                self.fail(error).await;
-                return false;
-            }
-            Retry::After {
-                attempt,
-                delay,
-                error,
-            } => (attempt, delay, error),
-        };
-        tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, error = %error, "cursor reconnecting");
-        if !self.shared.record_failure(&error, attempt, delay) {
-            return false;
-        }
-        let announced = self.or_cancel(self.tx.send(CursorItem::Reconnecting {
-            attempt,
-            delay,
-            error,
-        }));
-        if !matches!(announced.await, Some(Ok(()))) {
-            return false;
-        }
-        self.or_cancel(tokio::time::sleep(delay)).await.is_some()
-            && !self.shared.state().is_terminal()
+        self.report.recover(error, &self.spec.backoff).await
     }
 
     async fn fail(&mut self, error: EngineError) {
-        tracing::error!(error = %error, "cursor failed");
-        if !self.shared.fail(&error) {
-            return;
-        }
-        let _ = self
-            .or_cancel(self.tx.send(CursorItem::Failed(error)))
-            .await;
+        self.report.fail(error).await;
     }
 
     /// Runs `f` unless the read is stopped or closed first; `None` means "stop".
     async fn or_cancel<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
-        tokio::select! {
-            biased;
-            _ = self.stop.cancelled() => None,
-            out = f => Some(out),
-        }
+        self.report.or_cancel(f).await
     }
 }
 

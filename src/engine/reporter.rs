@@ -1,0 +1,145 @@
+//! What the change-stream worker and the cursor worker share: how they tell their consumer
+//! about failures — backoff announcements, the final error, stalls — and how they wait
+//! without outliving a close. One outage count per worker.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::BackoffPolicy;
+use super::checkpoint::{Checkpointer, STORE_GIVE_UP_AFTER};
+use super::errors::{EngineError, ErrorCode};
+use super::outage::{OutageTracker, Recovery, Retry};
+use super::position::Position;
+use super::status::Shared;
+
+/// The items a worker sends for failures.
+pub(crate) trait FailureItem: Send + Sized {
+    /// What is re-opened, for logs and messages ("change stream", "cursor").
+    const WHAT: &'static str;
+    fn reconnecting(attempt: u32, delay: Duration, error: EngineError) -> Self;
+    fn stalled(silent: Duration) -> Self;
+    fn failed(error: EngineError) -> Self;
+}
+
+pub(crate) struct Reporter<I> {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<I>,
+    /// Cancelled when the worker must stop (close; for a cursor also stop()).
+    cancel: CancellationToken,
+    outage: OutageTracker,
+}
+
+impl<I: FailureItem> Reporter<I> {
+    pub(crate) fn new(shared: Arc<Shared>, tx: mpsc::Sender<I>, cancel: CancellationToken) -> Self {
+        Reporter {
+            shared,
+            tx,
+            cancel,
+            outage: OutageTracker::default(),
+        }
+    }
+
+    /// Runs `f` unless the worker is stopped first; `None` means "stop".
+    pub(crate) async fn or_cancel<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => None,
+            out = f => Some(out),
+        }
+    }
+
+    /// Sends `item` unless stopped first; false when it could not be delivered.
+    pub(crate) async fn send(&self, item: I) -> bool {
+        matches!(self.or_cancel(self.tx.send(item)).await, Some(Ok(())))
+    }
+
+    /// Real progress reached the consumer: ends the outage, if one was in progress.
+    pub(crate) fn progress(&mut self) -> Option<Recovery> {
+        self.outage.progress()
+    }
+
+    /// After a failure: fail if the error is fatal or retries ran out, else announce and
+    /// wait out the backoff. Returns whether to try again.
+    pub(crate) async fn recover(&mut self, error: EngineError, policy: &BackoffPolicy) -> bool {
+        let (attempt, delay, error) = match self.outage.failure(error, policy, I::WHAT) {
+            Retry::GiveUp(error) => {
+                self.fail(error).await;
+                return false;
+            }
+            Retry::After {
+                attempt,
+                delay,
+                error,
+            } => (attempt, delay, error),
+        };
+        tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, error = %error, "{} reconnecting", I::WHAT);
+        if !self.shared.record_failure(&error, attempt, delay) {
+            return false;
+        }
+        if !self.send(I::reconnecting(attempt, delay, error)).await {
+            return false;
+        }
+        self.or_cancel(tokio::time::sleep(delay)).await.is_some()
+            && !self.shared.state().is_terminal()
+    }
+
+    /// No reply (or no progress) for `silent`: announce the stall, then back off like any
+    /// resumable failure. Returns whether to re-open.
+    pub(crate) async fn stalled(&mut self, silent: Duration, policy: &BackoffPolicy) -> bool {
+        tracing::warn!(silent_ms = silent.as_millis() as u64, "{} stalled", I::WHAT);
+        if !self.send(I::stalled(silent)).await {
+            return false;
+        }
+        let error = EngineError::resumable(
+            ErrorCode::Stalled,
+            format!(
+                "the {} made no progress for {} ms",
+                I::WHAT,
+                silent.as_millis()
+            ),
+        );
+        self.recover(error, policy).await
+    }
+
+    /// Fails the reader with `error` (once); the consumer learns of it from the item.
+    pub(crate) async fn fail(&self, error: EngineError) {
+        tracing::error!(error = %error, "{} failed", I::WHAT);
+        if !self.shared.fail(&error) {
+            return;
+        }
+        // If the consumer is gone, nobody waits for this item.
+        let _ = self.send(I::failed(error)).await;
+    }
+
+    /// The stored position, retried like a re-open while the store is down (for up to
+    /// STORE_GIVE_UP_AFTER). `None`: the worker must stop (failed or closed).
+    pub(crate) async fn restore(
+        &mut self,
+        ck: &Checkpointer,
+        allow_mismatch: bool,
+        policy: &BackoffPolicy,
+    ) -> Option<Option<Position>> {
+        let started = Instant::now();
+        loop {
+            match self.or_cancel(ck.load_position(allow_mismatch)).await? {
+                Ok(position) => return Some(position),
+                Err(e) if e.resumable && started.elapsed() < STORE_GIVE_UP_AFTER => {
+                    if !self.recover(e, policy).await {
+                        return None;
+                    }
+                }
+                Err(e) => {
+                    self.fail(EngineError {
+                        resumable: false,
+                        ..e
+                    })
+                    .await;
+                    return None;
+                }
+            }
+        }
+    }
+}
