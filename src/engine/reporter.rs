@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::BackoffPolicy;
 use super::checkpoint::{Checkpointer, STORE_GIVE_UP_AFTER};
+use super::client_pool::{client_for, ClientLease};
 use super::errors::{EngineError, ErrorCode};
 use super::outage::{OutageTracker, Recovery, Retry};
 use super::position::Position;
@@ -112,6 +113,25 @@ impl<I: FailureItem> Reporter<I> {
         }
         // If the consumer is gone, nobody waits for this item.
         let _ = self.send(I::failed(error)).await;
+    }
+
+    /// The shared client for `uri`, retried like a re-open (a bad connection string fails
+    /// at once). `None`: the worker must stop (failed or closed).
+    pub(crate) async fn client(
+        &mut self,
+        uri: &str,
+        policy: &BackoffPolicy,
+    ) -> Option<ClientLease> {
+        loop {
+            match self.or_cancel(client_for(uri)).await? {
+                Ok(client) => return Some(client),
+                Err(e) => {
+                    if !self.recover(e, policy).await {
+                        return None;
+                    }
+                }
+            }
+        }
     }
 
     /// The stored position, retried like a re-open while the store is down (for up to

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::batch::parse_reply;
 use super::checkpoint::Checkpointer;
-use super::client_pool::{client_for, ClientLease};
+use super::client_pool::ClientLease;
 use super::errors::{EngineError, ErrorCode};
 use super::oplog::{read_window, OplogWindow};
 use super::position::Position;
@@ -104,16 +104,8 @@ impl Worker {
         if !self.restore_position().await {
             return;
         }
-        let client = loop {
-            match self.or_cancel(client_for(&self.spec.uri)).await {
-                None => return,
-                Some(Ok(client)) => break client,
-                Some(Err(e)) => {
-                    if !self.recover(e).await {
-                        return;
-                    }
-                }
-            }
+        let Some(client) = self.report.client(&self.spec.uri, &self.spec.backoff).await else {
+            return;
         };
         loop {
             if self.shared.state().is_terminal() {

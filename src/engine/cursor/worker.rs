@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 use super::spec::{key_of, CursorSpec, PositionLostPolicy};
 use super::{CursorEnd, CursorItem};
 use crate::engine::checkpoint::Checkpointer;
-use crate::engine::client_pool::client_for;
 use crate::engine::errors::{EngineError, ErrorCode};
 use crate::engine::position::Position;
 use crate::engine::reporter::Reporter;
@@ -104,16 +103,8 @@ impl CursorWorker {
         if !self.restore_position().await {
             return;
         }
-        let client = loop {
-            match self.or_cancel(client_for(&self.spec.uri)).await {
-                None => return,
-                Some(Ok(client)) => break client,
-                Some(Err(e)) => {
-                    if !self.recover(e).await {
-                        return;
-                    }
-                }
-            }
+        let Some(client) = self.report.client(&self.spec.uri, &self.spec.backoff).await else {
+            return;
         };
         loop {
             if self.shared.state().is_terminal() {
