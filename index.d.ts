@@ -455,6 +455,15 @@ export declare class TokenStoreError extends ResilientChangeStreamError {
 export declare class PositionMismatchError extends ResilientChangeStreamError {
   code: 'PositionMismatch';
 }
+/**
+ * No usable native binary for this platform (thrown by the first stream or cursor
+ * constructed). `packageName` is the platform package to install.
+ */
+export declare class NativeAddonError extends ResilientChangeStreamError {
+  code: 'NativeAddonUnavailable';
+  platform?: string;
+  packageName?: string;
+}
 /** The resume token cannot be used (server 260), e.g. resumeAfter an invalidate token. */
 export declare class InvalidResumeTokenError extends ResilientChangeStreamError {
   code: 'InvalidResumeToken';

@@ -20,6 +20,7 @@ export const {
   StreamClosedError,
   TokenStoreError,
   PositionMismatchError,
+  NativeAddonError,
 } = rcs;
 
 export default rcs;

@@ -61,6 +61,20 @@ class PositionMismatchError extends ResilientChangeStreamError {
   static code = 'PositionMismatch';
 }
 
+/**
+ * Thrown (by the first stream or cursor constructed, from lib/native.js) when no usable binary is found. `code` is
+ * 'NativeAddonUnavailable'; `packageName` is the platform package to install.
+ */
+class NativeAddonError extends ResilientChangeStreamError {
+  static code = 'NativeAddonUnavailable';
+
+  constructor(message, { cause, platform, packageName } = {}) {
+    super(message, { cause });
+    this.platform = platform;
+    this.packageName = packageName;
+  }
+}
+
 /** Every class with a stable code of its own; the base class takes any other code. */
 const CODED_CLASSES = [
   ChangeStreamHistoryLostError,
@@ -75,6 +89,7 @@ const CODED_CLASSES = [
   StreamClosedError,
   TokenStoreError,
   PositionMismatchError,
+  NativeAddonError,
 ];
 
 const CLASS_BY_CODE = new Map(CODED_CLASSES.map((cls) => [cls.code, cls]));

@@ -15,7 +15,7 @@
 
 const fs = require('node:fs');
 const path = require('node:path');
-const { ResilientChangeStreamError } = require('./errors');
+const { NativeAddonError } = require('./errors');
 
 const PACKAGE_ROOT = path.join(__dirname, '..');
 const { name: PACKAGE_NAME, version: PACKAGE_VERSION } = require('../package.json');
@@ -31,20 +31,6 @@ const SUPPORTED_PLATFORMS = [
   'win32-x64-msvc',
 ];
 
-
-/**
- * Thrown (by the first stream constructed) when no usable binary is found. `code` is
- * 'NativeAddonUnavailable'; `packageName` is the platform package to install.
- */
-class NativeAddonError extends ResilientChangeStreamError {
-  static code = 'NativeAddonUnavailable';
-
-  constructor(message, { cause, platform, packageName } = {}) {
-    super(message, { cause });
-    this.platform = platform;
-    this.packageName = packageName;
-  }
-}
 
 /**
  * This process's platform in napi-rs's naming (`<platform>-<arch>[-<abi>]`), e.g.
