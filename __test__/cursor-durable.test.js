@@ -126,22 +126,27 @@ test('a named cursor killed with SIGKILL mid-read resumes from its token store: 
   t.diagnostic(`batch size ${BATCH_SIZE}, checkpoint ${JSON.stringify(CHECKPOINT)}`);
 });
 
-test('a stored position written for another filter is refused, naming the option to override it', async (t) => {
-  const env = await setup(t);
-  await insertSeq(env.coll, 0, 20);
-  const tokenStore = { type: 'file', path: path.join(tmpDir(t), 'p.json') };
-  const first = open(env, { key: 'seq', name: 'orders', tokenStore, batchSize: 5 });
-  assert.deepEqual((await take(first, 5)).map((d) => d.seq), range(0, 5));
-  await first.close();
-  const other = open(env, { key: 'seq', name: 'orders', tokenStore, filter: { seq: { $gte: 0 } } });
-  await assert.rejects(other.next(), (err) => err.code === 'PositionMismatch' && /allowPositionMismatch/.test(err.message));
-  await other.close();
-  // The same shape continues exactly where the first stopped (close() stored the last one).
-  const same = open(env, { key: 'seq', name: 'orders', tokenStore });
-  assert.deepEqual((await take(same, 100)).map((d) => d.seq), range(5, 20));
-  await same.close();
-  assert.throws(() => open(env, { tokenStore }), /option "name"/);
-});
+for (const storeType of ['file', 'mongodb']) {
+  test(`${storeType} store: a named cursor continues after close(); a record for another filter is refused`, async (t) => {
+    const env = await setup(t);
+    await insertSeq(env.coll, 0, 20);
+    const tokenStore =
+      storeType === 'file'
+        ? { type: 'file', path: path.join(tmpDir(t), 'p.json') }
+        : { type: 'mongodb', db: `${env.dbName}_positions`, collection: 'positions' };
+    const first = open(env, { key: 'seq', name: 'orders', tokenStore, batchSize: 5 });
+    assert.deepEqual((await take(first, 5)).map((d) => d.seq), range(0, 5));
+    await first.close();
+    const other = open(env, { key: 'seq', name: 'orders', tokenStore, filter: { seq: { $gte: 0 } } });
+    await assert.rejects(other.next(), (err) => err.code === 'PositionMismatch' && /allowPositionMismatch/.test(err.message));
+    await other.close();
+    // The same shape continues exactly where the first stopped (close() stored the last one).
+    const same = open(env, { key: 'seq', name: 'orders', tokenStore });
+    assert.deepEqual((await take(same, 100)).map((d) => d.seq), range(5, 20));
+    await same.close();
+    assert.throws(() => open(env, { tokenStore }), /option "name"/);
+  });
+}
 
 test('Int64 keys beyond 2^53 restart exactly, through state() and through a custom token store', async (t) => {
   const env = await setup(t);
