@@ -308,46 +308,15 @@ export declare class ResilientChangeStream<
   /** Closes the stream and its server cursor. Idempotent; no timers or sockets remain. */
   close(): Promise<void>;
 
-  /**
-   * Each event, in order. Switches to emitter mode and starts delivering. Async listeners are
-   * awaited before the next event; a listener that throws (or rejects) closes the stream with
-   * that error, and the resume token does not move past that event.
-   */
-  on(event: 'change', listener: (change: TChange) => void | Promise<void>): this;
-  /** A resumable failure; the engine re-opens after `info.delayMs`. */
-  on(event: 'reconnecting', listener: (info: ReconnectingEvent) => void): this;
-  /** Events flow again after an outage. */
-  on(event: 'resumed', listener: (info: ResumedEvent) => void): this;
-  /** The stall watchdog fired; the stream re-opens from its last position. */
-  on(event: 'stalled', listener: (info: StalledEvent) => void): this;
-  /** The position came within `headroomLowFraction` of falling off the oplog (once per episode). */
-  on(event: 'headroomLow', listener: (window: OplogWindow) => void): this;
-  /** The position fell off the oplog; events in the interval may be missing. */
-  on(event: 'historyLost', listener: (info: HistoryLostEvent) => void): this;
-  /** The watched collection/database was dropped or renamed (after the `change` for it). */
-  on(event: 'invalidate', listener: (change: TChange) => void): this;
-  /** The resume token moved (after each event, and when the server advanced an idle stream). */
-  on(event: 'resumeTokenChanged', listener: (token: ResumeToken) => void): this;
-  /**
-   * What the stream cannot survive (history lost, auth, bad pipeline, retries exhausted, a
-   * throwing listener). Emitted in emitter mode, and in iterator mode when listened for
-   * (the iterator gets it from `next()`). Followed by `close`.
-   */
-  on(event: 'error', listener: (error: Error) => void): this;
-  /** The stream closed (exactly once): by `close()`, by invalidation, or by an error. */
-  on(event: 'close', listener: (info: CloseEvent) => void): this;
-
-  once(event: 'change', listener: (change: TChange) => void | Promise<void>): this;
-  once(event: 'reconnecting', listener: (info: ReconnectingEvent) => void): this;
-  once(event: 'resumed', listener: (info: ResumedEvent) => void): this;
-  once(event: 'stalled', listener: (info: StalledEvent) => void): this;
-  once(event: 'headroomLow', listener: (window: OplogWindow) => void): this;
-  once(event: 'historyLost', listener: (info: HistoryLostEvent) => void): this;
-  once(event: 'invalidate', listener: (change: TChange) => void): this;
-  once(event: 'resumeTokenChanged', listener: (token: ResumeToken) => void): this;
-  once(event: 'error', listener: (error: Error) => void): this;
-  once(event: 'close', listener: (info: CloseEvent) => void): this;
-
+  /** Listens for an event (see {@link ResilientChangeStreamEvents}); `change` switches to emitter mode. */
+  on<E extends keyof ResilientChangeStreamEvents<TChange>>(
+    event: E,
+    listener: ResilientChangeStreamEvents<TChange>[E],
+  ): this;
+  once<E extends keyof ResilientChangeStreamEvents<TChange>>(
+    event: E,
+    listener: ResilientChangeStreamEvents<TChange>[E],
+  ): this;
   addListener<E extends keyof ResilientChangeStreamEvents<TChange>>(
     event: E,
     listener: ResilientChangeStreamEvents<TChange>[E],
@@ -372,15 +341,33 @@ export declare class ResilientChangeStream<
 
 /** Listener types of each {@link ResilientChangeStream} event. */
 export interface ResilientChangeStreamEvents<TChange extends Document = ChangeStreamDocument> {
+  /**
+   * Each event, in order. Switches to emitter mode and starts delivering. Async listeners are
+   * awaited before the next event; a listener that throws (or rejects) closes the stream with
+   * that error, and the resume token does not move past that event.
+   */
   change: (change: TChange) => void | Promise<void>;
+  /** A resumable failure; the engine re-opens after `info.delayMs`. */
   reconnecting: (info: ReconnectingEvent) => void;
+  /** Events flow again after an outage. */
   resumed: (info: ResumedEvent) => void;
+  /** The stall watchdog fired; the stream re-opens from its last position. */
   stalled: (info: StalledEvent) => void;
+  /** The position came within `headroomLowFraction` of falling off the oplog (once per episode). */
   headroomLow: (window: OplogWindow) => void;
+  /** The position fell off the oplog; events in the interval may be missing. */
   historyLost: (info: HistoryLostEvent) => void;
+  /** The watched collection/database was dropped or renamed (after the `change` for it). */
   invalidate: (change: TChange) => void;
+  /** The resume token moved (after each event, and when the server advanced an idle stream). */
   resumeTokenChanged: (token: ResumeToken) => void;
+  /**
+   * What the stream cannot survive (history lost, auth, bad pipeline, retries exhausted, a
+   * throwing listener). Emitted in emitter mode, and in iterator mode when listened for
+   * (the iterator gets it from `next()`). Followed by `close`.
+   */
   error: (error: Error) => void;
+  /** The stream closed (exactly once): by `close()`, by invalidation, or by an error. */
   close: (info: CloseEvent) => void;
 }
 
