@@ -3,16 +3,15 @@
 
 use std::sync::Arc;
 
-use mongodb::bson::Document;
 use napi::bindgen_prelude::Buffer;
-use napi::{Error, Result, Status};
+use napi::Result;
 use napi_derive::napi;
 
+use super::args::{custom_store, invalid_arg, spec_document};
 use super::logging::{self, LoggerFn};
-use super::store::{JsStore, StoreFn};
+use super::store::StoreFn;
 use super::stream::{NativeErrorInfo, NativeHealth, NativeItem};
 use crate::engine::cursor::{CursorEngine, CursorItem, CursorSpec};
-use crate::engine::store::TokenStore;
 
 impl From<CursorItem> for NativeItem {
     fn from(i: CursorItem) -> Self {
@@ -74,17 +73,8 @@ impl NativeCursor {
     /// application's `{ load, save }` for `tokenStore: { type: 'custom' }`.
     #[napi(constructor)]
     pub fn new(spec: Buffer, store: Option<StoreFn>) -> Result<Self> {
-        let doc = Document::from_reader(spec.as_ref()).map_err(|e| {
-            Error::new(
-                Status::InvalidArg,
-                format!("the options could not be read as BSON: {e}"),
-            )
-        })?;
-        let spec = CursorSpec::from_document(&doc)
-            .map_err(|e| Error::new(Status::InvalidArg, e.message))?;
-        let custom = store.map(|s| Arc::new(JsStore::new(s)) as Arc<dyn TokenStore>);
-        let engine = CursorEngine::new(spec, custom)
-            .map_err(|e| Error::new(Status::InvalidArg, e.message))?;
+        let spec = CursorSpec::from_document(&spec_document(&spec)?).map_err(invalid_arg)?;
+        let engine = CursorEngine::new(spec, custom_store(store)).map_err(invalid_arg)?;
         Ok(NativeCursor {
             engine: Arc::new(engine),
         })
@@ -96,7 +86,7 @@ impl NativeCursor {
     pub fn commit(&self, document: Buffer, documents: Option<u32>) -> Result<()> {
         self.engine
             .commit_document(document.as_ref(), documents.unwrap_or(1) as u64)
-            .map_err(|e| Error::new(Status::InvalidArg, e.message))
+            .map_err(invalid_arg)
     }
 
     /// The checkpoint policy's `everyEvents` (null without a token store).

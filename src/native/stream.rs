@@ -1,14 +1,13 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mongodb::bson::Document;
 use napi::bindgen_prelude::Buffer;
 use napi::{Error, Result, Status};
 use napi_derive::napi;
 
+use super::args::{custom_store, invalid_arg, spec_document};
 use super::logging::{self, LoggerFn};
-use super::store::{JsStore, StoreFn};
-use crate::engine::store::TokenStore;
+use super::store::StoreFn;
 use crate::engine::{
     ChangeStreamEngine, EndReason, EngineError, Health, OplogWindow, StreamItem, WatchSpec,
 };
@@ -242,17 +241,8 @@ impl NativeChangeStream {
     /// application's token store when `tokenStore.type` is "custom".
     #[napi(constructor)]
     pub fn new(spec: Buffer, store: Option<StoreFn>) -> Result<Self> {
-        let doc = Document::from_reader(spec.as_ref()).map_err(|e| {
-            Error::new(
-                Status::InvalidArg,
-                format!("the options could not be read as BSON: {e}"),
-            )
-        })?;
-        let spec = WatchSpec::from_document(&doc)
-            .map_err(|e| Error::new(Status::InvalidArg, e.message))?;
-        let custom = store.map(|s| Arc::new(JsStore::new(s)) as Arc<dyn TokenStore>);
-        let engine = ChangeStreamEngine::new(spec, custom)
-            .map_err(|e| Error::new(Status::InvalidArg, e.message))?;
+        let spec = WatchSpec::from_document(&spec_document(&spec)?).map_err(invalid_arg)?;
+        let engine = ChangeStreamEngine::new(spec, custom_store(store)).map_err(invalid_arg)?;
         Ok(NativeChangeStream {
             engine: Arc::new(engine),
         })
@@ -304,7 +294,7 @@ impl NativeChangeStream {
             (None, Some(token)) => self.engine.commit_token(token.as_ref()),
             (None, None) => Ok(()),
         };
-        committed.map_err(|e| Error::new(Status::InvalidArg, e.message))
+        committed.map_err(invalid_arg)
     }
 
     /// The checkpoint policy's `everyEvents` (null without a token store): committing at
