@@ -23,27 +23,13 @@ const {
   ModeConflictError,
   StreamClosedError,
 } = rcs;
-const { setup, insertSeq, withTimeout, waitForEvent, nextN, seqs, range } = require('./helpers');
+const { setup, insertSeq, withTimeout, waitForEvent, nextN, seqs, range, opened, startIterating } = require('./helpers');
 
 const FAST = { maxAwaitTimeMS: 100, backoff: { initialDelayMS: 50 } };
 const DEADLINE_MS = 30000;
 
 function ours(target, pipeline, options = {}) {
   return watch(target, pipeline, { ...FAST, ...options });
-}
-
-/** Resolves when the stream reported its first position: its server cursor is open. */
-function opened(stream) {
-  return waitForEvent(stream, 'resumeTokenChanged', () => true, DEADLINE_MS);
-}
-
-/** Starts next() and waits until the cursor is open; returns `{ first }` (the pending next()). */
-async function startIterating(stream) {
-  const isOpen = opened(stream);
-  const first = stream.next();
-  first.catch(() => {}); // observed by the caller
-  await Promise.race([isOpen, first]);
-  return { first };
 }
 
 /**
@@ -102,7 +88,7 @@ test('iterator and emitter modes exclude each other: ModeConflictError both ways
   // Iterator first: adding a 'change' listener throws, and the listener is not added.
   const iterated = ours(coll, []);
   t.after(() => iterated.close());
-  const { first } = await startIterating(iterated);
+  const { pending: first } = await startIterating(iterated);
   const listener = () => {};
   assert.throws(() => iterated.on('change', listener), (err) => assertErrorClass(err, ModeConflictError, 'ModeConflict'));
   assert.throws(() => iterated.once('change', listener), ModeConflictError);

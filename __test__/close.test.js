@@ -9,7 +9,7 @@ const path = require('node:path');
 const { spawn } = require('node:child_process');
 const { setTimeout: delay } = require('node:timers/promises');
 const { ResilientChangeStream, StreamClosedError, ResilientChangeStreamError } = require('..');
-const { setup, insertSeq, withTimeout, waitForEvent, seqs } = require('./helpers');
+const { setup, insertSeq, withTimeout, waitForEvent, seqs, opened, startIterating } = require('./helpers');
 
 const FAST = { maxAwaitTimeMS: 100, backoff: { initialDelayMS: 50 } };
 const DEADLINE_MS = 30000;
@@ -32,20 +32,6 @@ function openStream(t, ctx, label, options = {}) {
   const stream = new ResilientChangeStream({ uri, db: ctx.dbName, collection: ctx.collName, ...FAST, ...options });
   t.after(() => stream.close());
   return { stream, appName };
-}
-
-/** Resolves when the stream reported its first position: its server cursor is open. */
-function opened(stream) {
-  return waitForEvent(stream, 'resumeTokenChanged', () => true, DEADLINE_MS);
-}
-
-/** Starts next() and waits until the cursor is open; returns `{ pending }` (that next()). */
-async function startIterating(stream) {
-  const isOpen = opened(stream);
-  const pending = stream.next();
-  pending.catch(() => {}); // observed by the caller
-  await Promise.race([isOpen, pending]);
-  return { pending };
 }
 
 /** Records every 'close' and every 'change'/'resumed'/'reconnecting' emitted after close(). */

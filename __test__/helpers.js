@@ -93,7 +93,23 @@ function range(from, to) {
   return Array.from({ length: to - from }, (_, i) => from + i);
 }
 
+/** Resolves when the stream reported its first position: its server cursor is open. */
+function opened(stream, ms = 30000) {
+  return waitForEvent(stream, 'resumeTokenChanged', () => true, ms);
+}
+
+/** Starts next() and waits until the cursor is open; returns `{ pending }` (that next()). */
+async function startIterating(stream) {
+  const isOpen = opened(stream);
+  const pending = stream.next();
+  pending.catch(() => {}); // observed by the caller
+  await Promise.race([isOpen, pending]);
+  return { pending };
+}
+
 module.exports = {
+  opened,
+  startIterating,
   setup,
   uniqueDb,
   insertSeq,
