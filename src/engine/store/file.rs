@@ -3,8 +3,10 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
+#[cfg(unix)]
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use mongodb::bson::{Bson, Document};
@@ -57,22 +59,64 @@ impl FileStore {
         let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let result = write_durably(&tmp, text.as_bytes())
             .and_then(|()| fs::rename(&tmp, &self.path))
-            .and_then(|()| File::open(&dir)?.sync_all());
+            .and_then(|()| sync_dir(&dir));
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result.map_err(|e| self.error("cannot write", e))
+        result.map_err(|e| self.error("cannot write", e))?;
+        remove_stale_temp_files(&dir, &name);
+        Ok(())
+    }
+}
+
+/// A temp file this old was left by a process killed mid-write (a write takes milliseconds).
+const STALE_TEMP_AFTER: Duration = Duration::from_secs(600);
+
+/// Removes `.name.<pid>.tmp` files that a killed writer left behind. Best effort.
+fn remove_stale_temp_files(dir: &Path, name: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        let ours = file_name.starts_with(&prefix) && file_name.ends_with(".tmp");
+        let stale = || {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= STALE_TEMP_AFTER)
+        };
+        if ours && stale() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Makes the rename durable. Windows has no directory fsync (its rename is already
+/// journaled by NTFS), so there it is a no-op.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
     }
 }
 
 /// Creates `path` with mode 0600 (positions are nobody else's business), writes, fsyncs.
 fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
 }
@@ -112,7 +156,6 @@ impl TokenStore for FileStore {
 mod tests {
     use super::*;
     use mongodb::bson::doc;
-    use std::os::unix::fs::PermissionsExt;
 
     fn temp_path(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("rcs-filestore-{}-{name}", std::process::id()));
@@ -128,14 +171,43 @@ mod tests {
         store.save("n", doc! {"a": 1}).await.unwrap();
         store.save("n", doc! {"a": 2}).await.unwrap();
         assert_eq!(store.load("n").await.unwrap(), Some(doc! {"a": 2}));
-        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
         let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap())
             .unwrap()
             .filter_map(|e| e.ok())
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty(), "no temp files left");
+    }
+
+    #[tokio::test]
+    async fn a_save_removes_temp_files_a_killed_writer_left_long_ago() {
+        let path = temp_path("stale");
+        let dir = path.parent().unwrap().to_path_buf();
+        let stale = dir.join(".position.json.4242.tmp");
+        let fresh = dir.join(".position.json.4343.tmp"); // another writer, right now
+        let unrelated = dir.join(".other.json.4242.tmp");
+        for p in [&stale, &fresh, &unrelated] {
+            fs::write(p, "{").unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - STALE_TEMP_AFTER * 2;
+        for p in [&stale, &unrelated] {
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        FileStore::new(path).save("n", doc! {"a": 1}).await.unwrap();
+        assert!(!stale.exists(), "the stale temp file is gone");
+        assert!(fresh.exists(), "a recent temp file may be in use: kept");
+        assert!(unrelated.exists(), "another store's files are not ours");
     }
 
     #[tokio::test]
