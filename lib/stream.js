@@ -123,8 +123,17 @@ class ResilientChangeStream extends PullSource {
     this._eventsDelivered = 0;
     this._lastEventAt = null;
 
+    /** rawListeners('change') as of the last change to them: not one copy per event. */
+    this._changeListeners = null;
+
     this.on('newListener', (name) => {
-      if (name === 'change') this._startFlowing();
+      if (name === 'change') {
+        this._changeListeners = null;
+        this._startFlowing();
+      }
+    });
+    this.on('removeListener', (name) => {
+      if (name === 'change') this._changeListeners = null;
     });
   }
 
@@ -260,7 +269,9 @@ class ResilientChangeStream extends PullSource {
         }
         const event = this._peek();
         // rawListeners, not listeners: once() wrappers must run so they remove themselves.
-        for (const listener of this.rawListeners('change')) {
+        // A listener added or removed meanwhile counts from the next event on.
+        this._changeListeners ??= this.rawListeners('change');
+        for (const listener of this._changeListeners) {
           // Await only what a listener returns as a promise: sync listeners cost no tick.
           const result = listener.call(this, event);
           if (result !== null && typeof result?.then === 'function') {
