@@ -417,11 +417,17 @@ async function ensureCapture(outer) {
 
 async function scenarioDecode(ctx) {
   await ensureCapture(ctx);
-  const runs = { decode: [] };
+  const runs = { decode: [], facade: [], 'facade-durable': [] };
   for (let rep = 0; rep < ctx.opts.reps; rep++) {
     const r = await runWorker(ctx, { scenario: 'decode', client: 'decode', file: ctx.eventsFile, timeoutMs: 300_000 });
     runs.decode.push(r);
     log(`  decode rep ${rep + 1}: ${fmt(r.eventsPerSec, 0)} ev/s, ${fmt(r.cpuMsPer1k, 1)} CPU ms/1k (${fmt(r.bytes / r.events, 0)} B/event)`);
+    // Our JS alone over the same events (a stub engine, no server): the facade's own ceiling.
+    for (const client of ['facade', 'facade-durable']) {
+      const f = await runWorker(ctx, { scenario: 'decode', client, durable: client === 'facade-durable', file: ctx.eventsFile, timeoutMs: 300_000 });
+      runs[client].push(f);
+      log(`  decode rep ${rep + 1} ${client}: ${fmt(f.eventsPerSec, 0)} ev/s, ${fmt(f.cpuMsPer1k, 1)} CPU ms/1k, ${f.commitCalls} native commits`);
+    }
   }
   return { scenario: 'decode', runs };
 }
@@ -732,6 +738,11 @@ function buildRows(results, opts) {
     const dec = pick(results, 'decode', 'decode', (r) => r.eventsPerSec);
     row(S, 'js-bson deserialize events/s', null, dec, { digits: 0, showRatio: false });
     row(S, 'js-bson CPU ms / 1k events', null, pick(results, 'decode', 'decode', (r) => r.cpuMsPer1k), { digits: 1, showRatio: false });
+    const facade = pick(results, 'decode', 'facade', (r) => r.eventsPerSec);
+    row(S, 'our JS alone (stub engine, no server) ev/s', null, facade, { digits: 0, showRatio: false });
+    row(S, '… as % of the decode limit', null, facade !== null && dec ? (facade / dec) * 100 : null, { unit: '%', digits: 0, showRatio: false });
+    const durable = pick(results, 'decode', 'facade-durable', (r) => r.eventsPerSec);
+    row(S, '… with a name (commits per run of 100) ev/s', null, durable, { digits: 0, showRatio: false });
     if (results.catchup) {
       const dEv = pick(results, 'catchup', 'driver', (r) => r.eventsPerSec);
       const oEv = pick(results, 'catchup', 'ours', (r) => r.eventsPerSec);

@@ -195,6 +195,92 @@ function decodeLimit() {
   });
 }
 
+/**
+ * The facade alone: our stream's JS side ('change' listener, sync) over the captured raw
+ * events, fed by a stub engine that answers nextBatch() at once with batches of
+ * `params.batchSize` (1000) events. No server, no Rust: what our JS costs on top of the
+ * decode limit. With `params.durable`, a name is set and the stub counts commits.
+ */
+async function facadeLimit() {
+  const buffer = fs.readFileSync(params.file);
+  const per = params.batchSize || 1000;
+  // Batches and their end tokens (the last event's _id), prepared before measuring.
+  const batches = [];
+  let offset = 0;
+  while (offset < buffer.length) {
+    const start = offset;
+    let count = 0;
+    let lastAt = offset;
+    while (offset < buffer.length && count < per) {
+      lastAt = offset;
+      offset += buffer.readInt32LE(offset);
+      count += 1;
+    }
+    const last = BSON.deserialize(buffer.subarray(lastAt, offset));
+    batches.push({ kind: 'batch', events: buffer.subarray(start, offset), count, endToken: Buffer.from(BSON.serialize(last._id)) });
+  }
+  const commits = { calls: 0, events: 0 };
+  class StubEngine {
+    constructor() {
+      this.next = 0;
+      this.checkpointEvery = params.durable ? 100 : null;
+    }
+    nextBatch() {
+      const item = this.next < batches.length ? batches[this.next++] : new Promise(() => {});
+      return Promise.resolve(item);
+    }
+    close() {
+      return Promise.resolve(null);
+    }
+    commit(event, endToken, events = 1) {
+      commits.calls += 1;
+      commits.events += events;
+    }
+    hasRoom() {
+      return true;
+    }
+    waitForRoom() {
+      return Promise.resolve();
+    }
+    pendingCheckpoint() {
+      return 0;
+    }
+    health() {
+      return { state: 'streaming', reconnects: 0 };
+    }
+    oplogWindow() {
+      return Promise.resolve({ available: false, reason: 'stub' });
+    }
+    setLogger() {}
+  }
+  // The stream module takes the engine class from lib/native on load: swap it first.
+  const native = require(path.join(PKG_ROOT, 'lib', 'native'));
+  native.nativeChangeStream = () => StubEngine;
+  const { ResilientChangeStream } = require(path.join(PKG_ROOT, 'lib', 'stream'));
+  const total = batches.reduce((n, b) => n + b.count, 0);
+  let count = 0;
+  const m = meter();
+  const stream = new ResilientChangeStream({
+    uri: 'mongodb://stub', db: 'stub', collection: 'stub', headroomCheckIntervalMS: 0,
+    ...(params.durable ? { name: 'bench-facade', tokenStore: { type: 'memory' } } : {}),
+  });
+  await new Promise((resolve, reject) => {
+    stream.on('error', reject);
+    stream.on('change', (event) => {
+      count += 1;
+      if (count === total) resolve(event);
+    });
+  });
+  const r = m.stop();
+  finish({
+    events: count,
+    ...r,
+    eventsPerSec: count / (r.wallMs / 1000),
+    cpuMsPer1k: (r.cpuMs / count) * 1000,
+    commitCalls: commits.calls,
+  });
+}
+
 // ---------------------------------------------------------------------------
 // live latency: writer (the orchestrator) stamps `t` (CLOCK_MONOTONIC ms) before insertOne;
 // documents have p: 'w' (warm-up) or 'm' (measured).
@@ -435,7 +521,7 @@ async function fanOut() {
 const SCENARIOS = {
   catchup: catchUp,
   checkpoint: catchUp,
-  decode: decodeLimit,
+  decode: () => (params.client === 'decode' ? decodeLimit() : facadeLimit()),
   live,
   recovery,
   slow: slowConsumer,
