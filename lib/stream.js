@@ -72,9 +72,11 @@ class ResilientChangeStream extends PullSource {
     this._mode = 'unset';
     /**
      * Events not yet handed out, kept as the engine delivered them: whole batches of raw BSON
-     * (`{ events, count, endToken, end }`). `_head` is the batch being handed out, `_queue`
-     * any that arrived after it; `_index`/`_offset` locate its next event, which is decoded
-     * only when it is looked at or handed out (`_peeked` caches it).
+     * (`{ events, count, endToken, end }`). `_head` is the batch being handed out;
+     * `_index`/`_offset` locate its next event, which is decoded only when it is looked at or
+     * handed out (`_peeked` caches it). While a batch is handed out, the engine's next item
+     * is already asked for (one at a time, as the contract says): it waits in `_queue`, in
+     * order, and is applied only once the events before it are handed out.
      */
     this._head = null;
     this._queue = [];
@@ -83,6 +85,10 @@ class ResilientChangeStream extends PullSource {
     this._peeked = null;
     /** The one outstanding native nextBatch(), already chained to _handle (contract: never two). */
     this._pending = null;
+    /** Ask the engine for its next item as soon as the pending call settles. */
+    this._prefetch = false;
+    /** The consumer asked for an item and no batch came since: what arrives is applied at once. */
+    this._wanted = false;
     /** The close promise, created once by the first close (user or fatal). */
     this._closing = null;
     /** The error that closed the stream, if it did not close by close(). */
@@ -291,26 +297,64 @@ class ResilientChangeStream extends PullSource {
   }
 
 
-  /** Waits for the engine's next item and applies it. Never rejects: failures close the stream. */
+  /**
+   * The consumer wants the next item: applies what waits in `_queue`, else waits for the
+   * engine's next item and applies it. Never rejects: failures close the stream.
+   */
   _pull() {
+    this._wanted = true;
+    if (this._queue.length > 0 && this._head === null) {
+      this._drainQueue();
+      // The queue held what was asked for (the one outstanding call, if any, stays pending).
+      if (this._head !== null || this._state !== 'open' || this._queue.length > 0) return Promise.resolve();
+    }
     this._stopHeadroomWatch ??= startHeadroomWatch(
       this._headroom,
       () => this.oplogWindow(),
       (window) => this.emit('headroomLow', window),
     );
-    this._pending ??= this._native
+    this._pending ??= this._request();
+    return this._pending;
+  }
+
+  /** One native nextBatch(), its item handled (applied, or queued if nobody asked for it yet). */
+  _request() {
+    return this._native
       .nextBatch()
       .then((item) => this._handle(item))
       .catch((err) => this._terminate(err))
       .finally(() => {
         this._pending = null;
+        if (this._prefetch) {
+          this._prefetch = false;
+          this._prefetchNext();
+        }
       });
-    return this._pending;
+  }
+
+  /**
+   * While a batch is handed out, asks the engine for its next item (at most one item waits
+   * in `_queue`: only a batch that became the head asks again).
+   */
+  _prefetchNext() {
+    if (this._state !== 'open' || this._head === null || this._queue.length > 0) return;
+    if (this._pending === null) this._pending = this._request();
+    else this._prefetch = true; // right after the call that brought this batch settles
   }
 
   _handle(item) {
     // Once closing, the engine's last items (a late batch, 'end') no longer matter.
     if (this._state !== 'open') return;
+    // What the consumer has not asked for yet (read ahead while events were handed out: a
+    // batch, an outage, an error, the end) waits until it asks, as if it arrived then.
+    if (this._head !== null || !this._wanted) {
+      this._queue.push(item);
+      return;
+    }
+    return this._apply(item);
+  }
+
+  _apply(item) {
     switch (item.kind) {
       case 'batch':
         return this._onBatch(item);
@@ -365,16 +409,28 @@ class ResilientChangeStream extends PullSource {
       }
       return;
     }
-    const batch = { events, count, endToken: endToken ?? null, end };
-    if (this._head === null) this._startBatch(batch);
-    else this._queue.push(batch);
-  }
-
-  _startBatch(batch) {
-    this._head = batch;
+    this._head = { events, count, endToken: endToken ?? null, end };
+    this._wanted = false;
     this._index = 0;
     this._offset = 0;
     this._peeked = null;
+    // Ask for the next item now: the engine reads the next batch while this one is handed
+    // out (it reads only once its one slot is taken), and the server never waits for us.
+    this._prefetchNext();
+  }
+
+  /**
+   * The buffered events are handed out and the next item is asked for: applies what the
+   * engine sent after them, in order (as if it arrived now).
+   */
+  _drainQueue() {
+    while (this._head === null && this._queue.length > 0 && this._state === 'open') {
+      try {
+        this._apply(this._queue.shift());
+      } catch (err) {
+        this._terminate(err);
+      }
+    }
   }
 
   _available() {
@@ -439,9 +495,7 @@ class ResilientChangeStream extends PullSource {
     const length = batch.events.readInt32LE(offset);
     this._peeked = null;
     if (last) {
-      const next = this._queue.shift();
-      if (next === undefined) this._head = null;
-      else this._startBatch(next);
+      this._head = null; // what came after it is applied when the next item is asked for
     } else {
       this._index += 1;
       this._offset = offset + length;
