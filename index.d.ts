@@ -171,11 +171,15 @@ export type TokenStoreOption =
   | CustomTokenStore;
 
 export interface CheckpointOptions {
-  /** Write after this many processed events. @default 100 */
+  /** Write after this many processed events. @default 1000 */
   everyEvents?: number;
   /** …or this long after the last write (also for quiet streams whose position advances). @default 1000 */
   everyMs?: number;
-  /** Stop handing out events while this many processed events are unsaved (store down). @default max(10000, 10 × everyEvents) */
+  /**
+   * Stop handing out events while this many processed events are unsaved (store down); up to
+   * `everyEvents - 1` more may be processed before the engine hears of them.
+   * @default max(10000, 10 × everyEvents)
+   */
   maxUnsavedEvents?: number;
 }
 

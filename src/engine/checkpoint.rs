@@ -32,8 +32,10 @@ pub struct CheckpointPolicy {
 
 impl Default for CheckpointPolicy {
     fn default() -> Self {
+        // ~1000 events or 1 s of repeats after a crash, whichever is less; a write per 100
+        // events cost a file store ~10% of catch-up throughput (fsyncs), per 1000 ~1%.
         CheckpointPolicy {
-            every_events: 100,
+            every_events: 1000,
             every: Duration::from_secs(1),
             max_unsaved_events: 10_000,
         }
