@@ -281,10 +281,6 @@ class ResilientCursor extends PullSource {
     return super._next();
   }
 
-
-
-
-
   /**
    * Closes at once: buffered documents are dropped (state() still says what was handed
    * out). A named cursor stores its last processed position first (in iterator mode the
@@ -341,7 +337,6 @@ class ResilientCursor extends PullSource {
       this._mode = 'paused';
     }
   }
-
 
   _pull() {
     // The engine ended by itself (exhausted, stopped) and everything it sent was handed out
@@ -460,41 +455,12 @@ class ResilientCursor extends PullSource {
     this._cpRaw = null;
   }
 
-  _throwIfFailed() {
-    if (this._error) throw this._error;
-  }
-
-  _terminate(error, reason) {
-    if (this._state === 'open') this._shutdown(error, reason).catch(() => {});
-  }
-
   /** Ends the read. Documents already buffered stay available unless close() was called. */
   _shutdown(error, reason = 'closed') {
     if (this._closing === null) {
-      // What was processed is reported before the engine's close stores it.
-      try {
-        this._flushCommit();
-      } catch {
-        // a position the engine rejects cannot be stored; close anyway
-      }
-      this._state = 'closing';
-      this._error = error;
       this._endReason = error ? 'error' : reason;
       if (reason === 'closed' && !error) this._buffer = [];
-      this._closing = this._native
-        .close()
-        .then((failure) => {
-          // The last processed position could not be stored: the caller must know.
-          if (failure) throw fromNative(failure);
-        })
-        .finally(() => {
-          this._state = 'closed';
-          const emitter = this._mode === 'flowing' || this._mode === 'paused';
-          if (error && (emitter || this.listenerCount('error') > 0)) {
-            this._emitOutsidePromise('error', error);
-          }
-          this._maybeEnded();
-        });
+      this._closing = this._closeEngine(error, () => this._maybeEnded());
     } else if (reason === 'closed' && !error) {
       this._buffer = [];
     }
@@ -511,16 +477,6 @@ class ResilientCursor extends PullSource {
     const reason = this._endReason;
     if (reason === 'exhausted' || reason === 'stopped') this._emitOutsidePromise('end', { reason });
     this._emitOutsidePromise('close', this._error ? { reason: 'error', error: this._error } : { reason });
-  }
-
-  _emitOutsidePromise(name, arg) {
-    try {
-      this.emit(name, arg);
-    } catch (thrown) {
-      process.nextTick(() => {
-        throw thrown;
-      });
-    }
   }
 }
 

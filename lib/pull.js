@@ -2,6 +2,7 @@
 
 const { EventEmitter } = require('node:events');
 const { Readable } = require('node:stream');
+const { fromNative } = require('./errors');
 
 // How long tryNext() waits for the engine before answering null. It only has to cover a batch
 // the engine already holds (a hop through the event loop), not a server round trip.
@@ -117,6 +118,65 @@ class PullSource extends EventEmitter {
         return null;
       }
       await this._pull();
+    }
+  }
+
+  /** Emitter mode: items go to listeners ('change' / 'data') rather than to next(). */
+  _isEmitter() {
+    return this._mode === 'paused' || this._mode === 'flowing';
+  }
+
+  _throwIfFailed() {
+    if (this._error) throw this._error;
+  }
+
+  /** Closes from inside (fatal error, throwing listener, engine ended); first cause wins. */
+  _terminate(error, reason) {
+    // A failing native close() still reaches whoever awaits close(); here it must not be an
+    // unhandled rejection.
+    if (this._state === 'open') this._shutdown(error, reason).catch(() => {});
+  }
+
+  /**
+   * Closes the native engine (once; the subclass's `_shutdown` guards that): what was
+   * processed is reported first, so the engine's close stores it. Rejects when that last
+   * position could not be stored. Once the engine is gone: `error` is emitted (emitter
+   * mode, or to whoever listens for it; the iterator gets it from next()), then `closed()`.
+   */
+  _closeEngine(error, closed) {
+    try {
+      this._flushCommit();
+    } catch {
+      // a position the engine rejects cannot be stored; close anyway
+    }
+    this._state = 'closing';
+    this._error = error;
+    return this._native
+      .close()
+      .then((failure) => {
+        if (failure) throw fromNative(failure);
+      })
+      .finally(() => {
+        this._state = 'closed';
+        if (error && (this._isEmitter() || this.listenerCount('error') > 0)) {
+          this._emitOutsidePromise('error', error);
+        }
+        closed();
+      });
+  }
+
+  /**
+   * Emits from inside a promise callback. A throw (an unhandled 'error' above all) is
+   * rethrown on its own tick, as an EventEmitter would surface it, instead of vanishing into
+   * a promise nobody may be awaiting.
+   */
+  _emitOutsidePromise(name, arg) {
+    try {
+      this.emit(name, arg);
+    } catch (thrown) {
+      process.nextTick(() => {
+        throw thrown;
+      });
     }
   }
 }

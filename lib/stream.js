@@ -23,7 +23,6 @@ const { nativeChangeStream } = require('./native');
 const { checkLogger, logSink } = require('./logger');
 const { headroomOptions, publicWindow, startHeadroomWatch } = require('./headroom');
 
-
 /**
  * A change stream that survives outages. Same surface as the driver's ChangeStream; all
  * policy (backoff, error classification, resume) is the native engine's. This class only
@@ -208,10 +207,6 @@ class ResilientChangeStream extends PullSource {
     return this._next();
   }
 
-
-
-
-
   /**
    * Closes the stream and the native engine, storing the last processed position (in
    * iterator mode the event last handed out counts as processed). Idempotent; a pending
@@ -237,10 +232,6 @@ class ResilientChangeStream extends PullSource {
       );
     }
     this._mode = 'iterator';
-  }
-
-  _isEmitter() {
-    return this._mode === 'paused' || this._mode === 'flowing';
   }
 
   _startFlowing() {
@@ -295,7 +286,6 @@ class ResilientChangeStream extends PullSource {
       this._mode = 'paused';
     }
   }
-
 
   /**
    * The consumer wants the next item: applies what waits in `_queue`, else waits for the
@@ -565,62 +555,17 @@ class ResilientChangeStream extends PullSource {
     }
   }
 
-  _throwIfFailed() {
-    if (this._error) throw this._error;
-  }
-
-  /** Closes from inside (fatal error, throwing listener, engine ended); first cause wins. */
-  _terminate(error, reason) {
-    // A failing native close() still reaches whoever awaits close(); here it must not be an
-    // unhandled rejection.
-    if (this._state === 'open') this._shutdown(error, reason).catch(() => {});
-  }
-
   /** @param {string} [reason] the engine's end reason when it ended without an error */
   _shutdown(error, reason = 'closed') {
     if (this._closing === null) {
-      // What was processed is reported before the engine's close stores it (whatever closes).
-      try {
-        this._flushCommit();
-      } catch {
-        // a position the engine rejects cannot be stored; close anyway
-      }
-      this._state = 'closing';
-      this._error = error;
       this._stopHeadroomWatch?.();
-      this._closing = this._native
-        .close()
-        .then((failure) => {
-          // The last processed position could not be stored: the caller must know.
-          if (failure) throw fromNative(failure);
-        })
-        .finally(() => {
-          this._state = 'closed';
-          // The iterator gets the error from next(); 'error' goes to emitter mode and to
-          // whoever listens for it.
-          if (error && (this._isEmitter() || this.listenerCount('error') > 0)) {
-            this._emitOutsidePromise('error', error);
-          }
-          this._emitOutsidePromise('close', error ? { reason: 'error', error } : { reason });
-        });
+      this._closing = this._closeEngine(error, () =>
+        this._emitOutsidePromise('close', error ? { reason: 'error', error } : { reason }),
+      );
     }
     return this._closing;
   }
 
-  /**
-   * Emits from inside a promise callback. A throw (an unhandled 'error' above all) is
-   * rethrown on its own tick, as an EventEmitter would surface it, instead of vanishing into
-   * a promise nobody may be awaiting.
-   */
-  _emitOutsidePromise(name, arg) {
-    try {
-      this.emit(name, arg);
-    } catch (thrown) {
-      process.nextTick(() => {
-        throw thrown;
-      });
-    }
-  }
 }
 
 /** `db.coll`, `db`, or `<cluster>`: what logs may name (never the URI). */
