@@ -8,7 +8,7 @@ const {
   fromNative,
   invalidOption,
 } = require('./errors');
-const { takeDecodeOptions, eventDeserializeOptions, decodeEvents, encodeSpec, bson } = require('./decode');
+const { takeDecodeOptions, eventDeserializeOptions, decodeEvents, documentViews, encodeSpec, bson } = require('./decode');
 const { nativeCursor } = require('./native');
 const { resolveTarget, connectionString } = require('./target');
 const { checkLogger, logSink } = require('./logger');
@@ -16,17 +16,6 @@ const { tokenStoreOption } = require('./store');
 
 /** The version of the `state()` document; `restart()` refuses others. */
 const STATE_VERSION = 1;
-
-/** The `count` BSON documents laid back to back in `buffer`, as views (no copies). */
-function documentViews(buffer, count) {
-  const views = new Array(count);
-  for (let i = 0, offset = 0; i < count; i++) {
-    const length = buffer.readInt32LE(offset);
-    views[i] = buffer.subarray(offset, offset + length);
-    offset += length;
-  }
-  return views;
-}
 
 /** The value at a dotted `path` of `doc` (undefined when absent). */
 function valueAt(doc, path) {
@@ -112,19 +101,8 @@ class ResilientCursor extends PullSource {
     }
     if (logger) this._native.setLogger(logSink(logger, `${db}.${collection}`));
     this._decodeOptions = eventDeserializeOptions(decode);
-    /**
-     * A named cursor stores its position (the key of the last processed document) through
-     * its token store. Processed documents are reported to the engine once per run, not one
-     * by one: `_cpCount` documents up to `_cpRaw` (BSON), reported when the policy's count is
-     * reached, when the buffer runs dry, and on commit()/stop()/close().
-     */
-    const every = this._native.checkpointEvery;
-    this._durable = every !== null && every !== undefined;
-    this._cpEvery = this._durable ? Math.max(1, every) : 0;
-    this._cpCount = 0;
-    this._cpRaw = null;
-    /** Iterator mode: the entry handed out last, processed once the next one is asked for. */
-    this._handed = null;
+    // A named cursor stores the key of its last processed document (lib/pull.js).
+    this._initCheckpoints();
     /** The key of the last document handed out (before any: where a restart began). */
     this._lastKey = lastKey ?? null;
     /** The BSON of the last document handed out: its key, exactly. */
@@ -192,16 +170,6 @@ class ResilientCursor extends PullSource {
     );
   }
 
-  /**
-   * Iterator mode with a token store: marks the document last handed out as processed now
-   * (otherwise that happens when the next one is asked for, or at stop()/close()).
-   */
-  commit() {
-    if (!this._durable) return;
-    this._processHanded();
-    this._flushCommit();
-  }
-
   /** The key of the last document handed out (null before any). */
   get lastKey() {
     return this._lastKey;
@@ -253,8 +221,7 @@ class ResilientCursor extends PullSource {
       lastError: native.lastError ? fromNative(native.lastError) : null,
       documentsRead: native.eventsRead,
       documentsDelivered: this._delivered,
-      // Processed documents the engine has not stored, counting those not yet reported.
-      pendingCheckpoint: this._native.pendingCheckpoint() + this._cpCount,
+      pendingCheckpoint: this._pendingCheckpoint(),
     };
   }
 
@@ -273,12 +240,6 @@ class ResilientCursor extends PullSource {
   async next() {
     this._useAsIterator();
     return this._next();
-  }
-
-  /** Asking for the next document means the one handed out before is processed. */
-  async _next() {
-    this._processHanded();
-    return super._next();
   }
 
   /**
@@ -409,50 +370,14 @@ class ResilientCursor extends PullSource {
       this._lastRaw = entry.raw;
     }
     this._delivered += 1;
-    if (this._durable) {
-      // Emitter mode: the listeners have finished, the document is processed. Iterator
-      // mode: asking for this one means the previous one is processed; this one is not yet.
-      this._processHanded();
-      if (this._mode === 'iterator') this._handed = entry;
-      else this._processed(entry);
-    }
+    this._handedOut(entry.raw, 0, this._buffer.length === 0);
     if (this._buffer.length === 0) this._maybeEnded();
     return entry.doc;
   }
 
-  /** With a token store: hold documents back while too many processed ones are unsaved. */
-  _hasRoom() {
-    return !this._durable || this._native.hasRoom();
-  }
-
-  async _admit() {
-    // Room is made by saving what was reported: report what is processed first.
-    this._flushCommit();
-    while (!this._hasRoom() && this._state === 'open') await this._native.waitForRoom();
-  }
-
-  _processed(entry) {
-    this._cpRaw = entry.raw;
-    this._cpCount += 1;
-    // A run ends at the policy's count, or when nothing more is buffered (the consumer may
-    // now wait on the server for long: what it processed must not wait with it).
-    if (this._cpCount >= this._cpEvery || this._buffer.length === 0) this._flushCommit();
-  }
-
-  _processHanded() {
-    const entry = this._handed;
-    if (entry === null) return;
-    this._handed = null;
-    this._processed(entry);
-  }
-
-  /** Reports the processed run to the engine: its last document, and how many it held. */
-  _flushCommit() {
-    const count = this._cpCount;
-    if (count === 0) return;
-    this._cpCount = 0;
-    this._native.commit(this._cpRaw, count);
-    this._cpRaw = null;
+  /** Reports `count` processed documents, the last of them `raw` (the engine reads its key). */
+  _commitRun(raw, _offset, count) {
+    this._native.commit(raw, count);
   }
 
   /** Ends the read. Documents already buffered stay available unless close() was called. */

@@ -100,6 +100,17 @@ function decodeEvents(buffer, count, options) {
   return events;
 }
 
+/** The `count` BSON documents laid back to back in `buffer`, as views (no copies). */
+function documentViews(buffer, count) {
+  const views = new Array(count);
+  for (let i = 0, offset = 0; i < count; i++) {
+    const length = buffer.readInt32LE(offset);
+    views[i] = buffer.subarray(offset, offset + length);
+    offset += length;
+  }
+  return views;
+}
+
 function decodeToken(buffer) {
   return bson().deserialize(buffer, TOKEN_DESERIALIZE_OPTIONS);
 }
@@ -119,6 +130,7 @@ module.exports = {
   takeDecodeOptions,
   eventDeserializeOptions,
   decodeEvents,
+  documentViews,
   decodeToken,
   encodeSpec,
   DECODE_OPTION_NAMES,

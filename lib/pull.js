@@ -12,9 +12,9 @@ const TRY_NEXT_WAIT_MS = 10;
  * The iterator surface shared by ResilientChangeStream and ResilientCursor: both pull
  * batches from a native engine into `_buffer` and hand items out one at a time. Subclasses
  * provide `_useAsIterator()` (mode and closed checks), `_pull()` (one engine item, never
- * rejects), `_take()` (hand out the first buffered item), `_throwIfFailed()`, `_state` and
- * `close()`. Items are buffered in `_buffer` (an array) unless the subclass overrides
- * `_available()` and keeps them its own way.
+ * rejects), `_take()` (hand out the first buffered item), `_commitRun()`, `_state` and
+ * `close()`, and call `_initCheckpoints()`. Items are buffered in `_buffer` (an array)
+ * unless the subclass overrides `_available()` and keeps them its own way.
  */
 class PullSource extends EventEmitter {
   /** Resolves `true` once an item is available; `false` if it ended while waiting. */
@@ -98,16 +98,114 @@ class PullSource extends EventEmitter {
     return this._buffer.length > 0;
   }
 
-  /** Whether an item may be handed out now (a subclass may hold items back). */
-  _hasRoom() {
-    return true;
+  // --- Checkpointing (a named reader) ------------------------------------------------------
+  // Processed items are reported to the engine once per run, not one by one: `_cpCount`
+  // items since the last native commit, the last of them at `_cpOffset` in `_cpBatch` (what
+  // the subclass passed to `_handedOut`; its `_commitRun` tells the engine). A run is
+  // reported when it reaches the policy's everyEvents, when nothing more is buffered, before
+  // anything that may wait (a pull, room), and on commit()/close(). Nothing is reported
+  // before it is processed: at-least-once holds.
+
+  /** Call once `_native` exists: a reader with a token store has a checkpoint policy. */
+  _initCheckpoints() {
+    const every = this._native.checkpointEvery;
+    this._durable = every !== null && every !== undefined;
+    this._cpEvery = this._durable ? Math.max(1, every) : 0;
+    this._cpCount = 0;
+    this._cpBatch = null;
+    this._cpOffset = 0;
+    /** Iterator mode: the item handed out last, not processed yet. */
+    this._handedBatch = null;
+    this._handedOffset = 0;
+    /**
+     * The engine had room for more unsaved items when last asked. Room shrinks only when
+     * this side commits, so it is asked after each commit (and again while there was none).
+     */
+    this._room = true;
   }
 
-  /** Waits until an item may be handed out. */
-  async _admit() {}
+  /**
+   * Iterator mode with a token store: marks the item last handed out as processed now
+   * (otherwise that happens when the next one is asked for, or at close()).
+   */
+  commit() {
+    if (!this._durable) return;
+    this._processHanded();
+    this._flushCommit();
+  }
 
-  /** next() without the mode/closed checks. */
+  /**
+   * An item was handed out (the one at `offset` in `batch`). Emitter mode: its listeners have
+   * finished, it is processed. Iterator mode: asking for it means the previous one is
+   * processed; this one is not yet. `bufferEmpty`: nothing more is buffered.
+   */
+  _handedOut(batch, offset, bufferEmpty) {
+    if (!this._durable) return;
+    if (this._isEmitter()) {
+      this._processed(batch, offset);
+      if (bufferEmpty || this._cpCount >= this._cpEvery) this._flushCommit();
+    } else {
+      this._processHanded();
+      this._handedBatch = batch;
+      this._handedOffset = offset;
+    }
+  }
+
+  _processed(batch, offset) {
+    this._cpBatch = batch;
+    this._cpOffset = offset;
+    this._cpCount += 1;
+  }
+
+  /** Iterator mode: the item handed out last is processed (reported with the next commit). */
+  _processHanded() {
+    const batch = this._handedBatch;
+    if (batch === null) return;
+    this._handedBatch = null;
+    this._processed(batch, this._handedOffset);
+    if (this._cpCount >= this._cpEvery) this._flushCommit();
+  }
+
+  /** Reports the processed run to the engine: its last item, and how many it held. */
+  _flushCommit() {
+    const count = this._cpCount;
+    if (count === 0) return;
+    const batch = this._cpBatch;
+    this._cpCount = 0;
+    this._cpBatch = null;
+    this._commitRun(batch, this._cpOffset, count);
+    this._room = this._native.hasRoom();
+  }
+
+  /** Processed items the engine has not stored, counting those not yet reported to it. */
+  _pendingCheckpoint() {
+    return this._native.pendingCheckpoint() + this._cpCount;
+  }
+
+  /** Whether an item may be handed out now: with a token store, not while too many processed ones are unsaved. */
+  _hasRoom() {
+    if (!this._durable || this._room) return true;
+    this._room = this._native.hasRoom();
+    return this._room;
+  }
+
+  /** Waits until an item may be handed out (or the reader closed). */
+  async _admit() {
+    if (this._hasRoom()) return;
+    // The engine can only make room for what it was told about.
+    this._flushCommit();
+    if (this._hasRoom()) return;
+    await this._native.waitForRoom();
+    this._room = this._native.hasRoom();
+  }
+
+  /** next() without the mode/closed checks. Asking for the next item means the one handed out before is processed. */
   async _next() {
+    if (this._durable) {
+      this._processHanded();
+      // This call may wait for the server: report what is processed first.
+      if (!this._available()) this._flushCommit();
+    }
     for (;;) {
       if (this._available()) {
         if (!this._hasRoom()) await this._admit();

@@ -92,34 +92,7 @@ class ResilientChangeStream extends PullSource {
     this._closing = null;
     /** The error that closed the stream, if it did not close by close(). */
     this._error = null;
-    /**
-     * A named consumer: processed positions go to the engine's checkpointer. In iterator
-     * mode the event last handed out counts as processed when the next one is asked for,
-     * commit() is called, or the stream is closed.
-     */
-    this._durable = rest.name !== undefined && rest.name !== null;
-    /**
-     * Processed events are reported to the engine once per run, not one by one: `_cpCount`
-     * events processed since the last native commit, the last of them at `_cpOffset`
-     * (`_cpLength` bytes) in batch `_cpBatch`. The run is committed when it reaches the
-     * policy's everyEvents, at the end of a batch, before anything that may wait (a pull, an
-     * async listener, room), and on commit()/close(). Nothing is committed before it is
-     * processed: at-least-once holds.
-     */
-    this._cpEvery = this._durable ? Math.max(1, this._native.checkpointEvery ?? 1) : 0;
-    this._cpCount = 0;
-    this._cpBatch = null;
-    this._cpOffset = 0;
-    this._cpLength = 0;
-    /** Iterator mode: the event handed out last, not processed yet (batch, offset, length). */
-    this._handedBatch = null;
-    this._handedOffset = 0;
-    this._handedLength = 0;
-    /**
-     * The engine had room for more unsaved events when last asked. Room shrinks only when
-     * this side commits, so it is asked after each commit (and again while there was none).
-     */
-    this._room = true;
+    this._initCheckpoints();
     /** The last historyLost interval, attached to the error that may follow. */
     this._historyLost = null;
     /** The position that fell off the oplog, as the engine had it (may come from the store). */
@@ -177,8 +150,7 @@ class ResilientChangeStream extends PullSource {
         serverCode: lastError.serverCode,
       },
       eventsDelivered: this._eventsDelivered,
-      // Processed events the engine has not stored, counting those not yet reported to it.
-      pendingCheckpoint: this._native.pendingCheckpoint() + this._cpCount,
+      pendingCheckpoint: this._pendingCheckpoint(),
     };
   }
 
@@ -189,16 +161,6 @@ class ResilientChangeStream extends PullSource {
    */
   async oplogWindow() {
     return publicWindow(await this._native.oplogWindow(this._headroom.fraction));
-  }
-
-  /**
-   * Iterator mode with a token store: marks the event last handed out as processed now
-   * (otherwise that happens when the next event is asked for, or at close()).
-   */
-  commit() {
-    if (!this._durable) return;
-    this._processHanded();
-    this._flushCommit();
   }
 
   /** Resolves with the next event; `null` if the stream was closed while waiting. */
@@ -442,32 +404,6 @@ class ResilientChangeStream extends PullSource {
     return this._peeked;
   }
 
-  /** Asking for the next event means the one handed out before is processed. */
-  async _next() {
-    if (this._durable) {
-      this._processHanded();
-      // This call is about to wait for the server: report what is processed first.
-      if (this._head === null) this._flushCommit();
-    }
-    return super._next();
-  }
-
-  /** With a token store: hold events back while too many processed ones are unsaved. */
-  _hasRoom() {
-    if (!this._durable || this._room) return true;
-    this._room = this._native.hasRoom();
-    return this._room;
-  }
-
-  async _admit() {
-    if (this._hasRoom()) return;
-    // The engine can only make room for what it was told about.
-    this._flushCommit();
-    if (this._hasRoom()) return;
-    await this._native.waitForRoom();
-    this._room = this._native.hasRoom();
-  }
-
   /** Hands out the next event, moving the resume token past it. */
   _take() {
     const event = this._peek();
@@ -492,52 +428,15 @@ class ResilientChangeStream extends PullSource {
     }
     this._eventsDelivered += 1;
     this._lastEventAt = Date.now();
-    if (this._durable) {
-      if (this._isEmitter()) {
-        // Emitter mode: the listeners have finished, the event is processed.
-        this._processed(batch, offset, length);
-        if (last || this._cpCount >= this._cpEvery) this._flushCommit();
-      } else {
-        // Iterator mode: asking for this event means the previous one is processed; this one
-        // is not yet.
-        this._processHanded();
-        this._handedBatch = batch;
-        this._handedOffset = offset;
-        this._handedLength = length;
-      }
-    }
+    this._handedOut(batch, offset, last);
     if (event.operationType === 'invalidate') this.emit('invalidate', event);
     return event;
   }
 
-  /** One more processed event, the one at `offset` in `batch`. */
-  _processed(batch, offset, length) {
-    this._cpBatch = batch;
-    this._cpOffset = offset;
-    this._cpLength = length;
-    this._cpCount += 1;
-  }
-
-  /** Iterator mode: the event handed out last is processed (reported with the next commit). */
-  _processHanded() {
-    const batch = this._handedBatch;
-    if (batch === null) return;
-    this._handedBatch = null;
-    this._processed(batch, this._handedOffset, this._handedLength);
-    if (this._cpCount >= this._cpEvery) this._flushCommit();
-  }
-
-  /** Reports the processed run to the engine: its last event, and how many it held. */
-  _flushCommit() {
-    const count = this._cpCount;
-    if (count === 0) return;
-    const batch = this._cpBatch;
-    const offset = this._cpOffset;
-    const last = offset + this._cpLength === batch.events.length;
-    this._cpCount = 0;
-    this._cpBatch = null;
-    this._native.commit(batch.events.subarray(offset, offset + this._cpLength), last ? batch.endToken : null, count);
-    this._room = this._native.hasRoom();
+  /** Reports `count` processed events, the last of them at `offset` in `batch`. */
+  _commitRun(batch, offset, count) {
+    const end = offset + batch.events.readInt32LE(offset);
+    this._native.commit(batch.events.subarray(offset, end), end === batch.events.length ? batch.endToken : null, count);
   }
 
   /**
