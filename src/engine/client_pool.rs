@@ -5,10 +5,12 @@
 use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use mongodb::options::{ClientOptions, ServerMonitoringMode};
 use mongodb::Client;
 use once_cell::sync::Lazy;
+use tokio::task::JoinHandle;
 
 use super::errors::EngineError;
 
@@ -22,6 +24,12 @@ struct Shared {
 }
 
 static CLIENTS: Lazy<Mutex<HashMap<String, Shared>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+
+/// Shutdowns of clients whose last lease was dropped, until someone awaits them.
+static SHUTDOWNS: Lazy<Mutex<Vec<JoinHandle<()>>>> = Lazy::new(|| Mutex::new(Vec::new()));
+
+/// How long `settle()` waits for one client's shutdown.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// A poisoned map only means another thread panicked while inserting; the map itself is
 /// still consistent, so keep using it.
@@ -58,9 +66,24 @@ impl Drop for ClientLease {
             // drop; outside a runtime, dropping the handles does it eventually.
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 let client = shared.client;
-                runtime.spawn(async move { client.shutdown().immediate(true).await });
+                let shutdown =
+                    runtime.spawn(async move { client.shutdown().immediate(true).await });
+                SHUTDOWNS
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(shutdown);
             }
         }
+    }
+}
+
+/// Waits for the shutdowns of clients nobody uses any more. A reader's close awaits this,
+/// so that once it resolves no driver task (a cursor's kill, a pool's connection) is still
+/// in flight: a process that exits right after close() must not cut one off.
+pub async fn settle() {
+    let pending = std::mem::take(&mut *SHUTDOWNS.lock().unwrap_or_else(|p| p.into_inner()));
+    for shutdown in pending {
+        let _ = tokio::time::timeout(SHUTDOWN_WAIT, shutdown).await;
     }
 }
 

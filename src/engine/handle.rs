@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::checkpoint::{CheckpointPolicy, Checkpointer};
+use super::client_pool;
 use super::errors::{EngineError, ErrorCode};
 use super::position::Owner;
 use super::reporter::FailureItem;
@@ -98,14 +99,10 @@ impl<I: FailureItem + 'static> Handle<I> {
     /// The next item from the worker. With a token store, waits first while too much
     /// processed progress is unsaved (a store that is down).
     pub(crate) async fn recv(&self) -> Received<I> {
-        if let Some(ck) = &self.checkpointer {
-            tokio::select! {
-                _ = ck.wait_for_room() => {},
-                _ = self.shared.cancel.cancelled() => return Received::Closed,
-            }
-        }
+        self.wait_for_room().await;
         let mut rx = self.rx.lock().await;
-        // A reader that ended by itself still hands out its last items.
+        // Closed while waiting, or before. (A reader that ended by itself still hands out
+        // its last items.)
         if self.shared.cancel.is_cancelled() {
             return Received::Closed;
         }
@@ -145,10 +142,12 @@ impl<I: FailureItem + 'static> Handle<I> {
             }
         }
         self.shared.finish_close();
-        match &self.checkpointer {
+        let flushed = match &self.checkpointer {
             Some(ck) => ck.flush().await,
             None => Ok(()),
-        }
+        };
+        client_pool::settle().await;
+        flushed
     }
 
     pub(crate) fn checkpoint_policy(&self) -> Option<&CheckpointPolicy> {
