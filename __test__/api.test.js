@@ -23,7 +23,7 @@ const {
   ModeConflictError,
   StreamClosedError,
 } = rcs;
-const { setup, insertSeq, withTimeout, waitForEvent, nextN, seqs, range, opened, startIterating } = require('./helpers');
+const { setup, insertSeq, withTimeout, waitForEvent, nextN, seqs, range, opened, startIterating, skipWithoutFailPoints } = require('./helpers');
 
 const FAST = { maxAwaitTimeMS: 100, backoff: { initialDelayMS: 50 } };
 const DEADLINE_MS = 30000;
@@ -50,24 +50,6 @@ function withUniqueAppName(uri, label) {
   const url = new URL(uri);
   url.searchParams.set('appName', appName);
   return { uri: url.toString(), appName };
-}
-
-/**
- * Fail points need test commands (always on for the harness's server; a real replica set
- * needs enableTestCommands). Skips the test, with a printed reason, when they are missing.
- */
-async function skipWithoutFailPoints(t, server) {
-  try {
-    await server.failPointOff();
-    t.after(() => server.failPointOff().catch(() => {}));
-    return false;
-  } catch (err) {
-    if (err?.code !== 59 && !/no such (command|cmd)|not found|failpoint/i.test(String(err?.message))) throw err;
-    const reason = `needs configureFailPoint (test commands) on the server: ${err.message}`;
-    t.skip(reason);
-    process.stderr.write(`skip: ${reason}\n`);
-    return true;
-  }
 }
 
 /** Asserts `err` is an instance of `Class` with the class's stable code and name. */

@@ -9,7 +9,7 @@ const path = require('node:path');
 const { spawn } = require('node:child_process');
 const { setTimeout: delay } = require('node:timers/promises');
 const { ResilientChangeStream, StreamClosedError, ResilientChangeStreamError } = require('..');
-const { setup, insertSeq, withTimeout, waitForEvent, seqs, opened, startIterating } = require('./helpers');
+const { setup, insertSeq, withTimeout, waitForEvent, seqs, opened, startIterating, skipWithoutFailPoints } = require('./helpers');
 
 const FAST = { maxAwaitTimeMS: 100, backoff: { initialDelayMS: 50 } };
 const DEADLINE_MS = 30000;
@@ -54,20 +54,6 @@ async function closeFast(stream, record) {
   const took = Date.now() - started;
   assert.ok(took < CLOSE_WITHIN_MS, `close() took ${took} ms`);
   return took;
-}
-
-async function skipWithoutFailPoints(t, server) {
-  try {
-    await server.failPointOff();
-    t.after(() => server.failPointOff().catch(() => {}));
-    return false;
-  } catch (err) {
-    if (err?.code !== 59 && !/no such (command|cmd)|not found|failpoint/i.test(String(err?.message))) throw err;
-    const reason = `needs configureFailPoint (test commands) on the server: ${err.message}`;
-    t.skip(reason);
-    process.stderr.write(`skip: ${reason}\n`);
-    return true;
-  }
 }
 
 /** Names of the commands the server is running for `appName` (currentOp). */

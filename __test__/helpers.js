@@ -107,7 +107,26 @@ async function startIterating(stream) {
   return { pending };
 }
 
+/**
+ * Fail points need test commands (always on for the harness's server; a real replica set
+ * needs enableTestCommands). Skips the test, with a printed reason, when they are missing.
+ */
+async function skipWithoutFailPoints(t, server) {
+  try {
+    await server.failPointOff();
+    t.after(() => server.failPointOff().catch(() => {}));
+    return false;
+  } catch (err) {
+    if (err?.code !== 59 && !/no such (command|cmd)|not found|failpoint/i.test(String(err?.message))) throw err;
+    const reason = `needs configureFailPoint (test commands) on the server: ${err.message}`;
+    t.skip(reason);
+    process.stderr.write(`skip: ${reason}\n`);
+    return true;
+  }
+}
+
 module.exports = {
+  skipWithoutFailPoints,
   opened,
   startIterating,
   setup,
