@@ -1,8 +1,9 @@
 //! The handle of one change stream: `next()` pulls items from the worker's one-slot
 //! channel (so at most one batch is prefetched), `close()` tears it down in order.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mongodb::bson::{RawDocumentBuf, Timestamp};
@@ -31,7 +32,9 @@ pub struct EventBatch {
     pub count: usize,
     /// The resume token after the whole batch.
     pub end_token: Option<RawDocumentBuf>,
-    pub last_cluster_time: Option<Timestamp>,
+    /// The cluster time of that position (its last event's, else the reply's operation
+    /// time), when known.
+    pub position_time: Option<Timestamp>,
 }
 
 impl std::fmt::Debug for EventBatch {
@@ -39,7 +42,7 @@ impl std::fmt::Debug for EventBatch {
         f.debug_struct("EventBatch")
             .field("count", &self.count)
             .field("bytes", &self.events.len())
-            .field("last_cluster_time", &self.last_cluster_time)
+            .field("position_time", &self.position_time)
             .finish()
     }
 }
@@ -99,7 +102,15 @@ pub struct ChangeStreamEngine {
     id: u64,
     spec: Arc<WatchSpec>,
     handle: Handle<StreamItem>,
+    /// The times of the last few event-less batches handed out, by end token: a quiet
+    /// position committed later is stored with its own time, not with a newer one the
+    /// worker has read ahead since.
+    quiet_times: Mutex<VecDeque<(RawDocumentBuf, Timestamp)>>,
 }
+
+/// Event-less batches whose time is remembered (the one-slot channel plus the facade's
+/// read-ahead hold fewer).
+const QUIET_TIMES_KEPT: usize = 4;
 
 impl ChangeStreamEngine {
     /// `custom_store`: the application's own store, for `tokenStore: { type: 'custom' }`.
@@ -117,6 +128,7 @@ impl ChangeStreamEngine {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             spec: Arc::new(spec),
             handle,
+            quiet_times: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -140,11 +152,19 @@ impl ChangeStreamEngine {
         self.handle.checkpoint_policy()
     }
 
-    /// The position advanced without an event (postBatchResumeToken of a quiet stream);
-    /// its cluster time is the engine's position time (the reply's operation time).
+    /// The position advanced without an event (postBatchResumeToken of a quiet stream) to
+    /// the end token of an event-less batch; its cluster time is that batch's (the reply's
+    /// operation time).
     pub fn commit_token(&self, token: &[u8]) -> Result<(), EngineError> {
         if let Some(ck) = &self.handle.checkpointer {
-            let time = self.handle.shared.snapshot().position_time;
+            let time = self
+                .quiet_times
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .rev()
+                .find(|(sent, _)| sent.as_bytes() == token)
+                .map(|(_, time)| *time);
             ck.commit(Position::token_only(token, time)?, 0);
         }
         Ok(())
@@ -202,6 +222,18 @@ impl ChangeStreamEngine {
             worker.run()
         });
         match self.handle.recv().await {
+            Received::Item(StreamItem::Batch(batch)) => {
+                if let (0, Some(token), Some(time)) =
+                    (batch.count, &batch.end_token, batch.position_time)
+                {
+                    let mut times = self.quiet_times.lock().unwrap_or_else(|p| p.into_inner());
+                    if times.len() == QUIET_TIMES_KEPT {
+                        times.pop_front();
+                    }
+                    times.push_back((token.clone(), time));
+                }
+                StreamItem::Batch(batch)
+            }
             Received::Item(item) => item,
             Received::Closed => StreamItem::Ended(EndReason::Closed),
             Received::Drained if self.state().is_terminal() => StreamItem::Ended(EndReason::Closed),

@@ -247,7 +247,7 @@ impl Worker {
                 events: parsed.events,
                 count: parsed.count,
                 end_token: self.resume.token().cloned(),
-                last_cluster_time: parsed.last_cluster_time,
+                position_time,
             }));
         }
     }
