@@ -456,11 +456,13 @@ test('emitter mode: a position is stored only after every change listener (async
   await insertSeq(env.coll, 0, 5);
   await withTimeout(enteredSeq2, DEADLINE_MS, 'the listener to receive seq 2');
   // seq 1 is processed: with everyEvents 1 its position is stored.
+  // Saved = the store got it AND save() resolved (only then does the engine count it).
   await waitUntil(
-    () => ledger.saves.some((s) => s.record.clusterTime?.toString() === seen[1].clusterTime.toString()),
-    'the position after seq 1 to be stored',
+    () =>
+      ledger.saves.some((x) => x.record.clusterTime?.toString() === seen[1].clusterTime.toString()) &&
+      s.health().pendingCheckpoint === 0,
+    'the position after seq 1 to be stored and acknowledged',
   );
-  assert.equal(s.health().pendingCheckpoint, 0);
   // close() stores the last PROCESSED position: seq 2's listener has not finished, so that is
   // still seq 1, not seq 2 (the sync listener already ran for seq 2: not enough).
   await s.close();
@@ -509,9 +511,13 @@ test('iterator mode on a quiet stream: asking for the next event makes the previ
   // The consumer processed seq 0 and asks for the next event; none comes.
   const pending = s.next();
   pending.catch(() => {});
+  // The store sees the record while the save is in flight; the engine counts it saved only
+  // once save() resolved, so wait for both.
   await waitUntil(
-    () => store.saves.some((x) => x.record.clusterTime?.toString() === e0.clusterTime.toString()),
-    'the position after seq 0 to be stored (everyEvents 1) while next() waits',
+    () =>
+      store.saves.some((x) => x.record.clusterTime?.toString() === e0.clusterTime.toString()) &&
+      s.health().pendingCheckpoint === 0,
+    'the position after seq 0 to be stored (everyEvents 1) and acknowledged while next() waits',
     5000,
   );
   assert.equal(s.health().pendingCheckpoint, 0);
@@ -604,8 +610,10 @@ test('checkpoint.everyMs: with events trickling in, writes come about every ever
   }
   await waitUntil(() => events.length === seq, `all ${seq} events`);
   await waitUntil(
-    () => store.saves.some((x) => x.record.clusterTime?.compare(events.at(-1).clusterTime) >= 0),
-    'the last event (or a later quiet position) to be stored by the time policy (no close)',
+    () =>
+      store.saves.some((x) => x.record.clusterTime?.compare(events.at(-1).clusterTime) >= 0) &&
+      s.health().pendingCheckpoint === 0,
+    'the last event (or a later quiet position) to be stored by the time policy (no close), and acknowledged',
     5000,
   );
   // The engine's own write times (the record's writtenAt): the JS callback may run late
