@@ -124,7 +124,9 @@ class ResilientCursor extends PullSource {
     this._endEmitted = false;
     this._positionLost = null;
     this.on('newListener', (name) => {
-      if (name === 'data') this._startFlowing();
+      if (name === 'data') {
+        this._startFlowing('ResilientCursor cannot get a "data" listener after being used as an iterator');
+      }
     });
   }
 
@@ -262,17 +264,6 @@ class ResilientCursor extends PullSource {
       );
     }
     this._mode = 'iterator';
-  }
-
-  _startFlowing() {
-    if (this._mode === 'iterator') {
-      throw new ModeConflictError(
-        'ResilientCursor cannot get a "data" listener after being used as an iterator',
-      );
-    }
-    if (this._mode === 'flowing') return;
-    this._mode = 'flowing';
-    queueMicrotask(() => this._flow());
   }
 
   /** Emitter mode: each document goes to every 'data' listener (awaited) before the next. */

@@ -2,7 +2,7 @@
 
 const { EventEmitter } = require('node:events');
 const { Readable } = require('node:stream');
-const { fromNative } = require('./errors');
+const { fromNative, ModeConflictError } = require('./errors');
 
 // How long tryNext() waits for the engine before answering null. It only has to cover a batch
 // the engine already holds (a hop through the event loop), not a server round trip.
@@ -11,9 +11,9 @@ const TRY_NEXT_WAIT_MS = 10;
 /**
  * The iterator surface shared by ResilientChangeStream and ResilientCursor: both pull
  * batches from a native engine into `_buffer` and hand items out one at a time. Subclasses
- * provide `_useAsIterator()` (mode and closed checks), `_pull()` (one engine item, never
- * rejects), `_take()` (hand out the first buffered item), `_commitRun()`, `_state` and
- * `close()`, and call `_initCheckpoints()`. Items are buffered in `_buffer` (an array)
+ * provide `_useAsIterator()` (mode and closed checks), `_flow()` (the emitter-mode pump),
+ * `_pull()` (one engine item, never rejects), `_take()` (hand out the first buffered item),
+ * `_commitRun()`, `_state` and `close()`, and call `_initCheckpoints()`. Items are buffered in `_buffer` (an array)
  * unless the subclass overrides `_available()` and keeps them its own way.
  */
 class PullSource extends EventEmitter {
@@ -217,6 +217,18 @@ class PullSource extends EventEmitter {
       }
       await this._pull();
     }
+  }
+
+  /**
+   * Emitter mode from now on: a 'change' / 'data' listener is being added. Throws
+   * ModeConflictError with `conflict` if the reader was used as an iterator.
+   */
+  _startFlowing(conflict) {
+    if (this._mode === 'iterator') throw new ModeConflictError(conflict);
+    if (this._mode === 'flowing') return;
+    this._mode = 'flowing';
+    // 'newListener' fires before the listener is added: start once it is there.
+    queueMicrotask(() => this._flow());
   }
 
   /** Emitter mode: items go to listeners ('change' / 'data') rather than to next(). */

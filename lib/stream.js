@@ -107,7 +107,10 @@ class ResilientChangeStream extends PullSource {
     this.on('newListener', (name) => {
       if (name === 'change') {
         this._changeListeners = null;
-        this._startFlowing();
+        this._startFlowing(
+          'ResilientChangeStream cannot be used as an EventEmitter (a "change" listener) after ' +
+            'being used as an iterator (next, hasNext, tryNext, for await, stream)',
+        );
       }
     });
     this.on('removeListener', (name) => {
@@ -194,19 +197,6 @@ class ResilientChangeStream extends PullSource {
       );
     }
     this._mode = 'iterator';
-  }
-
-  _startFlowing() {
-    if (this._mode === 'iterator') {
-      throw new ModeConflictError(
-        'ResilientChangeStream cannot be used as an EventEmitter (a "change" listener) after ' +
-          'being used as an iterator (next, hasNext, tryNext, for await, stream)',
-      );
-    }
-    if (this._mode === 'flowing') return;
-    this._mode = 'flowing';
-    // 'newListener' fires before the listener is added: start once it is there.
-    queueMicrotask(() => this._flow());
   }
 
   /**

@@ -5,6 +5,22 @@ use mongodb::bson::{Bson, Document};
 
 use super::errors::EngineError;
 
+/// Refuses a key of `doc` that is not in `known`; `path` prefixes the name in the message
+/// (`"backoff."` for a nested option, `""` at the top).
+pub(crate) fn reject_unknown(
+    doc: &Document,
+    known: &[&str],
+    path: &str,
+) -> Result<(), EngineError> {
+    match doc.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(EngineError::new(
+            super::errors::ErrorCode::InvalidOption,
+            format!("unknown option \"{path}{unknown}\""),
+        )),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn prefix(mut e: EngineError, p: &str) -> EngineError {
     e.message = e.message.replacen("option \"", &format!("option \"{p}"), 1);
     e

@@ -254,11 +254,7 @@ pub fn stream_owner(name: &str, spec: &WatchSpec) -> Owner {
 mod tests {
     use super::*;
 
-    fn spec(extra: Document) -> WatchSpec {
-        let mut d = doc! {"uri": "mongodb://h", "db": "d", "collection": "c"};
-        d.extend(extra);
-        WatchSpec::from_document(&d).unwrap()
-    }
+    use crate::engine::spec::test_spec as spec;
 
     fn record(s: &WatchSpec) -> PositionRecord {
         PositionRecord {

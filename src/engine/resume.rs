@@ -153,11 +153,7 @@ pub fn aggregate_command(spec: &WatchSpec, start: &StartPoint) -> Document {
 mod tests {
     use super::*;
 
-    fn spec(extra: Document) -> WatchSpec {
-        let mut d = doc! {"uri": "mongodb://h", "db": "d", "collection": "c"};
-        d.extend(extra);
-        WatchSpec::from_document(&d).unwrap()
-    }
+    use crate::engine::spec::test_spec as spec;
 
     fn raw(d: Document) -> RawDocumentBuf {
         RawDocumentBuf::from_document(&d).unwrap()

@@ -10,7 +10,7 @@ use super::checkpoint::CheckpointPolicy;
 use super::errors::EngineError;
 use super::fields::{
     as_f64, describe, optional_bool, optional_document, optional_string, optional_whole, prefix,
-    type_name,
+    reject_unknown, type_name,
 };
 use super::store::StoreConfig;
 
@@ -124,12 +124,7 @@ const KNOWN_FIELDS: &[&str] = &[
 impl WatchSpec {
     /// Parses and validates. Every error names the option and the expected type.
     pub fn from_document(doc: &Document) -> Result<Self, EngineError> {
-        if let Some(unknown) = doc.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
-            return Err(EngineError::new(
-                super::errors::ErrorCode::InvalidOption,
-                format!("unknown option \"{unknown}\""),
-            ));
-        }
+        reject_unknown(doc, KNOWN_FIELDS, "")?;
         let uri = match doc.get("uri") {
             Some(Bson::String(s))
                 if s.starts_with("mongodb://") || s.starts_with("mongodb+srv://") =>
@@ -362,12 +357,7 @@ fn parse_store(d: &Document) -> Result<StoreConfig, EngineError> {
 
 fn parse_checkpoint(d: &Document) -> Result<CheckpointPolicy, EngineError> {
     const FIELDS: &[&str] = &["everyEvents", "everyMs", "maxUnsavedEvents"];
-    if let Some(unknown) = d.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(EngineError::new(
-            super::errors::ErrorCode::InvalidOption,
-            format!("unknown option \"checkpoint.{unknown}\""),
-        ));
-    }
+    reject_unknown(d, FIELDS, "checkpoint.")?;
     let mut policy = CheckpointPolicy::default();
     let whole =
         |n: &str| optional_whole(d, n, u32::MAX as u64).map_err(|e| prefix(e, "checkpoint."));
@@ -419,12 +409,7 @@ fn parse_start(doc: &Document) -> Result<StartPoint, EngineError> {
 
 fn parse_backoff(b: &Document) -> Result<BackoffPolicy, EngineError> {
     const FIELDS: &[&str] = &["initialDelayMS", "multiplier", "maxDelayMS", "maxRetries"];
-    if let Some(unknown) = b.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(EngineError::new(
-            super::errors::ErrorCode::InvalidOption,
-            format!("unknown option \"backoff.{unknown}\""),
-        ));
-    }
+    reject_unknown(b, FIELDS, "backoff.")?;
     let mut policy = BackoffPolicy::default();
     if let Some(ms) =
         optional_whole(b, "initialDelayMS", u32::MAX as u64).map_err(|e| prefix(e, "backoff."))?
@@ -453,6 +438,14 @@ fn parse_backoff(b: &Document) -> Result<BackoffPolicy, EngineError> {
         .map_err(|e| prefix(e, "backoff."))?
         .map(|n| n as u32);
     Ok(policy)
+}
+
+/// A collection stream's spec on a dummy URI plus `extra` options, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_spec(extra: Document) -> WatchSpec {
+    let mut d = mongodb::bson::doc! {"uri": "mongodb://h", "db": "d", "collection": "c"};
+    d.extend(extra);
+    WatchSpec::from_document(&d).unwrap()
 }
 
 #[cfg(test)]

@@ -6,9 +6,10 @@ use std::time::Duration;
 use mongodb::bson::{doc, Bson, Document, RawBsonRef, RawDocument};
 
 use crate::engine::backoff::BackoffPolicy;
-use crate::engine::errors::{EngineError, ErrorCode};
+use crate::engine::errors::EngineError;
 use crate::engine::fields::{
-    optional_bool, optional_document, optional_string, optional_whole, required_string,
+    optional_bool, optional_document, optional_string, optional_whole, reject_unknown,
+    required_string,
 };
 use crate::engine::position::{fingerprint_of, Owner, ReaderKind};
 use crate::engine::spec::{Durability, WatchSpec};
@@ -88,12 +89,7 @@ const SHARED_WITH_WATCH: &[&str] = &[
 impl CursorSpec {
     /// Parses and validates. Every error names the option and the expected type.
     pub fn from_document(doc: &Document) -> Result<Self, EngineError> {
-        if let Some(unknown) = doc.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
-            return Err(EngineError::new(
-                ErrorCode::InvalidOption,
-                format!("unknown option \"{unknown}\""),
-            ));
-        }
+        reject_unknown(doc, KNOWN_FIELDS, "")?;
         // The connection string, backoff, watchdog and token store are parsed exactly as a
         // watch's.
         let mut shared = Document::new();
