@@ -176,8 +176,8 @@ export interface CheckpointOptions {
   /** …or this long after the last write (also for quiet streams whose position advances). @default 1000 */
   everyMs?: number;
   /**
-   * Stop handing out events while this many processed events are unsaved (store down); up to
-   * `everyEvents - 1` more may be processed before the engine hears of them.
+   * Stop handing out events while this many processed events are unsaved (a store that is
+   * down): at no time are more than this many processed but not stored.
    * @default max(10000, 10 × everyEvents)
    */
   maxUnsavedEvents?: number;

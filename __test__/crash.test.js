@@ -8,12 +8,12 @@
 // processed a contiguous run of seqs, and the events processed again after each crash are at
 // most the checkpoint window:
 //
-//   duplicates per crash ≤ maxUnsavedEvents + batchSize  (= 10 + 10 = 20 with the fixture's policy)
+//   duplicates per crash ≤ maxUnsavedEvents + 1  (= 11 with the fixture's policy)
 //
-// because the stream fetches a new batch only while fewer than maxUnsavedEvents processed
-// events are unsaved (≤ maxUnsavedEvents − 1), then hands out that batch (≤ batchSize events,
-// the one being processed at the kill included) before checking again. A graceful stop
-// (SIGTERM → close()) stores the exact position: 0 duplicates on the next start.
+// because the stream hands out an event only while fewer than maxUnsavedEvents processed
+// events are unsaved (its unreported run counted), and the +1 is the event whose listener
+// the kill cut short (written out, not processed). A graceful stop (SIGTERM → close())
+// stores the exact position: 0 duplicates on the next start.
 //
 // Server crash: the server (storage on disk, --sync-on-commit) is killed with SIGKILL and
 // restarted while two named consumers run — one with a file store, one with a MongoDB store on
@@ -30,7 +30,7 @@ const { setTimeout: delay } = require('node:timers/promises');
 const { EJSON } = require('bson');
 const { ResilientChangeStream } = require('..');
 const { setup, uniqueDb, withTimeout, range, skipIfExternal } = require('./helpers');
-const { CHECKPOINT, BATCH_SIZE } = require('./fixtures/durable-consumer');
+const { CHECKPOINT } = require('./fixtures/durable-consumer');
 
 const FIXTURE = path.join(__dirname, 'fixtures', 'durable-consumer.js');
 const DEADLINE_MS = 60000;
@@ -48,7 +48,7 @@ const WRITE_BATCH = 25;
 const MAX_LEAD = 300;
 // After each (re)start, the consumer is killed once its output grew by 1..KILL_SPREAD lines.
 const KILL_SPREAD = 200;
-const DUPLICATE_BOUND = CHECKPOINT.maxUnsavedEvents + BATCH_SIZE;
+const DUPLICATE_BOUND = CHECKPOINT.maxUnsavedEvents + 1;
 
 // ---------------------------------------------------------------------------------------------
 // Local helpers

@@ -1041,6 +1041,54 @@ test('custom store whose save() fails: no more than maxUnsavedEvents processed e
   assert.ok(s.health().pendingCheckpoint <= MAX, `pendingCheckpoint ${s.health().pendingCheckpoint} ≤ ${MAX}`);
 });
 
+test('custom store whose save() fails, everyEvents < maxUnsavedEvents: exactly maxUnsavedEvents processed events unsaved, in emitter and in iterator mode', async (t) => {
+  // Runs of processed events reach the engine every 5; the 8th must be reported early
+  // (room for 3 after the first run), or 10 would be handed out before the engine knew.
+  const EVERY = 5;
+  const MAX = 8;
+  const checkpoint = { everyEvents: EVERY, everyMs: 10, maxUnsavedEvents: MAX };
+  const env = await fresh();
+
+  // Emitter mode.
+  const emitterStore = ledgerStore();
+  emitterStore.failSaves = true;
+  const s = closeAfter(t, open(env, { name: uniqueName('exact-emit'), tokenStore: emitterStore, checkpoint }));
+  const rec = record(s);
+  await rec.until((r) => r.tokens.length > 0, 'open');
+  // The iterator below replays the same 20 inserts from here.
+  const startAtOperationTime = (await env.client.db('admin').command({ hello: 1 })).operationTime;
+  await insertSeq(env.coll, 0, 20);
+  await waitUntil(() => s.health().pendingCheckpoint >= MAX, `${MAX} processed events unsaved`);
+  let failed = emitterStore.failedSaves;
+  await waitUntil(() => emitterStore.failedSaves >= failed + 2, 'two more failed saves');
+  assert.equal(rec.changes.length, MAX, `emitter mode: exactly ${MAX} events handed out while the store is down`);
+  assert.equal(s.health().pendingCheckpoint, MAX);
+  emitterStore.failSaves = false;
+  await rec.until((r) => r.changes.length === 20, 'all events once the store is back');
+  assert.deepEqual(seqs(rec.changes), range(0, 20));
+  assert.deepEqual(rec.errors, []);
+
+  // Iterator mode: asking for the next event makes the one before it processed.
+  const iterStore = ledgerStore();
+  iterStore.failSaves = true;
+  const it = closeAfter(t, open(env, { name: uniqueName('exact-iter'), tokenStore: iterStore, checkpoint, startAtOperationTime }));
+  assert.deepEqual(seqs(await nextN(it, MAX)), range(0, MAX), 'seq 0..7 handed out');
+  const ninth = it.next();
+  ninth.catch(() => {});
+  await waitUntil(() => it.health().pendingCheckpoint >= MAX, `${MAX} processed events unsaved`);
+  failed = iterStore.failedSaves;
+  await waitUntil(() => iterStore.failedSaves >= failed + 2, 'two more failed saves');
+  let settled = false;
+  ninth.then(() => {
+    settled = true;
+  }, () => {});
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(settled, false, 'iterator mode: the 9th next() waits while 8 processed events are unsaved');
+  assert.equal(it.health().pendingCheckpoint, MAX);
+  iterStore.failSaves = false;
+  assert.equal((await withTimeout(ninth, DEADLINE_MS, 'seq 8 once the store is back')).fullDocument.seq, 8);
+});
+
 test('custom store whose save() keeps failing: after ~30 s an error (TokenStoreError) closes the stream; nothing unprocessed was ever stored', async (t) => {
   const env = await fresh();
   const name = uniqueName('cdown');

@@ -13,8 +13,9 @@ const TRY_NEXT_WAIT_MS = 10;
  * batches from a native engine into `_buffer` and hand items out one at a time. Subclasses
  * provide `_useAsIterator()` (mode and closed checks), `_flow()` (the emitter-mode pump),
  * `_pull()` (one engine item, never rejects), `_take()` (hand out the first buffered item),
- * `_commitRun()`, `_state` and `close()`, and call `_initCheckpoints()`. Items are buffered in `_buffer` (an array)
- * unless the subclass overrides `_available()` and keeps them its own way.
+ * `_commitRun()`, `_state` and `close()`, and call `_initCheckpoints()`. Items are
+ * buffered in `_buffer` (an array) unless the subclass overrides `_available()` and keeps
+ * them its own way.
  */
 class PullSource extends EventEmitter {
   /** Resolves `true` once an item is available; `false` if it ended while waiting. */
@@ -118,10 +119,11 @@ class PullSource extends EventEmitter {
     this._handedBatch = null;
     this._handedOffset = 0;
     /**
-     * The engine had room for more unsaved items when last asked. Room shrinks only when
-     * this side commits, so it is asked after each commit (and again while there was none).
+     * How many more processed items the engine would take unsaved, when last asked
+     * (`room()`). It shrinks only when this side commits, so it is asked after each commit,
+     * and again when it looks used up (saves meanwhile may have grown it).
      */
-    this._room = true;
+    this._roomLeft = this._durable ? this._native.room() : Infinity;
   }
 
   /**
@@ -143,7 +145,7 @@ class PullSource extends EventEmitter {
     if (!this._durable) return;
     if (this._isEmitter()) {
       this._processed(batch, offset);
-      if (bufferEmpty || this._cpCount >= this._cpEvery) this._flushCommit();
+      if (bufferEmpty || this._runFull()) this._flushCommit();
     } else {
       this._processHanded();
       this._handedBatch = batch;
@@ -163,7 +165,15 @@ class PullSource extends EventEmitter {
     if (batch === null) return;
     this._handedBatch = null;
     this._processed(batch, this._handedOffset);
-    if (this._cpCount >= this._cpEvery) this._flushCommit();
+    if (this._runFull()) this._flushCommit();
+  }
+
+  /**
+   * The unreported run must go to the engine now: it reached everyEvents, or it uses up
+   * the room the engine had (the engine can only save, and make room, for what it was told).
+   */
+  _runFull() {
+    return this._cpCount >= this._cpEvery || this._cpCount >= this._roomLeft;
   }
 
   /** Reports the processed run to the engine: its last item, and how many it held. */
@@ -174,7 +184,7 @@ class PullSource extends EventEmitter {
     this._cpCount = 0;
     this._cpBatch = null;
     this._commitRun(batch, this._cpOffset, count);
-    this._room = this._native.hasRoom();
+    this._roomLeft = this._native.room();
   }
 
   /** Processed items the engine has not stored, counting those not yet reported to it. */
@@ -182,11 +192,15 @@ class PullSource extends EventEmitter {
     return this._native.pendingCheckpoint() + this._cpCount;
   }
 
-  /** Whether an item may be handed out now: with a token store, not while too many processed ones are unsaved. */
+  /**
+   * Whether an item may be handed out now: with a token store, only while processed but
+   * unsaved items (those the engine holds plus the unreported run) are fewer than
+   * maxUnsavedEvents, so that handing out one more cannot exceed it.
+   */
   _hasRoom() {
-    if (!this._durable || this._room) return true;
-    this._room = this._native.hasRoom();
-    return this._room;
+    if (!this._durable || this._cpCount < this._roomLeft) return true;
+    this._roomLeft = this._native.room();
+    return this._cpCount < this._roomLeft;
   }
 
   /** Waits until an item may be handed out (or the reader closed). */
@@ -196,7 +210,7 @@ class PullSource extends EventEmitter {
     this._flushCommit();
     if (this._hasRoom()) return;
     await this._native.waitForRoom();
-    this._room = this._native.hasRoom();
+    this._roomLeft = this._native.room();
   }
 
   /** next() without the mode/closed checks. Asking for the next item means the one handed out before is processed. */

@@ -236,8 +236,8 @@ async function facadeLimit() {
       commits.calls += 1;
       commits.events += events;
     }
-    hasRoom() {
-      return true;
+    room() {
+      return Number.MAX_SAFE_INTEGER;
     }
     waitForRoom() {
       return Promise.resolve();

@@ -170,11 +170,21 @@ impl Checkpointer {
         self.lock().unsaved_events
     }
 
-    /// Fewer than `max_unsaved_events` processed events are unsaved (or saving failed for
-    /// good: the stream is failing and must not block).
-    pub fn has_room(&self) -> bool {
+    /// How many more processed events may be unsaved before `max_unsaved_events` is reached
+    /// (unbounded once saving failed for good: the stream is failing and must not block).
+    pub fn room(&self) -> u64 {
         let pending = self.lock();
-        pending.failed.is_some() || pending.unsaved_events < self.policy.max_unsaved_events
+        if pending.failed.is_some() {
+            return u64::MAX;
+        }
+        self.policy
+            .max_unsaved_events
+            .saturating_sub(pending.unsaved_events)
+    }
+
+    /// Fewer than `max_unsaved_events` processed events are unsaved.
+    pub fn has_room(&self) -> bool {
+        self.room() > 0
     }
 
     /// Waits while too much processed progress is unsaved (a store that is down).
@@ -411,6 +421,7 @@ mod tests {
             let (ck, cancel) = (ck.clone(), cancel.clone());
             tokio::spawn(async move { ck.run(&cancel).await })
         };
+        assert_eq!(ck.room(), 3, "maxUnsavedEvents 3, nothing unsaved");
         for i in 0..3 {
             ck.commit(
                 Position::token_only(
@@ -423,6 +434,7 @@ mod tests {
                 1,
             );
         }
+        assert_eq!(ck.room(), 0);
         let blocked = tokio::time::timeout(Duration::from_millis(300), ck.wait_for_room()).await;
         assert!(blocked.is_err(), "no room while 3 events are unsaved");
         assert!(store.0.load(Ordering::SeqCst) >= 1, "the store was retried");

@@ -154,13 +154,13 @@ impl<I: FailureItem + 'static> Handle<I> {
         self.checkpointer.as_ref().map(|c| c.policy())
     }
 
-    /// Whether fewer than `checkpoint.maxUnsavedEvents` processed items are unsaved
-    /// (always true without a token store): the consumer may take another.
-    pub(crate) fn has_room(&self) -> bool {
-        self.checkpointer.as_ref().is_none_or(|c| c.has_room())
+    /// How many more processed items may be unsaved before `checkpoint.maxUnsavedEvents`
+    /// is reached (`u64::MAX` without a token store).
+    pub(crate) fn room(&self) -> u64 {
+        self.checkpointer.as_ref().map_or(u64::MAX, |c| c.room())
     }
 
-    /// Waits until `has_room()`, or the reader is closed.
+    /// Waits until `room()` is not 0, or the reader is closed.
     pub(crate) async fn wait_for_room(&self) {
         if let Some(ck) = &self.checkpointer {
             tokio::select! {

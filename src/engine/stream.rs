@@ -170,13 +170,13 @@ impl ChangeStreamEngine {
         Ok(())
     }
 
-    /// Whether fewer than `checkpoint.maxUnsavedEvents` processed events are unsaved (always
-    /// true without a token store): the consumer may take another event.
-    pub fn has_room(&self) -> bool {
-        self.handle.has_room()
+    /// How many more processed events may be unsaved before `checkpoint.maxUnsavedEvents`
+    /// is reached (`u64::MAX` without a token store): the consumer may take that many more.
+    pub fn room(&self) -> u64 {
+        self.handle.room()
     }
 
-    /// Waits until `has_room()`, or the stream is closed.
+    /// Waits until `room()` is not 0, or the stream is closed.
     pub async fn wait_for_room(&self) {
         self.handle.wait_for_room().await
     }

@@ -97,14 +97,15 @@ impl NativeCursor {
             .map(|p| p.every_events.min(u32::MAX as u64) as u32)
     }
 
-    /// Whether the consumer may take another document (fewer than `maxUnsavedEvents`
-    /// processed documents unsaved).
+    /// How many more processed documents the consumer may take before
+    /// `checkpoint.maxUnsavedEvents` are unsaved (a huge number without a token store). It
+    /// counts only what `commit()` reported: the facade subtracts what it has not reported.
     #[napi]
-    pub fn has_room(&self) -> bool {
-        self.engine.has_room()
+    pub fn room(&self) -> f64 {
+        self.engine.room() as f64
     }
 
-    /// Resolves once `hasRoom()` or the cursor is closed.
+    /// Resolves once `room()` is not 0, or the cursor is closed.
     #[napi]
     pub async fn wait_for_room(&self) -> Result<()> {
         self.engine.wait_for_room().await;

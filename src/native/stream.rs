@@ -261,14 +261,15 @@ impl NativeChangeStream {
         Ok(closed.err().map(Into::into))
     }
 
-    /// Whether the consumer may take another event (fewer than `maxUnsavedEvents`
-    /// processed events unsaved).
+    /// How many more processed events the consumer may take before
+    /// `checkpoint.maxUnsavedEvents` are unsaved (a huge number without a token store). It
+    /// counts only what `commit()` reported: the facade subtracts what it has not reported.
     #[napi]
-    pub fn has_room(&self) -> bool {
-        self.engine.has_room()
+    pub fn room(&self) -> f64 {
+        self.engine.room() as f64
     }
 
-    /// Resolves once `hasRoom()` or the stream is closed.
+    /// Resolves once `room()` is not 0, or the stream is closed.
     #[napi]
     pub async fn wait_for_room(&self) -> Result<()> {
         self.engine.wait_for_room().await;
