@@ -38,6 +38,13 @@ async function main() {
     status.received += 1;
   });
   stream.on('error', (err) => console.error(`\nstream error: ${err.name}: ${err.message}`));
+  // Like the driver's, a stream sees the changes made after its cursor opened (the first
+  // position it reports): write only from then on, or pass startAtOperationTime.
+  let opened = false;
+  stream.once('resumeTokenChanged', () => {
+    opened = true;
+  });
+  await until(() => opened, 30000);
 
   const writer = startWriter(orders);
   const line = startStatusLine(stream, status, writer);
