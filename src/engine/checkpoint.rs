@@ -68,6 +68,8 @@ struct Pending {
 
 pub struct Checkpointer {
     owner: Owner,
+    /// Accept a stored record of another namespace or shape (`allowPositionMismatch`).
+    allow_mismatch: bool,
     store: Arc<dyn TokenStore>,
     policy: CheckpointPolicy,
     pending: Mutex<Pending>,
@@ -76,9 +78,15 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    pub fn new(owner: Owner, store: Arc<dyn TokenStore>, policy: CheckpointPolicy) -> Self {
+    pub fn new(
+        owner: Owner,
+        allow_mismatch: bool,
+        store: Arc<dyn TokenStore>,
+        policy: CheckpointPolicy,
+    ) -> Self {
         Checkpointer {
             owner,
+            allow_mismatch,
             store,
             policy,
             pending: Mutex::new(Pending::default()),
@@ -97,15 +105,12 @@ impl Checkpointer {
 
     /// The stored position, checked against this consumer (a record of another kind is
     /// always refused; one of another namespace or shape unless `allow_mismatch`).
-    pub async fn load_position(
-        &self,
-        allow_mismatch: bool,
-    ) -> Result<Option<Position>, EngineError> {
+    pub async fn load_position(&self) -> Result<Option<Position>, EngineError> {
         let Some(record) = load_record(self.store.as_ref(), self.name()).await? else {
             return Ok(None);
         };
         let source = self.store.describe();
-        let checked = if allow_mismatch {
+        let checked = if self.allow_mismatch {
             Owner {
                 kind: self.owner.kind,
                 ..record.owner.clone()
@@ -339,6 +344,7 @@ mod tests {
     fn checkpointer(store: Arc<dyn TokenStore>, every_events: u64) -> Arc<Checkpointer> {
         Arc::new(Checkpointer::new(
             owner("n"),
+            false,
             store,
             CheckpointPolicy {
                 every_events,
@@ -353,6 +359,7 @@ mod tests {
         let name = format!("ck-{}", std::process::id());
         let ck = Arc::new(Checkpointer::new(
             owner(&name),
+            false,
             Arc::new(MemoryStore),
             CheckpointPolicy {
                 every_events: 2,

@@ -50,6 +50,7 @@ impl<I: FailureItem + 'static> Handle<I> {
             None => None,
             Some(d) => Some(Arc::new(Checkpointer::new(
                 owner(&d.name),
+                d.allow_mismatch,
                 open_store(&d.store, uri, custom_store)?,
                 d.checkpoint.clone(),
             ))),

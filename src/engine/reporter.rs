@@ -139,12 +139,11 @@ impl<I: FailureItem> Reporter<I> {
     pub(crate) async fn restore(
         &mut self,
         ck: &Checkpointer,
-        allow_mismatch: bool,
         policy: &BackoffPolicy,
     ) -> Option<Option<Position>> {
         let started = Instant::now();
         loop {
-            match self.or_cancel(ck.load_position(allow_mismatch)).await? {
+            match self.or_cancel(ck.load_position()).await? {
                 Ok(position) => return Some(position),
                 Err(e) if e.resumable && started.elapsed() < STORE_GIVE_UP_AFTER => {
                     if !self.recover(e, policy).await {

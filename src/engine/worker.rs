@@ -75,15 +75,7 @@ impl Worker {
         if self.spec.start != StartPoint::Now {
             return true;
         }
-        let allow_mismatch = self
-            .spec
-            .durability
-            .as_ref()
-            .is_some_and(|d| d.allow_mismatch);
-        let restored = self
-            .report
-            .restore(&ck, allow_mismatch, &self.spec.backoff)
-            .await;
+        let restored = self.report.restore(&ck, &self.spec.backoff).await;
         match restored {
             None => false,
             Some(Some(Position::Stream {

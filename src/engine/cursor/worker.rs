@@ -79,15 +79,7 @@ impl CursorWorker {
         if self.last_key.is_some() {
             return true;
         }
-        let allow_mismatch = self
-            .spec
-            .durability
-            .as_ref()
-            .is_some_and(|d| d.allow_mismatch);
-        let restored = self
-            .report
-            .restore(&ck, allow_mismatch, &self.spec.backoff)
-            .await;
+        let restored = self.report.restore(&ck, &self.spec.backoff).await;
         match restored {
             None => false,
             Some(Some(Position::Cursor { last_key })) => {
