@@ -30,6 +30,11 @@ function meter() {
   };
 }
 
+/** A measured run of `count` events: the meter's readings plus events/s and CPU ms per 1k. */
+function throughput(count, r) {
+  return { events: count, ...r, eventsPerSec: count / (r.wallMs / 1000), cpuMsPer1k: (r.cpuMs / count) * 1000 };
+}
+
 /** Nearest-rank percentile of an unsorted array of numbers (null when empty). */
 function percentile(values, p) {
   if (values.length === 0) return null;
@@ -82,4 +87,4 @@ function rssSampler(everyMs = 50) {
   };
 }
 
-module.exports = { hrMs, meter, percentile, median, latencyStats, rssSampler };
+module.exports = { hrMs, meter, throughput, percentile, median, latencyStats, rssSampler };

@@ -12,7 +12,7 @@
 const fs = require('node:fs');
 const path = require('node:path');
 const { setTimeout: sleep } = require('node:timers/promises');
-const { hrMs, meter, latencyStats, rssSampler } = require('./common');
+const { hrMs, meter, throughput, latencyStats, rssSampler } = require('./common');
 
 const params = JSON.parse(process.argv[2]);
 // The package under test: this checkout, or a snapshot given with --package.
@@ -116,14 +116,7 @@ async function catchUp() {
   const firstEventMs = firstMs - t0;
   await stream.close();
   await client.close();
-  finish({
-    events: count,
-    lastI,
-    ...r,
-    firstEventMs,
-    eventsPerSec: count / (r.wallMs / 1000),
-    cpuMsPer1k: (r.cpuMs / count) * 1000,
-  });
+  finish({ ...throughput(count, r), lastI, firstEventMs });
 }
 
 /**
@@ -156,10 +149,7 @@ async function catchUpRaw() {
   if (params.capture) fs.writeFileSync(params.capture, Buffer.concat(chunks));
   batchSizes.sort((a, b) => a - b);
   finish({
-    events: count,
-    ...r,
-    eventsPerSec: count / (r.wallMs / 1000),
-    cpuMsPer1k: (r.cpuMs / count) * 1000,
+    ...throughput(count, r),
     batches: batchSizes.length,
     batchMedian: batchSizes[batchSizes.length >> 1],
     batchMax: batchSizes[batchSizes.length - 1],
@@ -186,13 +176,7 @@ function decodeLimit() {
   }
   const r = m.stop();
   if (sink?._id === undefined) throw new Error('decode produced no event');
-  finish({
-    events: count,
-    bytes: buffer.length,
-    ...r,
-    eventsPerSec: count / (r.wallMs / 1000),
-    cpuMsPer1k: (r.cpuMs / count) * 1000,
-  });
+  finish({ ...throughput(count, r), bytes: buffer.length });
 }
 
 /**
@@ -272,13 +256,7 @@ async function facadeLimit() {
     });
   });
   const r = m.stop();
-  finish({
-    events: count,
-    ...r,
-    eventsPerSec: count / (r.wallMs / 1000),
-    cpuMsPer1k: (r.cpuMs / count) * 1000,
-    commitCalls: commits.calls,
-  });
+  finish({ ...throughput(count, r), commitCalls: commits.calls });
 }
 
 // ---------------------------------------------------------------------------
