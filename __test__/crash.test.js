@@ -29,13 +29,13 @@ const { spawn } = require('node:child_process');
 const { setTimeout: delay } = require('node:timers/promises');
 const { EJSON } = require('bson');
 const { ResilientChangeStream } = require('..');
-const { setup, uniqueDb, withTimeout, range, skipIfExternal } = require('./helpers');
+const helpers = require('./helpers');
+
+const { setup, uniqueDb, withTimeout, range, skipIfExternal } = helpers;
 const { CHECKPOINT } = require('./fixtures/durable-consumer');
 
 const FIXTURE = path.join(__dirname, 'fixtures', 'durable-consumer.js');
 const DEADLINE_MS = 60000;
-// How often a waited-for condition (a file's contents, a stored record) is re-checked.
-const POLL_MS = 5;
 // Pace of the writer's retries while the server is down (so a failing insert is not retried
 // in a hot loop); no outcome depends on it.
 const RETRY_PACE_MS = 20;
@@ -53,16 +53,8 @@ const DUPLICATE_BOUND = CHECKPOINT.maxUnsavedEvents + 1;
 // ---------------------------------------------------------------------------------------------
 // Local helpers
 
-/** Waits (polling, with a deadline) until `predicate()` is truthy; returns its value. */
-async function waitUntil(predicate, what, ms = DEADLINE_MS) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await predicate();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await delay(POLL_MS);
-  }
-}
+/** The shared waitUntil, with this file's deadline. */
+const waitUntil = (predicate, what, ms = DEADLINE_MS) => helpers.waitUntil(predicate, what, ms);
 
 /** A small seeded PRNG (mulberry32): a failing run can be repeated with CRASH_SEED. */
 function prng(seed) {

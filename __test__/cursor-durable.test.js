@@ -12,13 +12,14 @@ const path = require('node:path');
 const { spawn } = require('node:child_process');
 const { Long } = require('bson');
 const { ResilientCursor } = require('..');
-const { setup, insertSeq, withTimeout, range, skipIfExternal } = require('./helpers');
+const helpers = require('./helpers');
+
+const { setup, insertSeq, withTimeout, range, skipIfExternal } = helpers;
 const { CHECKPOINT, BATCH_SIZE } = require('./fixtures/durable-cursor');
 
 const FIXTURE = path.join(__dirname, 'fixtures', 'durable-cursor.js');
 const BACKOFF = { initialDelayMS: 5, maxDelayMS: 100 };
 const DEADLINE_MS = 60000;
-const POLL_MS = 5;
 
 function tmpDir(t) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rcs-cursor-durable-'));
@@ -30,32 +31,9 @@ function open(env, options = {}, collection = env.collName) {
   return new ResilientCursor({ uri: env.server.uri, db: env.dbName, collection }, { backoff: BACKOFF, ...options });
 }
 
-/** next() n times (or until null), within the deadline; returns the documents. */
-async function take(cursor, n, ms = DEADLINE_MS) {
-  const out = [];
-  await withTimeout(
-    (async () => {
-      while (out.length < n) {
-        const doc = await cursor.next();
-        if (doc === null) return;
-        out.push(doc);
-      }
-    })(),
-    ms,
-    `${n} documents (got ${out.length})`,
-  );
-  return out;
-}
-
-async function waitUntil(predicate, what, ms = DEADLINE_MS) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = predicate();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-  }
-}
+/** The shared take / waitUntil, with this file's deadline. */
+const take = (cursor, n, ms = DEADLINE_MS) => helpers.take(cursor, n, ms);
+const waitUntil = (predicate, what, ms = DEADLINE_MS) => helpers.waitUntil(predicate, what, ms);
 
 function lines(file) {
   return fs.existsSync(file) ? fs.readFileSync(file, 'utf8').split('\n').filter(Boolean) : [];

@@ -12,7 +12,9 @@ const path = require('node:path');
 const { execFile } = require('node:child_process');
 const { promisify } = require('node:util');
 const { ResilientCursor, InvalidOptionError } = require('..');
-const { setup, insertSeq, withTimeout, skipIfExternal, range } = require('./helpers');
+const helpers = require('./helpers');
+
+const { setup, insertSeq, withTimeout, skipIfExternal, range } = helpers;
 
 const BACKOFF = { initialDelayMS: 5, maxDelayMS: 100 };
 const DEADLINE_MS = 60000;
@@ -43,21 +45,9 @@ function record(cursor) {
   return rec;
 }
 
-/** next() n times (or until null), within the deadline. */
+/** The shared take, with this file's deadline: the `seq` of each document. */
 async function take(cursor, n, ms = DEADLINE_MS) {
-  const out = [];
-  await withTimeout(
-    (async () => {
-      while (out.length < n) {
-        const doc = await cursor.next();
-        if (doc === null) return;
-        out.push(doc.seq);
-      }
-    })(),
-    ms,
-    `${n} documents (got ${out.length})`,
-  );
-  return out;
+  return (await helpers.take(cursor, n, ms)).map((doc) => doc.seq);
 }
 
 /** Inserts [from, to) in chunks (large reads). */

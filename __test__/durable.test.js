@@ -39,6 +39,7 @@ const {
   insertSeq,
   withTimeout,
   nextN,
+  waitUntil,
   seqs,
   range,
   skipIfExternal,
@@ -48,8 +49,6 @@ const { MongoClient } = require('mongodb');
 const EXTERNAL = Boolean(process.env.MONGODB_URI);
 const DEADLINE_MS = 30000;
 const BACKOFF = { initialDelayMS: 5, maxDelayMS: 50 };
-// Polling interval of waitUntil (how often a condition is re-checked), not a synchronisation.
-const POLL_MS = 5;
 // A checkpoint policy that never writes by itself during a test: only close() does.
 const NEVER = { everyEvents: 1_000_000, everyMs: 3_600_000 };
 
@@ -109,17 +108,6 @@ function open(env, options = {}) {
 function closeAfter(t, stream) {
   t.after(() => stream.close().catch(() => {}));
   return stream;
-}
-
-/** Waits (polling, with a deadline) until `predicate()` is truthy; returns its value. */
-async function waitUntil(predicate, what, ms = DEADLINE_MS) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await predicate();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await delay(POLL_MS);
-  }
 }
 
 /**

@@ -66,21 +66,39 @@ async function waitForEvent(emitter, name, predicate = () => true, ms = 30000) {
   }
 }
 
-/** Pulls `n` events with next(), within `ms`; returns them in order. */
-async function nextN(stream, n, ms = 30000) {
-  const events = [];
+/** next() `n` times, or until it answers null (closed, ended), within `ms`; returns the items. */
+async function take(reader, n, ms = 30000) {
+  const out = [];
   await withTimeout(
     (async () => {
-      while (events.length < n) {
-        const event = await stream.next();
-        if (event === null) throw new Error(`stream closed after ${events.length} of ${n} events`);
-        events.push(event);
+      while (out.length < n) {
+        const item = await reader.next();
+        if (item === null) return;
+        out.push(item);
       }
     })(),
     ms,
-    `${n} events (got ${events.length})`,
+    `${n} items (got ${out.length})`,
   );
+  return out;
+}
+
+/** Pulls `n` events with next(), within `ms`; returns them in order. A close before is an error. */
+async function nextN(stream, n, ms = 30000) {
+  const events = await take(stream, n, ms);
+  if (events.length < n) throw new Error(`stream closed after ${events.length} of ${n} events`);
   return events;
+}
+
+/** Waits (polling every 5 ms, within `ms`) until `predicate()` (may be async) is truthy; returns it. */
+async function waitUntil(predicate, what, ms = 30000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await predicate();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
 }
 
 /** The `fullDocument.seq` of insert events. */
@@ -134,7 +152,9 @@ module.exports = {
   insertSeq,
   withTimeout,
   waitForEvent,
+  take,
   nextN,
+  waitUntil,
   seqs,
   range,
   skipIfExternal,
