@@ -110,15 +110,7 @@ impl Checkpointer {
             return Ok(None);
         };
         let source = self.store.describe();
-        let checked = if self.allow_mismatch {
-            Owner {
-                kind: self.owner.kind,
-                ..record.owner.clone()
-            }
-        } else {
-            self.owner.clone()
-        };
-        record.check_matches(&checked, &source)?;
+        record.check_matches(&self.owner, self.allow_mismatch, &source)?;
         tracing::info!(name = self.name(), store = %source, "continuing from the stored position");
         Ok(Some(record.position))
     }

@@ -177,8 +177,14 @@ impl PositionRecord {
     }
 
     /// Refuses a record written by another consumer shape: resuming a different pipeline
-    /// or filter silently skips or repeats what is read.
-    pub fn check_matches(&self, expected: &Owner, source: &str) -> Result<(), EngineError> {
+    /// or filter silently skips or repeats what is read. `allow_mismatch` accepts another
+    /// name, namespace or shape, never another kind of reader.
+    pub fn check_matches(
+        &self,
+        expected: &Owner,
+        allow_mismatch: bool,
+        source: &str,
+    ) -> Result<(), EngineError> {
         let name = &expected.name;
         let mismatch = |what: String| {
             EngineError::new(
@@ -197,6 +203,9 @@ impl PositionRecord {
                     expected.kind.as_str()
                 ),
             ));
+        }
+        if allow_mismatch {
+            return Ok(());
         }
         if found.name != *name {
             return Err(mismatch(format!("belongs to \"{}\"", found.name)));
@@ -331,21 +340,25 @@ mod tests {
     fn mismatches_are_refused_with_a_reason() {
         let s = spec(doc! {});
         let r = record(&s);
-        assert!(r.check_matches(&stream_owner("n", &s), "x").is_ok());
+        assert!(r.check_matches(&stream_owner("n", &s), false, "x").is_ok());
+        let piped = spec(doc! {"pipeline": [{"$match": {"a": 1}}]});
+        assert!(r
+            .check_matches(&stream_owner("other", &piped), true, "x")
+            .is_ok());
         let e = r
-            .check_matches(&stream_owner("other", &s), "x")
+            .check_matches(&stream_owner("other", &s), false, "x")
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::PositionMismatch);
         let piped = spec(doc! {"pipeline": [{"$match": {"a": 1}}]});
         let e = r
-            .check_matches(&stream_owner("n", &piped), "x")
+            .check_matches(&stream_owner("n", &piped), false, "x")
             .unwrap_err();
         assert!(e.message.contains("different pipeline"), "{}", e.message);
         let other_ns =
             WatchSpec::from_document(&doc! {"uri": "mongodb://h", "db": "d", "collection": "z"})
                 .unwrap();
         assert!(r
-            .check_matches(&stream_owner("n", &other_ns), "x")
+            .check_matches(&stream_owner("n", &other_ns), false, "x")
             .unwrap_err()
             .message
             .contains("namespace d.c"));
@@ -370,9 +383,16 @@ mod tests {
         assert_eq!(doc.get_i64("lastKey"), Ok((1 << 53) + 1));
         let back = PositionRecord::from_document(&doc, "x").unwrap();
         assert_eq!(back, r);
-        assert!(back.check_matches(&owner, "x").is_ok());
+        assert!(back.check_matches(&owner, false, "x").is_ok());
         let s = spec(doc! {});
-        let e = back.check_matches(&stream_owner("n", &s), "x").unwrap_err();
+        let e = back
+            .check_matches(&stream_owner("n", &s), false, "x")
+            .unwrap_err();
+        assert!(e.message.contains("written by a cursor"), "{}", e.message);
+        // allowPositionMismatch accepts another shape, never another kind of reader.
+        let e = back
+            .check_matches(&stream_owner("n", &s), true, "x")
+            .unwrap_err();
         assert!(e.message.contains("written by a cursor"), "{}", e.message);
         // Records written before `kind` existed read as a change stream's.
         let mut old = record(&s).to_document();
