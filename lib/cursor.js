@@ -309,7 +309,7 @@ class ResilientCursor extends PullSource {
   }
 
   _handle(item) {
-    if (this._state !== 'open') return;
+    if (this._state !== 'open' || this._emitRecovery(item)) return;
     switch (item.kind) {
       case 'batch': {
         const docs = decodeEvents(item.events, item.count, this._decodeOptions);
@@ -319,15 +319,6 @@ class ResilientCursor extends PullSource {
         docs.forEach((doc, i) => this._buffer.push({ doc, raw: raws[i] }));
         return;
       }
-      case 'reconnecting':
-        this.emit('reconnecting', { attempt: item.attempt, delayMs: item.delayMs, error: fromNative(item.error) });
-        return;
-      case 'resumed':
-        this.emit('resumed', { attempts: item.attempts, downtimeMs: item.downtimeMs });
-        return;
-      case 'stalled':
-        this.emit('stalled', { silentMs: item.silentMs });
-        return;
       case 'positionLost': {
         const error = fromNative(item.error);
         this._positionLost = { lastKey: this._lastKeyReceived(), error };

@@ -245,6 +245,26 @@ class PullSource extends EventEmitter {
     queueMicrotask(() => this._flow());
   }
 
+  /**
+   * Emits the engine's outage items, alike for both readers: `reconnecting`, `resumed`, and
+   * `stalled` (a re-open follows). Returns false for any other item.
+   */
+  _emitRecovery(item) {
+    switch (item.kind) {
+      case 'reconnecting':
+        this.emit('reconnecting', { attempt: item.attempt, delayMs: item.delayMs, error: fromNative(item.error) });
+        return true;
+      case 'resumed':
+        this.emit('resumed', { attempts: item.attempts, downtimeMs: item.downtimeMs });
+        return true;
+      case 'stalled':
+        this.emit('stalled', { silentMs: item.silentMs });
+        return true;
+      default:
+        return false;
+    }
+  }
+
   /** Emitter mode: items go to listeners ('change' / 'data') rather than to next(). */
   _isEmitter() {
     return this._mode === 'paused' || this._mode === 'flowing';

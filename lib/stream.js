@@ -297,22 +297,10 @@ class ResilientChangeStream extends PullSource {
   }
 
   _apply(item) {
+    if (this._emitRecovery(item)) return;
     switch (item.kind) {
       case 'batch':
         return this._onBatch(item);
-      case 'reconnecting':
-        this.emit('reconnecting', {
-          attempt: item.attempt,
-          delayMs: item.delayMs,
-          error: fromNative(item.error),
-        });
-        return;
-      case 'resumed':
-        this.emit('resumed', { attempts: item.attempts, downtimeMs: item.downtimeMs });
-        return;
-      case 'stalled': // the engine re-opens next ('reconnecting', then 'resumed')
-        this.emit('stalled', { silentMs: item.silentMs });
-        return;
       case 'historyLost': {
         const { Timestamp } = bson();
         const time = (ts) => (ts ? new Timestamp({ t: ts.t, i: ts.i }) : null);
@@ -454,7 +442,6 @@ class ResilientChangeStream extends PullSource {
     }
     return this._closing;
   }
-
 }
 
 /** `db.coll`, `db`, or `<cluster>`: what logs may name (never the URI). */
