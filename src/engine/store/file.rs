@@ -6,6 +6,7 @@ use std::io::{ErrorKind, Write};
 #[cfg(unix)]
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -16,11 +17,17 @@ use crate::engine::errors::{EngineError, ErrorCode};
 
 pub struct FileStore {
     path: PathBuf,
+    /// Temp files a killed writer left were looked for (once per store, at its first save:
+    /// they come from an earlier run, and a directory listing per save costs for nothing).
+    tidied: AtomicBool,
 }
 
 impl FileStore {
     pub fn new(path: PathBuf) -> Self {
-        FileStore { path }
+        FileStore {
+            path,
+            tidied: AtomicBool::new(false),
+        }
     }
 
     fn error(&self, what: &str, e: impl std::fmt::Display) -> EngineError {
@@ -45,7 +52,8 @@ impl FileStore {
         }
     }
 
-    fn write(&self, record: Document) -> Result<(), EngineError> {
+    /// `tidy`: also remove stale temp files a killed writer left beside the file.
+    fn write(&self, record: Document, tidy: bool) -> Result<(), EngineError> {
         let text = Bson::Document(record).into_canonical_extjson().to_string();
         let dir = match self.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -64,7 +72,9 @@ impl FileStore {
             let _ = fs::remove_file(&tmp);
         }
         result.map_err(|e| self.error("cannot write", e))?;
-        remove_stale_temp_files(&dir, &name);
+        if tidy {
+            remove_stale_temp_files(&dir, &name);
+        }
         Ok(())
     }
 }
@@ -124,8 +134,7 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 impl TokenStore for FileStore {
     fn load<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, Result<Option<Document>, EngineError>> {
         Box::pin(async move {
-            let path = self.path.clone();
-            let store = FileStore { path };
+            let store = FileStore::new(self.path.clone());
             tokio::task::spawn_blocking(move || store.read())
                 .await
                 .map_err(|e| self.error("cannot read", e))?
@@ -138,10 +147,9 @@ impl TokenStore for FileStore {
         record: Document,
     ) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async move {
-            let store = FileStore {
-                path: self.path.clone(),
-            };
-            tokio::task::spawn_blocking(move || store.write(record))
+            let store = FileStore::new(self.path.clone());
+            let tidy = !self.tidied.swap(true, Ordering::Relaxed);
+            tokio::task::spawn_blocking(move || store.write(record, tidy))
                 .await
                 .map_err(|e| self.error("cannot write", e))?
         })
