@@ -62,8 +62,9 @@ class PositionMismatchError extends ResilientChangeStreamError {
 }
 
 /**
- * Thrown (by the first stream or cursor constructed, from lib/native.js) when no usable binary is found. `code` is
- * 'NativeAddonUnavailable'; `packageName` is the platform package to install.
+ * Thrown (by the first stream or cursor constructed, from lib/native.js) when no usable
+ * binary is found. `code` is 'NativeAddonUnavailable'; `packageName` is the platform
+ * package to install.
  */
 class NativeAddonError extends ResilientChangeStreamError {
   static code = 'NativeAddonUnavailable';

@@ -31,7 +31,6 @@ const SUPPORTED_PLATFORMS = [
   'win32-x64-msvc',
 ];
 
-
 /**
  * This process's platform in napi-rs's naming (`<platform>-<arch>[-<abi>]`), e.g.
  * 'linux-x64-gnu', 'darwin-arm64', 'win32-x64-msvc'.
