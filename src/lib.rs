@@ -4,5 +4,5 @@
 //! one happens inside a stream's worker, the stream reports a `ClientError` instead of
 //! hanging or ending silently (see `engine::stream`).
 
-pub mod engine;
+pub(crate) mod engine;
 mod native;

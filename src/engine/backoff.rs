@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
+use mongodb::bson::Bson;
 use rand::Rng;
+
+use super::errors::EngineError;
+use super::options::{as_f64, describe, optional_whole, prefix, reject_unknown, type_name};
 
 /// How long to wait between re-open attempts during an outage.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +30,47 @@ impl Default for BackoffPolicy {
 }
 
 impl BackoffPolicy {
+    /// The `backoff` option: absent means the default.
+    pub fn parse(value: Option<&Bson>) -> Result<Self, EngineError> {
+        let b = match value {
+            None | Some(Bson::Null) => return Ok(BackoffPolicy::default()),
+            Some(Bson::Document(b)) => b,
+            Some(other) => {
+                return Err(EngineError::invalid_option(
+                    "backoff",
+                    "an object",
+                    type_name(other),
+                ))
+            }
+        };
+        const FIELDS: &[&str] = &["initialDelayMS", "multiplier", "maxDelayMS", "maxRetries"];
+        reject_unknown(b, &[FIELDS], "backoff.")?;
+        let whole = |n: &str| -> Result<Option<u64>, EngineError> {
+            optional_whole(b, n, u32::MAX as u64).map_err(|e| prefix(e, "backoff."))
+        };
+        let mut policy = BackoffPolicy::default();
+        if let Some(ms) = whole("initialDelayMS")? {
+            policy.initial = Duration::from_millis(ms);
+        }
+        if let Some(ms) = whole("maxDelayMS")? {
+            policy.max = Duration::from_millis(ms);
+        }
+        if let Some(v) = b.get("multiplier").filter(|v| !matches!(v, Bson::Null)) {
+            match as_f64(v) {
+                Some(m) if m >= 1.0 && m.is_finite() => policy.multiplier = m,
+                _ => {
+                    return Err(EngineError::invalid_option(
+                        "backoff.multiplier",
+                        "a number ≥ 1",
+                        &describe(v),
+                    ))
+                }
+            }
+        }
+        policy.max_retries = whole("maxRetries")?.map(|n| n as u32);
+        Ok(policy)
+    }
+
     /// The ceiling for attempt `attempt` (1-based): initial × multiplier^(attempt-1), capped.
     pub fn ceiling(&self, attempt: u32) -> Duration {
         let exp = attempt.saturating_sub(1).min(1024) as i32;

@@ -18,12 +18,13 @@ use super::errors::EngineError;
 /// default of 10 would starve an 11th stream. Applied only when the URI sets none.
 pub const DEFAULT_MAX_POOL_SIZE: u32 = 1000;
 
-struct Shared {
+struct PooledClient {
     client: Client,
     users: usize,
 }
 
-static CLIENTS: Lazy<Mutex<HashMap<String, Shared>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+static CLIENTS: Lazy<Mutex<HashMap<String, PooledClient>>> =
+    Lazy::new(|| Mutex::new(HashMap::new()));
 
 /// Shutdowns of clients whose last lease was dropped, until someone awaits them.
 static SHUTDOWNS: Lazy<Mutex<Vec<JoinHandle<()>>>> = Lazy::new(|| Mutex::new(Vec::new()));
@@ -33,7 +34,7 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// A poisoned map only means another thread panicked while inserting; the map itself is
 /// still consistent, so keep using it.
-fn lock() -> std::sync::MutexGuard<'static, HashMap<String, Shared>> {
+fn lock() -> std::sync::MutexGuard<'static, HashMap<String, PooledClient>> {
     CLIENTS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -54,18 +55,18 @@ impl Deref for ClientLease {
 impl Drop for ClientLease {
     fn drop(&mut self) {
         let mut clients = lock();
-        let Some(shared) = clients.get_mut(&self.uri) else {
+        let Some(pooled) = clients.get_mut(&self.uri) else {
             return;
         };
-        shared.users -= 1;
-        if shared.users > 0 {
+        pooled.users -= 1;
+        if pooled.users > 0 {
             return;
         }
-        if let Some(shared) = clients.remove(&self.uri) {
+        if let Some(pooled) = clients.remove(&self.uri) {
             // Close the pool and monitors now rather than when the last handle happens to
             // drop; outside a runtime, dropping the handles does it eventually.
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let client = shared.client;
+                let client = pooled.client;
                 let shutdown =
                     runtime.spawn(async move { client.shutdown().immediate(true).await });
                 SHUTDOWNS
@@ -111,22 +112,22 @@ pub async fn client_for(uri: &str) -> Result<ClientLease, EngineError> {
     let client = Client::with_options(options).map_err(|e| EngineError::from_driver(&e))?;
     // Two streams may race to create the client: keep the first, drop ours.
     let mut clients = lock();
-    let shared = clients
+    let pooled = clients
         .entry(uri.to_string())
-        .or_insert(Shared { client, users: 0 });
-    shared.users += 1;
+        .or_insert(PooledClient { client, users: 0 });
+    pooled.users += 1;
     Ok(ClientLease {
         uri: uri.to_string(),
-        client: shared.client.clone(),
+        client: pooled.client.clone(),
     })
 }
 
 fn lease_existing(uri: &str) -> Option<ClientLease> {
     let mut clients = lock();
-    let shared = clients.get_mut(uri)?;
-    shared.users += 1;
+    let pooled = clients.get_mut(uri)?;
+    pooled.users += 1;
     Some(ClientLease {
         uri: uri.to_string(),
-        client: shared.client.clone(),
+        client: pooled.client.clone(),
     })
 }

@@ -40,6 +40,24 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in one list: the native layer exports it (`errorCodes()`) and the JS
+    /// error classes are checked against it.
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::InvalidOption,
+        ErrorCode::ChangeStreamHistoryLost,
+        ErrorCode::InvalidResumeToken,
+        ErrorCode::ChangeStreamFatal,
+        ErrorCode::Unauthorized,
+        ErrorCode::InvalidPipeline,
+        ErrorCode::RetriesExhausted,
+        ErrorCode::Network,
+        ErrorCode::Stalled,
+        ErrorCode::ServerError,
+        ErrorCode::ClientError,
+        ErrorCode::TokenStore,
+        ErrorCode::PositionMismatch,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidOption => "InvalidOption",

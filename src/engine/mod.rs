@@ -1,31 +1,25 @@
-//! The engine: plain Rust, no napi types. Opens and resumes change streams, classifies
-//! errors, backs off, and decides how to re-open.
+//! The engine: plain Rust, no napi types. Layers, each pointing only downwards:
+//!
+//! - `stream/`, `cursor/`: what differs between a change stream and a restartable cursor —
+//!   their options, how they open and re-open, how a reply moves their position. Each is a
+//!   `reader::Source`.
+//! - `reader/`: ONE runtime under both (open, resume, backoff, stall watchdog, outage
+//!   reporting, ordered close, the consumer's commits).
+//! - `durable/`: positions, checkpoints and token stores.
+//! - leaves: `errors` (the one classification), `options` (typed option readers),
+//!   `backoff`, `client_pool`, `redact`.
 
 pub mod backoff;
-pub mod batch;
-pub mod checkpoint;
 pub mod client_pool;
 pub mod cursor;
+pub mod durable;
 pub mod errors;
-mod fields;
-mod handle;
-pub mod oplog;
-mod outage;
-pub mod position;
+pub mod options;
+pub mod reader;
 pub mod redact;
-mod reporter;
-pub mod resume;
-pub mod spec;
-pub mod status;
-pub mod store;
 pub mod stream;
-mod worker;
 
 pub use errors::{EngineError, ErrorCode};
-pub use oplog::OplogWindow;
-pub use spec::WatchSpec;
-pub use status::{Health, StreamState};
-pub use stream::{ChangeStreamEngine, EndReason, EventBatch, StreamItem};
 
 #[cfg(test)]
 mod live_tests;

@@ -8,7 +8,7 @@ use napi::bindgen_prelude::Buffer;
 use napi::{Error, Result, Status};
 
 use super::store::{JsStore, StoreFn};
-use crate::engine::store::TokenStore;
+use crate::engine::durable::store::TokenStore;
 use crate::engine::EngineError;
 
 /// The options document the facade serialized.

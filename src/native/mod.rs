@@ -1,7 +1,7 @@
 //! The napi layer: converts options, hands batches to JS as Buffers. No policy here.
 
 mod args;
-mod cursor;
 mod logging;
+mod reader;
 mod store;
-mod stream;
+mod types;

@@ -9,7 +9,7 @@ use napi::threadsafe_function::ThreadsafeFunction;
 use napi::Status;
 use napi_derive::napi;
 
-use crate::engine::store::TokenStore;
+use crate::engine::durable::store::TokenStore;
 use crate::engine::{EngineError, ErrorCode};
 
 /// One call into the application's store.

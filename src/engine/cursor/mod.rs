@@ -1,224 +1,217 @@
-//! A restartable long read (a huge `find`, or a tailable cursor on a capped collection):
-//! the same shape as a change stream — a background worker, a one-slot channel, the
-//! stream's backoff and error classification — but positioned by a unique, ordered key
-//! instead of a resume token. Re-opens continue after the last key received.
+//! A restartable long read (a huge `find`, or a tailable cursor on a capped collection): a
+//! `reader::Source` positioned by a unique, ordered key instead of a resume token. Re-opens
+//! continue after the last key received; everything else is the reader runtime's.
 
 mod spec;
-mod worker;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mongodb::bson::RawDocument;
-use tokio_util::sync::CancellationToken;
+use mongodb::bson::{doc, Bson, RawDocument, RawDocumentBuf, Timestamp};
+use mongodb::options::CursorType;
+use mongodb::raw_batch_cursor::RawBatchCursor;
+use mongodb::Client;
 
-use super::checkpoint::CheckpointPolicy;
-use super::errors::{EngineError, ErrorCode};
-use super::handle::{Handle, Received};
-use super::position::Position;
-use super::status::Health;
-use super::store::TokenStore;
+use crate::engine::durable::position::Position;
+use crate::engine::errors::{EngineError, ErrorCode};
+use crate::engine::reader::reply::{doc_at, read_docs};
+use crate::engine::reader::source::{AfterLoss, Exhausted, ReadBatch, Reply, Source};
+use crate::engine::reader::{EndReason, Reader, ReaderItem};
+pub use spec::{key_of, CursorSpec, PositionLostPolicy};
 
-pub use spec::{key_of, CursorSpec, PositionLostPolicy, DEFAULT_TAIL_RETRY};
-use worker::CursorWorker;
+/// One restartable cursor.
+pub type CursorEngine = Reader<CursorSource>;
 
-/// Why a cursor ended without an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CursorEnd {
-    /// A non-tailable read returned every matching document.
-    Exhausted,
-    /// `stop()`: no further batches were requested; everything received was handed out.
-    Stopped,
-    /// `close()`.
-    Closed,
-}
+/// The server's code for a tailable cursor whose position was overwritten.
+pub const CAPPED_POSITION_LOST: i32 = 136;
 
-impl CursorEnd {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CursorEnd::Exhausted => "exhausted",
-            CursorEnd::Stopped => "stopped",
-            CursorEnd::Closed => "closed",
-        }
-    }
-}
-
-/// What `next()` yields.
-#[derive(Debug)]
-pub enum CursorItem {
-    /// `count` BSON documents back to back, in key order (natural order when tailable).
-    Batch {
-        docs: Vec<u8>,
-        count: usize,
-    },
-    Reconnecting {
-        attempt: u32,
-        delay: Duration,
-        error: EngineError,
-    },
-    Resumed {
-        attempts: u32,
-        downtime: Duration,
-    },
-    /// 136 CappedPositionLost: documents after the last key were overwritten before they
-    /// were read. Followed by `Failed` (policy "error") or by a re-open after the last key
-    /// (policy "restartFromOldest").
-    PositionLost {
-        error: EngineError,
-    },
-    /// No reply for `silent`; a re-open after the last key follows (as `Reconnecting`).
-    Stalled {
-        silent: Duration,
-    },
-    /// Fatal: the cursor is closed.
-    Failed(EngineError),
-    Ended(CursorEnd),
-}
-
-impl super::reporter::FailureItem for CursorItem {
-    const WHAT: &'static str = "cursor";
-    fn reconnecting(attempt: u32, delay: Duration, error: EngineError) -> Self {
-        CursorItem::Reconnecting {
-            attempt,
-            delay,
-            error,
-        }
-    }
-    fn stalled(silent: Duration) -> Self {
-        CursorItem::Stalled { silent }
-    }
-    fn failed(error: EngineError) -> Self {
-        CursorItem::Failed(error)
-    }
-}
-
-static NEXT_ID: AtomicU64 = AtomicU64::new(1 << 32);
-
-/// One restartable cursor. `next()`, `stop()` and `close()` may be called from any task.
-pub struct CursorEngine {
-    id: u64,
+pub struct CursorSource {
     spec: Arc<CursorSpec>,
-    handle: Handle<CursorItem>,
-    /// Cancelled by `stop()` (and by `close()`, its parent): the worker requests nothing more.
-    stop: CancellationToken,
+    /// The key of the last document sent to the consumer: re-opens continue after it.
+    last_key: Option<Bson>,
+    /// The last key whose loss was already reported (a lost position is reported once).
+    lost_reported_for: Option<Bson>,
 }
 
-impl CursorEngine {
-    /// `custom_store`: the application's own store, for `tokenStore: { type: 'custom' }`.
-    pub fn new(
-        spec: CursorSpec,
-        custom_store: Option<Arc<dyn TokenStore>>,
-    ) -> Result<Self, EngineError> {
-        let handle = Handle::new(
-            spec.durability.as_ref(),
-            |name| spec.owner(name),
-            &spec.uri,
-            custom_store,
-        )?;
-        let stop = handle.shared.cancel.child_token();
-        Ok(CursorEngine {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            spec: Arc::new(spec),
-            handle,
-            stop,
+impl CursorSource {
+    fn key_of(&self, doc: &RawDocument) -> Result<Bson, EngineError> {
+        let key = &self.spec.key;
+        key_of(doc, key).ok_or_else(|| {
+            EngineError::new(
+                ErrorCode::InvalidOption,
+                format!("a document has no key field \"{key}\"; the key must be present in every document"),
+            )
+        })
+    }
+}
+
+impl Source for CursorSource {
+    type Spec = CursorSpec;
+    const WHAT: &'static str = "cursor";
+
+    fn new(spec: Arc<CursorSpec>) -> Self {
+        CursorSource {
+            last_key: spec.last_key.clone(),
+            spec,
+            lost_reported_for: None,
+        }
+    }
+
+    fn await_time(&self) -> Duration {
+        self.spec.max_await_time.unwrap_or(Duration::ZERO)
+    }
+
+    /// A `lastKey` (a `restart()` state) wins over a stored position.
+    fn has_start(&self) -> bool {
+        self.last_key.is_some()
+    }
+
+    fn restore(&mut self, position: Position) -> Option<Timestamp> {
+        // load_position refuses a change stream's record.
+        if let Position::Cursor { last_key } = position {
+            self.last_key = Some(last_key);
+        }
+        None
+    }
+
+    fn open<'a>(
+        &'a mut self,
+        client: &'a Client,
+    ) -> impl Future<Output = Result<RawBatchCursor, mongodb::error::Error>> + Send + 'a {
+        tracing::debug!(resuming = self.last_key.is_some(), "opening the cursor");
+        open_cursor(client, &self.spec, self.last_key.as_ref())
+    }
+
+    /// A tailable read re-opened after its last key: if the capped collection no longer
+    /// holds that document, documents after it may have been overwritten while nothing was
+    /// reading (mongod reports that only for a live cursor). Checked after the open, so a
+    /// document still there proves nothing after it was lost before the new cursor began.
+    async fn check_open(
+        &mut self,
+        client: &Client,
+    ) -> Result<Option<EngineError>, mongodb::error::Error> {
+        let Some(last) = self.last_key.clone().filter(|_| self.spec.tailable) else {
+            return Ok(None);
+        };
+        if self.lost_reported_for.as_ref() == Some(&last) {
+            return Ok(None);
+        }
+        let found = client
+            .database(&self.spec.db)
+            .collection::<RawDocumentBuf>(&self.spec.collection)
+            .find_one(doc! { self.spec.key.as_str(): last })
+            .projection(doc! { "_id": 1 })
+            .into_future()
+            .await?;
+        if found.is_some() {
+            return Ok(None);
+        }
+        let mut error = EngineError::new(
+            ErrorCode::ServerError,
+            "the capped collection no longer holds the last document read: documents after it \
+             may have been overwritten while the cursor was not reading",
+        );
+        error.server_code = Some(CAPPED_POSITION_LOST);
+        error.code_name = Some("CappedPositionLost".to_string());
+        Ok(Some(error))
+    }
+
+    fn on_reply(&mut self, reply: &RawDocument, opening: bool) -> Result<Reply, EngineError> {
+        let docs = read_docs(reply, "find")?;
+        let progress = docs.count > 0 || !opening;
+        let Some(last) = docs.last else {
+            return Ok(Reply::Nothing { progress });
+        };
+        self.last_key = Some(self.key_of(last)?);
+        Ok(Reply::Batch {
+            progress,
+            batch: ReadBatch {
+                docs: docs.bytes,
+                count: docs.count,
+                end_token: None,
+                position_time: None,
+            },
         })
     }
 
-    /// The consumer processed `documents` more documents, the last of them `document`
-    /// (BSON): its key is the stored position. No-op without a token store.
-    pub fn commit_document(&self, document: &[u8], documents: u64) -> Result<(), EngineError> {
-        let Some(ck) = &self.handle.checkpointer else {
-            return Ok(());
-        };
-        let bad = |what: &str| EngineError::new(ErrorCode::ClientError, format!("commit: {what}"));
-        let doc = RawDocument::from_bytes(document).map_err(|_| bad("not a BSON document"))?;
-        let last_key = key_of(doc, &self.spec.key).ok_or_else(|| {
-            bad(&format!(
-                "the document has no key field \"{}\"",
-                self.spec.key
-            ))
+    fn on_exhausted(&mut self) -> Exhausted {
+        if self.spec.tailable {
+            // A dead tailable cursor (nothing matched yet, or the server let it go): wait a
+            // little, then re-issue after the last key.
+            tracing::debug!("tailable cursor is dead; re-issuing it");
+            return Exhausted::Reopen(self.spec.tail_retry);
+        }
+        Exhausted::End(EndReason::Exhausted)
+    }
+
+    fn is_loss(&self, error: &EngineError) -> bool {
+        error.server_code == Some(CAPPED_POSITION_LOST)
+    }
+
+    /// Documents after the last key were overwritten before they were read: never silent.
+    async fn loss_item(
+        &mut self,
+        error: &EngineError,
+        _client: &Client,
+        _position_time: Option<Timestamp>,
+    ) -> ReaderItem {
+        self.lost_reported_for = self.last_key.clone();
+        ReaderItem::PositionLost {
+            error: error.clone(),
+        }
+    }
+
+    fn after_loss(&mut self) -> AfterLoss {
+        match self.spec.on_position_lost {
+            PositionLostPolicy::Error => AfterLoss::Fail,
+            // A new find after the last key starts at the oldest document still there.
+            PositionLostPolicy::RestartFromOldest => AfterLoss::Continue,
+        }
+    }
+
+    /// The key of the last processed document is the position.
+    fn position_at(
+        spec: &CursorSpec,
+        batch: &ReadBatch,
+        n: usize,
+    ) -> Result<Option<Position>, EngineError> {
+        if n == 0 {
+            return Ok(None);
+        }
+        let doc = doc_at(&batch.docs, n - 1)?;
+        let last_key = key_of(doc, &spec.key).ok_or_else(|| {
+            EngineError::new(
+                ErrorCode::ClientError,
+                format!("commit: the document has no key field \"{}\"", spec.key),
+            )
         })?;
-        ck.commit(Position::Cursor { last_key }, documents);
-        Ok(())
+        Ok(Some(Position::Cursor { last_key }))
     }
+}
 
-    /// The checkpoint policy, for a named reader.
-    pub fn checkpoint_policy(&self) -> Option<&CheckpointPolicy> {
-        self.handle.checkpoint_policy()
-    }
-
-    /// How many more processed documents may be unsaved before `checkpoint.maxUnsavedEvents`
-    /// is reached (`u64::MAX` without a token store): the consumer may take that many more.
-    pub fn room(&self) -> u64 {
-        self.handle.room()
-    }
-
-    /// Waits until `room()` is not 0, or the cursor is closed.
-    pub async fn wait_for_room(&self) {
-        self.handle.wait_for_room().await
-    }
-
-    /// Processed documents not yet stored (0 without a token store).
-    pub fn pending_checkpoint(&self) -> u64 {
-        self.handle.pending_checkpoint()
-    }
-
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    pub fn spec(&self) -> &CursorSpec {
-        &self.spec
-    }
-
-    pub fn health(&self) -> Health {
-        self.handle.shared.snapshot()
-    }
-
-    /// The next item. Must run inside a Tokio runtime (the worker is spawned on it).
-    pub async fn next(&self) -> CursorItem {
-        if !self.stop.is_cancelled() {
-            let span =
-                || tracing::info_span!("cursor", stream = self.id, ns = %self.spec.namespace());
-            self.handle.start(span, |tx| {
-                let worker = CursorWorker::new(
-                    self.spec.clone(),
-                    self.handle.shared.clone(),
-                    self.stop.clone(),
-                    tx,
-                    self.handle.checkpointer.clone(),
-                );
-                worker.run()
+fn open_cursor<'a>(
+    client: &'a Client,
+    spec: &'a CursorSpec,
+    last_key: Option<&Bson>,
+) -> impl Future<Output = Result<RawBatchCursor, mongodb::error::Error>> + Send + 'a {
+    let command = RawDocumentBuf::from_document(&spec.find_command(last_key));
+    async move {
+        let db = client.database(&spec.db);
+        let mut action = db.run_raw_cursor_command(command?);
+        if let Some(n) = spec.batch_size {
+            action = action.batch_size(n);
+        }
+        if spec.tailable {
+            action = action.cursor_type(if spec.await_data {
+                CursorType::TailableAwait
+            } else {
+                CursorType::Tailable
             });
         }
-        // After stop(): what was received (the one-slot prefetch) is still handed out.
-        match self.handle.recv().await {
-            Received::Item(item) => item,
-            Received::Closed => CursorItem::Ended(CursorEnd::Closed),
-            Received::Drained if self.stop.is_cancelled() => {
-                self.handle.shared.end();
-                CursorItem::Ended(CursorEnd::Stopped)
-            }
-            Received::Drained if self.handle.shared.state().is_terminal() => {
-                CursorItem::Ended(CursorEnd::Closed)
-            }
-            Received::Drained => self.handle.vanished(),
+        if let Some(t) = spec.max_await_time {
+            action = action.max_time(t);
         }
-    }
-
-    /// Requests no further batches: cancels a pending backoff or in-flight command (the
-    /// server cursor is killed). Items already received are still returned by `next()`,
-    /// then `Ended(Stopped)`. Idempotent.
-    pub fn stop(&self) {
-        self.stop.cancel();
-        // Never started: nothing was received.
-        self.handle.forget_unstarted();
-    }
-
-    /// Stops, discards what is queued, waits for the worker to finish, then stores the
-    /// last processed position. Idempotent. Fails only if that position could not be stored.
-    pub async fn close(&self) -> Result<(), EngineError> {
-        self.handle.close().await
+        action.batch().await
     }
 }

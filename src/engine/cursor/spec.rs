@@ -5,14 +5,13 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, Document, RawBsonRef, RawDocument};
 
-use crate::engine::backoff::BackoffPolicy;
+use crate::engine::durable::position::{fingerprint_of, Owner, ReaderKind};
 use crate::engine::errors::EngineError;
-use crate::engine::fields::{
-    optional_bool, optional_document, optional_string, optional_whole, reject_unknown,
-    required_string,
+use crate::engine::options::{
+    optional_bool, optional_document, optional_string, optional_whole, required_string,
 };
-use crate::engine::position::{fingerprint_of, Owner, ReaderKind};
-use crate::engine::spec::{Durability, WatchSpec};
+use crate::engine::reader::options::ReaderOptions;
+use crate::engine::reader::source::ReaderSpec;
 
 /// What to do when a tailable cursor's position was overwritten (136 CappedPositionLost).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,7 +27,8 @@ pub enum PositionLostPolicy {
 /// Immutable cursor arguments. `last_key` is where the read starts (a restart).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CursorSpec {
-    pub uri: String,
+    /// The connection, backoff, stall watchdog and durability.
+    pub common: ReaderOptions,
     pub db: String,
     pub collection: String,
     pub filter: Document,
@@ -39,22 +39,17 @@ pub struct CursorSpec {
     pub tailable: bool,
     pub await_data: bool,
     pub max_await_time: Option<Duration>,
-    pub backoff: BackoffPolicy,
     pub on_position_lost: PositionLostPolicy,
     /// How long a tailable read waits before re-issuing a dead (id 0) cursor.
     pub tail_retry: Duration,
-    /// No reply to a round trip for this long (plus the await time) is a stall: re-open.
-    pub stall_timeout: Option<Duration>,
-    /// A named reader whose position is kept in a token store.
-    pub durability: Option<Durability>,
     pub last_key: Option<Bson>,
 }
 
 /// Default wait before a dead tailable cursor is re-issued.
 pub const DEFAULT_TAIL_RETRY: Duration = Duration::from_millis(200);
 
-const KNOWN_FIELDS: &[&str] = &[
-    "uri",
+/// A cursor's own options (besides `ReaderOptions`).
+const CURSOR_FIELDS: &[&str] = &[
     "db",
     "collection",
     "filter",
@@ -64,41 +59,15 @@ const KNOWN_FIELDS: &[&str] = &[
     "tailable",
     "awaitData",
     "maxAwaitTimeMS",
-    "backoff",
     "onPositionLost",
     "tailRetryMS",
-    "stallTimeoutMS",
-    "name",
-    "tokenStore",
-    "checkpoint",
-    "allowPositionMismatch",
     "lastKey",
-];
-
-/// Options parsed exactly as a watch's.
-const SHARED_WITH_WATCH: &[&str] = &[
-    "uri",
-    "backoff",
-    "stallTimeoutMS",
-    "name",
-    "tokenStore",
-    "checkpoint",
-    "allowPositionMismatch",
 ];
 
 impl CursorSpec {
     /// Parses and validates. Every error names the option and the expected type.
     pub fn from_document(doc: &Document) -> Result<Self, EngineError> {
-        reject_unknown(doc, KNOWN_FIELDS, "")?;
-        // The connection string, backoff, watchdog and token store are parsed exactly as a
-        // watch's.
-        let mut shared = Document::new();
-        for &name in SHARED_WITH_WATCH {
-            if let Some(v) = doc.get(name) {
-                shared.insert(name, v.clone());
-            }
-        }
-        let watch = WatchSpec::from_document(&shared)?;
+        let common = ReaderOptions::parse(doc, CURSOR_FIELDS)?;
         let db = required_string(doc, "db")?;
         let collection = required_string(doc, "collection")?;
         let filter = optional_document(doc, "filter")?.unwrap_or_default();
@@ -159,7 +128,7 @@ impl CursorSpec {
             Some(v) => Some(v.clone()),
         };
         Ok(CursorSpec {
-            uri: watch.uri,
+            common,
             db,
             collection,
             filter,
@@ -169,35 +138,10 @@ impl CursorSpec {
             tailable,
             await_data,
             max_await_time,
-            backoff: watch.backoff,
             on_position_lost,
             tail_retry,
-            stall_timeout: watch.stall_timeout,
-            durability: watch.durability,
             last_key,
         })
-    }
-
-    /// Who a stored position belongs to: what shapes the documents read (namespace,
-    /// filter, projection, key, cursor type). Batch size and timeouts do not count.
-    pub fn owner(&self, name: &str) -> Owner {
-        Owner {
-            kind: ReaderKind::Cursor,
-            name: name.to_string(),
-            namespace: self.namespace(),
-            fingerprint: fingerprint_of(doc! {
-                "namespace": self.namespace(),
-                "filter": self.filter.clone(),
-                "projection": self.projection.clone().map(Bson::Document).unwrap_or(Bson::Null),
-                "key": self.key.as_str(),
-                "tailable": self.tailable,
-            }),
-        }
-    }
-
-    /// `db.collection`, for logs (never the URI).
-    pub fn namespace(&self) -> String {
-        format!("{}.{}", self.db, self.collection)
     }
 
     /// THE find command: the user's filter, after `last_key` when there is one, in key order
@@ -231,6 +175,34 @@ impl CursorSpec {
             }
         }
         command
+    }
+}
+
+impl ReaderSpec for CursorSpec {
+    fn common(&self) -> &ReaderOptions {
+        &self.common
+    }
+
+    /// Who a stored position belongs to: what shapes the documents read (namespace,
+    /// filter, projection, key, cursor type). Batch size and timeouts do not count.
+    fn owner(&self, name: &str) -> Owner {
+        Owner {
+            kind: ReaderKind::Cursor,
+            name: name.to_string(),
+            namespace: self.namespace(),
+            fingerprint: fingerprint_of(doc! {
+                "namespace": self.namespace(),
+                "filter": self.filter.clone(),
+                "projection": self.projection.clone().map(Bson::Document).unwrap_or(Bson::Null),
+                "key": self.key.as_str(),
+                "tailable": self.tailable,
+            }),
+        }
+    }
+
+    /// `db.collection`, for logs (never the URI).
+    fn namespace(&self) -> String {
+        format!("{}.{}", self.db, self.collection)
     }
 }
 
@@ -372,16 +344,16 @@ mod tests {
     #[test]
     fn a_named_cursor_has_a_store_and_an_owner_shaped_by_what_it_reads() {
         let spec = with(doc! {"name": "n", "tokenStore": {"type": "file", "path": "/p"}}).unwrap();
-        assert_eq!(spec.durability.as_ref().unwrap().name, "n");
+        assert_eq!(spec.common.durability.as_ref().unwrap().name, "n");
         assert_eq!(
-            spec.stall_timeout,
-            Some(crate::engine::spec::DEFAULT_STALL_TIMEOUT)
+            spec.common.stall_timeout,
+            Some(crate::engine::reader::options::DEFAULT_STALL_TIMEOUT)
         );
         let owner = spec.owner("n");
         assert_eq!(owner.kind, ReaderKind::Cursor);
         assert_eq!(owner.namespace, "d.c");
         let same = with(doc! {"batchSize": 7, "stallTimeoutMS": 0}).unwrap();
-        assert_eq!(same.stall_timeout, None);
+        assert_eq!(same.common.stall_timeout, None);
         assert_eq!(same.owner("n"), owner, "batching and timeouts do not count");
         let filtered = with(doc! {"filter": {"a": 1}}).unwrap();
         assert_ne!(filtered.owner("n").fingerprint, owner.fingerprint);

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::support::*;
-use crate::engine::cursor::{CursorEnd, CursorEngine, CursorItem, CursorSpec};
+use crate::engine::cursor::{CursorEngine, CursorSpec};
+use crate::engine::reader::{EndReason, ReaderItem};
 use mongodb::bson::{doc, Document, RawDocument};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -18,14 +19,15 @@ fn cursor(fx: &Fixture, coll: &str, extra: Document) -> CursorEngine {
     CursorEngine::new(CursorSpec::from_document(&spec).expect("spec"), None).expect("engine")
 }
 
-/// The documents of the next `Batch` (or the item that came instead).
-async fn next_docs(engine: &CursorEngine) -> Result<Vec<Vec<u8>>, CursorItem> {
+/// The documents of the next `Batch` and its number (or the item that came instead).
+async fn next_docs(engine: &CursorEngine) -> Result<(u64, Vec<Vec<u8>>), ReaderItem> {
     loop {
         let item = tokio::time::timeout(WAIT, engine.next())
             .await
             .expect("an item in time");
         match item {
-            CursorItem::Batch { docs, .. } => {
+            ReaderItem::Batch(batch) => {
+                let docs = batch.docs;
                 let mut out = Vec::new();
                 let mut rest = docs.as_slice();
                 while rest.len() >= 4 {
@@ -33,9 +35,9 @@ async fn next_docs(engine: &CursorEngine) -> Result<Vec<Vec<u8>>, CursorItem> {
                     out.push(rest[..len].to_vec());
                     rest = &rest[len..];
                 }
-                return Ok(out);
+                return Ok((batch.seq, out));
             }
-            CursorItem::Reconnecting { .. } | CursorItem::Resumed { .. } => continue,
+            ReaderItem::Reconnecting { .. } | ReaderItem::Resumed { .. } => continue,
             other => return Err(other),
         }
     }
@@ -56,9 +58,9 @@ async fn a_named_read_continues_after_its_last_committed_document() {
     let first = cursor(&fx, fx.coll, named.clone());
     let mut processed = Vec::new();
     while processed.len() < 25 {
-        let docs = next_docs(&first).await.expect("a batch");
-        for doc in docs.iter().take(25 - processed.len()) {
-            first.commit_document(doc, 1).expect("commit");
+        let (batch, docs) = next_docs(&first).await.expect("a batch");
+        for (i, doc) in docs.iter().take(25 - processed.len()).enumerate() {
+            first.commit(batch, i + 1).expect("commit");
             processed.push(seq(doc));
         }
     }
@@ -69,8 +71,8 @@ async fn a_named_read_continues_after_its_last_committed_document() {
     let mut rest = Vec::new();
     loop {
         match next_docs(&second).await {
-            Ok(docs) => rest.extend(docs.iter().map(|d| seq(d))),
-            Err(CursorItem::Ended(CursorEnd::Exhausted)) => break,
+            Ok((_, docs)) => rest.extend(docs.iter().map(|d| seq(d))),
+            Err(ReaderItem::Ended(EndReason::Exhausted)) => break,
             Err(other) => panic!("unexpected {other:?}"),
         }
     }
@@ -97,14 +99,14 @@ async fn an_overwritten_capped_position_is_reported_before_reading() {
         doc! {"tailable": true, "lastKey": 2, "tailRetryMS": 20},
     );
     match next_docs(&engine).await {
-        Err(CursorItem::PositionLost { error }) => {
+        Err(ReaderItem::PositionLost { error }) => {
             assert_eq!(error.server_code, Some(136));
         }
         other => panic!("expected PositionLost first, got {other:?}"),
     }
     assert!(matches!(
         next_docs(&engine).await,
-        Err(CursorItem::Failed(e)) if e.server_code == Some(136)
+        Err(ReaderItem::Failed(e)) if e.server_code == Some(136)
     ));
     engine.close().await.expect("close");
 }

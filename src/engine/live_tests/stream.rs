@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use super::support::*;
-use crate::engine::{EndReason, ErrorCode, StreamItem};
+use crate::engine::reader::{EndReason, ReaderItem};
+use crate::engine::ErrorCode;
 use mongodb::bson::{doc, Bson};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -18,7 +19,7 @@ async fn delivers_every_event_in_order() {
     engine.close().await.expect("close");
     assert!(matches!(
         engine.next().await,
-        StreamItem::Ended(EndReason::Closed)
+        ReaderItem::Ended(EndReason::Closed)
     ));
 }
 
@@ -41,7 +42,7 @@ async fn resumes_after_repeated_getmore_failures_with_growing_attempts() {
     // The in-flight getMore is not failed; the next three are. Only write once all three
     // failures happened, so the events must come through the re-opened cursor.
     let mut items = items_until(&engine, WAIT, |i| {
-        matches!(i, StreamItem::Reconnecting { attempt: 3, .. })
+        matches!(i, ReaderItem::Reconnecting { attempt: 3, .. })
     })
     .await;
     fx.insert(11..21).await;
@@ -55,7 +56,7 @@ async fn resumes_after_repeated_getmore_failures_with_growing_attempts() {
     let attempts: Vec<u32> = items
         .iter()
         .filter_map(|i| match i {
-            StreamItem::Reconnecting { attempt, error, .. } => {
+            ReaderItem::Reconnecting { attempt, error, .. } => {
                 assert_eq!(error.server_code, Some(6));
                 assert!(error.resumable);
                 Some(*attempt)
@@ -71,7 +72,7 @@ async fn resumes_after_repeated_getmore_failures_with_growing_attempts() {
     let resumed: Vec<u32> = items
         .iter()
         .filter_map(|i| match i {
-            StreamItem::Resumed { attempts, .. } => Some(*attempts),
+            ReaderItem::Resumed { attempts, .. } => Some(*attempts),
             _ => None,
         })
         .collect();
@@ -90,24 +91,24 @@ async fn fatal_server_error_fails_once() {
         )
         .await;
     let items = items_until(&engine, WAIT, |i| {
-        matches!(i, StreamItem::Failed(_) | StreamItem::Ended(_))
+        matches!(i, ReaderItem::Failed(_) | ReaderItem::Ended(_))
     })
     .await;
     fx.server.fail_point_off().await;
     assert!(
         !items
             .iter()
-            .any(|i| matches!(i, StreamItem::Reconnecting { .. })),
+            .any(|i| matches!(i, ReaderItem::Reconnecting { .. })),
         "280 is not resumable: {items:?}"
     );
     match items.last() {
-        Some(StreamItem::Failed(e)) => {
+        Some(ReaderItem::Failed(e)) => {
             assert_eq!(e.code, ErrorCode::ChangeStreamFatal);
             assert_eq!(e.server_code, Some(280));
         }
         other => panic!("expected a fatal error, got {other:?}"),
     }
-    assert!(matches!(engine.next().await, StreamItem::Ended(_)));
+    assert!(matches!(engine.next().await, ReaderItem::Ended(_)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,17 +124,17 @@ async fn retries_run_out_when_the_user_limits_them() {
         )
         .await;
     let items = items_until(&engine, WAIT, |i| {
-        matches!(i, StreamItem::Failed(_) | StreamItem::Ended(_))
+        matches!(i, ReaderItem::Failed(_) | ReaderItem::Ended(_))
     })
     .await;
     fx.server.fail_point_off().await;
     let reconnects = items
         .iter()
-        .filter(|i| matches!(i, StreamItem::Reconnecting { .. }))
+        .filter(|i| matches!(i, ReaderItem::Reconnecting { .. }))
         .count();
     assert_eq!(reconnects, 2, "{items:?}");
     match items.last() {
-        Some(StreamItem::Failed(e)) => {
+        Some(ReaderItem::Failed(e)) => {
             assert_eq!(e.code, ErrorCode::RetriesExhausted);
             assert_eq!(e.server_code, Some(91));
         }
@@ -161,7 +162,7 @@ async fn close_during_backoff_returns_promptly_and_never_reopens() {
         let item = tokio::time::timeout(WAIT, engine.next())
             .await
             .expect("reconnecting in time");
-        if matches!(item, StreamItem::Reconnecting { .. }) {
+        if matches!(item, ReaderItem::Reconnecting { .. }) {
             break;
         }
     }
@@ -171,7 +172,7 @@ async fn close_during_backoff_returns_promptly_and_never_reopens() {
         .expect("nothing to flush");
     assert!(matches!(
         engine.next().await,
-        StreamItem::Ended(EndReason::Closed)
+        ReaderItem::Ended(EndReason::Closed)
     ));
-    assert_eq!(engine.state().as_str(), "closed");
+    assert_eq!(engine.health().state.as_str(), "closed");
 }

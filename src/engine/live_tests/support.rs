@@ -5,7 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::engine::{ChangeStreamEngine, StreamItem, WatchSpec};
+use crate::engine::reader::ReaderItem;
+use crate::engine::stream::spec::WatchSpec;
+use crate::engine::stream::ChangeStreamEngine;
 use mongodb::bson::{doc, Document, RawDocument};
 use mongodb::Client;
 
@@ -107,7 +109,7 @@ pub async fn collect_events(
     engine: &ChangeStreamEngine,
     want: usize,
     deadline: Duration,
-) -> (Vec<StreamItem>, Vec<i32>) {
+) -> (Vec<ReaderItem>, Vec<i32>) {
     let mut items = Vec::new();
     let mut seqs = Vec::new();
     let until = tokio::time::Instant::now() + deadline;
@@ -117,10 +119,10 @@ pub async fn collect_events(
             .unwrap_or_else(|_| {
                 panic!("timed out with {} of {want} events: {items:?}", seqs.len())
             });
-        if let StreamItem::Batch(b) = &item {
-            seqs.extend(event_seqs(&b.events));
+        if let ReaderItem::Batch(b) = &item {
+            seqs.extend(event_seqs(&b.docs));
         }
-        let end = matches!(item, StreamItem::Failed(_) | StreamItem::Ended(_));
+        let end = matches!(item, ReaderItem::Failed(_) | ReaderItem::Ended(_));
         items.push(item);
         if end {
             break;
@@ -133,8 +135,8 @@ pub async fn collect_events(
 pub async fn items_until(
     engine: &ChangeStreamEngine,
     deadline: Duration,
-    stop: impl Fn(&StreamItem) -> bool,
-) -> Vec<StreamItem> {
+    stop: impl Fn(&ReaderItem) -> bool,
+) -> Vec<ReaderItem> {
     let until = tokio::time::Instant::now() + deadline;
     let mut items = Vec::new();
     loop {

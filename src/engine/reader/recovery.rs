@@ -1,6 +1,6 @@
-//! What the change-stream worker and the cursor worker share: how they tell their consumer
-//! about failures — backoff announcements, the final error, stalls — and how they wait
-//! without outliving a close. One outage count per worker.
+//! How a reader's run loop recovers and tells its consumer about it: backoff
+//! announcements, the final error, stalls — and how it waits without outliving a close.
+//! One outage count per run.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,39 +8,44 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::BackoffPolicy;
-use super::checkpoint::{Checkpointer, STORE_GIVE_UP_AFTER};
-use super::client_pool::{client_for, ClientLease};
-use super::errors::{EngineError, ErrorCode};
+use super::item::ReaderItem;
 use super::outage::{OutageTracker, Recovery, Retry};
-use super::position::Position;
-use super::status::Shared;
+use super::status::ReaderStatus;
+use crate::engine::backoff::BackoffPolicy;
+use crate::engine::client_pool::{client_for, ClientLease};
+use crate::engine::durable::checkpoint::{Checkpointer, STORE_GIVE_UP_AFTER};
+use crate::engine::durable::position::Position;
+use crate::engine::errors::{EngineError, ErrorCode};
 
-/// The items a worker sends for failures.
-pub(crate) trait FailureItem: Send + Sized {
+pub(crate) struct Recoverer {
     /// What is re-opened, for logs and messages ("change stream", "cursor").
-    const WHAT: &'static str;
-    fn reconnecting(attempt: u32, delay: Duration, error: EngineError) -> Self;
-    fn stalled(silent: Duration) -> Self;
-    fn failed(error: EngineError) -> Self;
-}
-
-pub(crate) struct Reporter<I> {
-    shared: Arc<Shared>,
-    tx: mpsc::Sender<I>,
-    /// Cancelled when the worker must stop (close; for a cursor also stop()).
+    what: &'static str,
+    status: Arc<ReaderStatus>,
+    tx: mpsc::Sender<ReaderItem>,
+    /// Cancelled when the run must stop (`stop()`, and `close()`, its parent).
     cancel: CancellationToken,
     outage: OutageTracker,
 }
 
-impl<I: FailureItem> Reporter<I> {
-    pub(crate) fn new(shared: Arc<Shared>, tx: mpsc::Sender<I>, cancel: CancellationToken) -> Self {
-        Reporter {
-            shared,
+impl Recoverer {
+    pub(crate) fn new(
+        what: &'static str,
+        status: Arc<ReaderStatus>,
+        tx: mpsc::Sender<ReaderItem>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Recoverer {
+            what,
+            status,
             tx,
             cancel,
             outage: OutageTracker::default(),
         }
+    }
+
+    /// Cancelled when the run must stop.
+    pub(crate) fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
     }
 
     /// Runs `f` unless the worker is stopped first; `None` means "stop".
@@ -53,7 +58,7 @@ impl<I: FailureItem> Reporter<I> {
     }
 
     /// Sends `item` unless stopped first; false when it could not be delivered.
-    pub(crate) async fn send(&self, item: I) -> bool {
+    pub(crate) async fn send(&self, item: ReaderItem) -> bool {
         matches!(self.or_cancel(self.tx.send(item)).await, Some(Ok(())))
     }
 
@@ -65,7 +70,7 @@ impl<I: FailureItem> Reporter<I> {
     /// After a failure: fail if the error is fatal or retries ran out, else announce and
     /// wait out the backoff. Returns whether to try again.
     pub(crate) async fn recover(&mut self, error: EngineError, policy: &BackoffPolicy) -> bool {
-        let (attempt, delay, error) = match self.outage.failure(error, policy, I::WHAT) {
+        let (attempt, delay, error) = match self.outage.failure(error, policy, self.what) {
             Retry::GiveUp(error) => {
                 self.fail(error).await;
                 return false;
@@ -76,29 +81,38 @@ impl<I: FailureItem> Reporter<I> {
                 error,
             } => (attempt, delay, error),
         };
-        tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, error = %error, "{} reconnecting", I::WHAT);
-        if !self.shared.record_failure(&error, attempt, delay) {
+        tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, error = %error, "{} reconnecting", self.what);
+        if !self.status.record_failure(&error, attempt, delay) {
             return false;
         }
-        if !self.send(I::reconnecting(attempt, delay, error)).await {
+        let item = ReaderItem::Reconnecting {
+            attempt,
+            delay,
+            error,
+        };
+        if !self.send(item).await {
             return false;
         }
         self.or_cancel(tokio::time::sleep(delay)).await.is_some()
-            && !self.shared.state().is_terminal()
+            && !self.status.state().is_terminal()
     }
 
     /// No reply (or no progress) for `silent`: announce the stall, then back off like any
     /// resumable failure. Returns whether to re-open.
     pub(crate) async fn stalled(&mut self, silent: Duration, policy: &BackoffPolicy) -> bool {
-        tracing::warn!(silent_ms = silent.as_millis() as u64, "{} stalled", I::WHAT);
-        if !self.send(I::stalled(silent)).await {
+        tracing::warn!(
+            silent_ms = silent.as_millis() as u64,
+            "{} stalled",
+            self.what
+        );
+        if !self.send(ReaderItem::Stalled { silent }).await {
             return false;
         }
         let error = EngineError::resumable(
             ErrorCode::Stalled,
             format!(
                 "the {} made no progress for {} ms",
-                I::WHAT,
+                self.what,
                 silent.as_millis()
             ),
         );
@@ -107,12 +121,12 @@ impl<I: FailureItem> Reporter<I> {
 
     /// Fails the reader with `error` (once); the consumer learns of it from the item.
     pub(crate) async fn fail(&self, error: EngineError) {
-        tracing::error!(error = %error, "{} failed", I::WHAT);
-        if !self.shared.fail(&error) {
+        tracing::error!(error = %error, "{} failed", self.what);
+        if !self.status.fail(&error) {
             return;
         }
         // If the consumer is gone, nobody waits for this item.
-        let _ = self.send(I::failed(error)).await;
+        let _ = self.send(ReaderItem::Failed(error)).await;
     }
 
     /// The shared client for `uri`, retried like a re-open (a bad connection string fails

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::backoff::BackoffPolicy;
-use super::errors::{EngineError, ErrorCode};
+use crate::engine::backoff::BackoffPolicy;
+use crate::engine::errors::{EngineError, ErrorCode};
 
 /// What to do after a failure.
 #[derive(Debug)]

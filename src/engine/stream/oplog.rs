@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 use mongodb::bson::{doc, Document, Timestamp};
 use mongodb::Client;
 
-use super::errors::EngineError;
+use crate::engine::errors::EngineError;
 
 /// What the server says about its oplog, and where the position stands in it.
 #[derive(Debug, Clone, PartialEq)]

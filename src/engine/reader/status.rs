@@ -1,18 +1,18 @@
-//! The stream's state machine and health counters, shared by the engine handle and its
-//! worker behind one mutex.
+//! A reader's state machine and health counters, shared by its handle and its run loop
+//! behind one mutex.
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mongodb::bson::{RawDocument, Timestamp};
+use mongodb::bson::Timestamp;
 use tokio_util::sync::CancellationToken;
 
-use super::errors::EngineError;
+use crate::engine::errors::EngineError;
 
 /// The stream's lifecycle. Only `close()` moves it to `Closing`/`Closed`, and nothing
 /// moves it out of a terminal state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StreamState {
+pub enum ReaderState {
     /// Created; the worker starts on the first `next()`.
     #[default]
     Idle,
@@ -26,22 +26,22 @@ pub enum StreamState {
     Failed,
 }
 
-impl StreamState {
+impl ReaderState {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            StreamState::Closing | StreamState::Closed | StreamState::Failed
+            ReaderState::Closing | ReaderState::Closed | ReaderState::Failed
         )
     }
 
     /// The public names of `health().state`.
     pub fn as_str(self) -> &'static str {
         match self {
-            StreamState::Idle | StreamState::Opening => "starting",
-            StreamState::Streaming => "streaming",
-            StreamState::Reconnecting { .. } => "reconnecting",
-            StreamState::Closing | StreamState::Closed => "closed",
-            StreamState::Failed => "failed",
+            ReaderState::Idle | ReaderState::Opening => "starting",
+            ReaderState::Streaming => "streaming",
+            ReaderState::Reconnecting { .. } => "reconnecting",
+            ReaderState::Closing | ReaderState::Closed => "closed",
+            ReaderState::Failed => "failed",
         }
     }
 }
@@ -49,7 +49,7 @@ impl StreamState {
 /// A point-in-time view of the stream, for `health()`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Health {
-    pub state: StreamState,
+    pub state: ReaderState,
     /// When the position last advanced (events or postBatchResumeToken).
     pub last_token_at: Option<SystemTime>,
     /// Cluster time of the position, when known.
@@ -75,14 +75,14 @@ impl Health {
     }
 }
 
-pub(crate) struct Shared {
+pub(crate) struct ReaderStatus {
     health: Mutex<Health>,
     pub(crate) cancel: CancellationToken,
 }
 
-impl Shared {
+impl ReaderStatus {
     pub(crate) fn new() -> Self {
-        Shared {
+        ReaderStatus {
             health: Mutex::new(Health::default()),
             cancel: CancellationToken::new(),
         }
@@ -94,7 +94,7 @@ impl Shared {
         self.health.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn state(&self) -> StreamState {
+    pub(crate) fn state(&self) -> ReaderState {
         self.lock().state
     }
 
@@ -103,13 +103,13 @@ impl Shared {
     }
 
     /// Moves to `to` unless the stream already reached a terminal state.
-    pub(crate) fn transition(&self, to: StreamState) -> bool {
+    pub(crate) fn transition(&self, to: ReaderState) -> bool {
         let mut health = self.lock();
         if health.state.is_terminal() {
             return false;
         }
         health.state = to;
-        if !matches!(to, StreamState::Reconnecting { .. }) {
+        if !matches!(to, ReaderState::Reconnecting { .. }) {
             health.current_backoff = None;
         }
         true
@@ -118,16 +118,16 @@ impl Shared {
     /// `close()`: forbids every later transition but the final `Closed`.
     pub(crate) fn begin_close(&self) {
         let mut health = self.lock();
-        if !matches!(health.state, StreamState::Closed | StreamState::Failed) {
-            health.state = StreamState::Closing;
+        if !matches!(health.state, ReaderState::Closed | ReaderState::Failed) {
+            health.state = ReaderState::Closing;
         }
         health.current_backoff = None;
     }
 
     pub(crate) fn finish_close(&self) {
         let mut health = self.lock();
-        if health.state != StreamState::Failed {
-            health.state = StreamState::Closed;
+        if health.state != ReaderState::Failed {
+            health.state = ReaderState::Closed;
         }
     }
 
@@ -136,7 +136,7 @@ impl Shared {
         if health.state.is_terminal() {
             return false;
         }
-        health.state = StreamState::Failed;
+        health.state = ReaderState::Failed;
         health.last_error = Some(error.clone());
         true
     }
@@ -144,7 +144,7 @@ impl Shared {
     pub(crate) fn end(&self) {
         let mut health = self.lock();
         if !health.state.is_terminal() {
-            health.state = StreamState::Closed;
+            health.state = ReaderState::Closed;
         }
     }
 
@@ -158,7 +158,7 @@ impl Shared {
         if health.state.is_terminal() {
             return false;
         }
-        health.state = StreamState::Reconnecting { attempt };
+        health.state = ReaderState::Reconnecting { attempt };
         health.reconnects += 1;
         health.current_backoff = Some(delay);
         health.last_error = Some(error.clone());
@@ -180,60 +180,9 @@ impl Shared {
     }
 }
 
-/// The cluster time inside a real MongoDB resume token (KeyString: `_data` hex starting
-/// with type byte 0x82, then 4-byte seconds and 4-byte increment, big-endian). Other
-/// servers' tokens are opaque: `None`, never an error.
-pub fn keystring_token_time(token: &RawDocument) -> Option<Timestamp> {
-    let data = token.get_str("_data").ok()?;
-    let hex = data.get(..18)?;
-    if !hex.starts_with("82") {
-        return None;
-    }
-    let byte = |i: usize| u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok();
-    let mut bytes = [0u8; 8];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = byte(i + 1)?;
-    }
-    Some(Timestamp {
-        time: u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
-        increment: u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mongodb::bson::{doc, RawDocumentBuf};
-
-    fn raw(d: mongodb::bson::Document) -> RawDocumentBuf {
-        RawDocumentBuf::from_document(&d).unwrap()
-    }
-
-    #[test]
-    fn decodes_real_keystring_tokens() {
-        // 0x82, seconds 0x65A1B2C3, increment 0x00000007, then the rest of a real token.
-        let token = raw(doc! {"_data": "8265A1B2C3000000072B022C0100296E5A1004"});
-        assert_eq!(
-            keystring_token_time(&token),
-            Some(Timestamp {
-                time: 0x65A1_B2C3,
-                increment: 7
-            })
-        );
-    }
-
-    #[test]
-    fn other_token_formats_are_opaque() {
-        for t in [
-            doc! {"_data": "2a00000010730002000000117400080000002e3a026b"},
-            doc! {"_data": "82zz"},
-            doc! {"_data": 5},
-            doc! {},
-        ] {
-            assert_eq!(keystring_token_time(&raw(t)), None);
-        }
-    }
-
     #[test]
     fn lag_is_wall_clock_minus_position_time() {
         let health = Health {
@@ -254,16 +203,16 @@ mod tests {
 
     #[test]
     fn terminal_states_stick() {
-        let shared = Shared::new();
-        assert!(shared.transition(StreamState::Streaming));
+        let shared = ReaderStatus::new();
+        assert!(shared.transition(ReaderState::Streaming));
         shared.begin_close();
-        assert!(!shared.transition(StreamState::Streaming));
+        assert!(!shared.transition(ReaderState::Streaming));
         assert!(!shared.record_failure(
-            &EngineError::new(super::super::ErrorCode::Network, "x"),
+            &EngineError::new(crate::engine::ErrorCode::Network, "x"),
             1,
             Duration::ZERO
         ));
         shared.finish_close();
-        assert_eq!(shared.state(), StreamState::Closed);
+        assert_eq!(shared.state(), ReaderState::Closed);
     }
 }

@@ -7,16 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{DateTime, Timestamp};
-use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
-use super::backoff::BackoffPolicy;
-use super::errors::EngineError;
 use super::position::{Owner, Position, PositionRecord};
-use super::status::Shared;
 use super::store::{load_record, TokenStore};
+use crate::engine::backoff::BackoffPolicy;
+use crate::engine::errors::EngineError;
 
 /// When to write positions.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,7 +92,7 @@ impl Checkpointer {
         }
     }
 
-    pub fn name(&self) -> &str {
+    fn name(&self) -> &str {
         &self.owner.name
     }
 
@@ -113,31 +110,6 @@ impl Checkpointer {
         record.check_matches(&self.owner, self.allow_mismatch, &source)?;
         tracing::info!(name = self.name(), store = %source, "continuing from the stored position");
         Ok(Some(record.position))
-    }
-
-    /// Runs `run()` as a task until `shared` is cancelled; a store that stays down fails
-    /// the reader with that error (sent as `failed(error)`).
-    pub(crate) fn spawn<I: Send + 'static>(
-        self: &Arc<Self>,
-        shared: Arc<Shared>,
-        tx: mpsc::Sender<I>,
-        failed: fn(EngineError) -> I,
-        span: tracing::Span,
-    ) -> JoinHandle<()> {
-        let ck = self.clone();
-        let task = async move {
-            if let Err(e) = ck.run(&shared.cancel).await {
-                tracing::error!(error = %e, "the token store stayed down");
-                if shared.fail(&e) {
-                    let _ = tx.send(failed(e)).await;
-                }
-            }
-        };
-        tokio::spawn(task.instrument(span))
-    }
-
-    pub fn store(&self) -> &dyn TokenStore {
-        self.store.as_ref()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -179,18 +151,13 @@ impl Checkpointer {
             .saturating_sub(pending.unsaved_events)
     }
 
-    /// Fewer than `max_unsaved_events` processed events are unsaved.
-    pub fn has_room(&self) -> bool {
-        self.room() > 0
-    }
-
     /// Waits while too much processed progress is unsaved (a store that is down).
     pub async fn wait_for_room(&self) {
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            if self.has_room() {
+            if self.room() > 0 {
                 return;
             }
             room.await;
@@ -310,9 +277,9 @@ impl Checkpointer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::durable::position::ReaderKind;
+    use crate::engine::durable::store::MemoryStore;
     use crate::engine::errors::ErrorCode;
-    use crate::engine::position::ReaderKind;
-    use crate::engine::store::MemoryStore;
     use futures_util::future::BoxFuture;
     use mongodb::bson::RawDocumentBuf;
     use mongodb::bson::{doc, Document};

@@ -5,14 +5,16 @@ use mongodb::bson::{Bson, Document};
 
 use super::errors::EngineError;
 
-/// Refuses a key of `doc` that is not in `known`; `path` prefixes the name in the message
-/// (`"backoff."` for a nested option, `""` at the top).
+/// Refuses a key of `doc` that is in none of the `known` lists (a reader's own options and
+/// the ones every reader shares); `path` prefixes the name in the message (`"backoff."` for
+/// a nested option, `""` at the top).
 pub(crate) fn reject_unknown(
     doc: &Document,
-    known: &[&str],
+    known: &[&[&str]],
     path: &str,
 ) -> Result<(), EngineError> {
-    match doc.keys().find(|k| !known.contains(&k.as_str())) {
+    let is_known = |k: &str| known.iter().any(|list| list.contains(&k));
+    match doc.keys().find(|k| !is_known(k)) {
         Some(unknown) => Err(EngineError::new(
             super::errors::ErrorCode::InvalidOption,
             format!("unknown option \"{path}{unknown}\""),

@@ -3,8 +3,7 @@
 
 use mongodb::bson::{doc, Bson, DateTime, Document, RawDocument, RawDocumentBuf, Timestamp};
 
-use super::errors::{EngineError, ErrorCode};
-use super::spec::WatchSpec;
+use crate::engine::errors::{EngineError, ErrorCode};
 
 /// Format version of stored records; bumped when the shape changes incompatibly.
 pub const RECORD_VERSION: i32 = 1;
@@ -238,32 +237,21 @@ pub fn fingerprint_of(shape: Document) -> String {
     format!("{hash:016x}")
 }
 
-/// What shapes a change stream's events: namespace, pipeline, and the `$changeStream` and
-/// collation options. Batch size, timeouts and backoff do not count.
-pub fn fingerprint(spec: &WatchSpec) -> String {
-    fingerprint_of(doc! {
-        "namespace": spec.namespace(),
-        "pipeline": spec.pipeline.iter().cloned().map(Bson::Document).collect::<Vec<_>>(),
-        "stage": spec.stage_options.clone(),
-        "collation": spec.collation.clone().map(Bson::Document).unwrap_or(Bson::Null),
-    })
-}
-
-/// The owner of a change stream's record.
-pub fn stream_owner(name: &str, spec: &WatchSpec) -> Owner {
-    Owner {
-        kind: ReaderKind::ChangeStream,
-        name: name.to_string(),
-        namespace: spec.namespace(),
-        fingerprint: fingerprint(spec),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use crate::engine::spec::test_spec as spec;
+    use crate::engine::stream::spec::{test_spec as spec, WatchSpec};
+
+    use crate::engine::reader::source::ReaderSpec;
+
+    fn stream_owner(name: &str, spec: &WatchSpec) -> Owner {
+        spec.owner(name)
+    }
+
+    fn fingerprint(spec: &WatchSpec) -> String {
+        spec.owner("n").fingerprint
+    }
 
     fn record(s: &WatchSpec) -> PositionRecord {
         PositionRecord {

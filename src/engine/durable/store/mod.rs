@@ -9,8 +9,8 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use mongodb::bson::Document;
 
-use super::errors::EngineError;
-use super::position::PositionRecord;
+use crate::engine::durable::position::PositionRecord;
+use crate::engine::errors::EngineError;
 
 pub use file::FileStore;
 pub use memory::MemoryStore;
@@ -77,7 +77,7 @@ pub fn open_store(
         )),
         StoreConfig::Custom => custom.ok_or_else(|| {
             EngineError::new(
-                super::errors::ErrorCode::InvalidOption,
+                crate::engine::errors::ErrorCode::InvalidOption,
                 "option \"tokenStore\" is a custom store but no load/save functions were given",
             )
         })?,

@@ -1,9 +1,10 @@
-//! Reading a cursor reply without parsing its events: the events' bytes are copied once
-//! into one buffer that the native layer hands to JS whole.
+//! Reading a change stream reply: its events (copied whole, unparsed), and what moves the
+//! position — the tokens, the times, an `invalidate` at the end.
 
-use mongodb::bson::{RawBsonRef, RawDocument, RawDocumentBuf, Timestamp};
+use mongodb::bson::{RawDocument, RawDocumentBuf, Timestamp};
 
-use super::errors::{EngineError, ErrorCode};
+use crate::engine::errors::{EngineError, ErrorCode};
+use crate::engine::reader::reply::read_docs;
 
 /// One server reply, ready to hand out.
 #[derive(Debug, Default)]
@@ -20,41 +21,20 @@ pub struct ParsedBatch {
     pub invalidated: bool,
 }
 
-fn bad_reply(what: &str) -> EngineError {
-    EngineError::new(
-        ErrorCode::ClientError,
-        format!("the server sent a change stream reply without {what}"),
-    )
-}
-
 pub fn parse_reply(reply: &RawDocument) -> Result<ParsedBatch, EngineError> {
-    let cursor = reply
-        .get_document("cursor")
-        .map_err(|_| bad_reply("a cursor document"))?;
-    let docs = cursor
-        .get_array("firstBatch")
-        .or_else(|_| cursor.get_array("nextBatch"))
-        .map_err(|_| bad_reply("firstBatch/nextBatch"))?;
+    let docs = read_docs(reply, "change stream")?;
+    // read_docs found the cursor document.
+    let cursor = reply.get_document("cursor").ok();
     let mut out = ParsedBatch {
-        events: Vec::with_capacity(docs.as_bytes().len()),
+        events: docs.bytes,
+        count: docs.count,
         post_batch_token: cursor
-            .get_document("postBatchResumeToken")
-            .ok()
+            .and_then(|c| c.get_document("postBatchResumeToken").ok())
             .map(|d| d.to_raw_document_buf()),
         operation_time: reply.get_timestamp("operationTime").ok(),
         ..ParsedBatch::default()
     };
-    let mut last: Option<&RawDocument> = None;
-    for item in docs {
-        let item = item.map_err(|_| bad_reply("well-formed events"))?;
-        let RawBsonRef::Document(event) = item else {
-            return Err(bad_reply("event documents"));
-        };
-        out.events.extend_from_slice(event.as_bytes());
-        out.count += 1;
-        last = Some(event);
-    }
-    if let Some(event) = last {
+    if let Some(event) = docs.last {
         // The spec requires `_id` (the token) on every event; a pipeline that removes it
         // makes the stream unresumable, which the server reports as 280 itself.
         let id = event

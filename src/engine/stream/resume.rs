@@ -51,10 +51,6 @@ impl ResumeState {
         *self = ResumeState::default();
     }
 
-    pub fn start_after_pending(&self) -> bool {
-        self.start_after_pending
-    }
-
     pub fn token(&self) -> Option<&RawDocumentBuf> {
         self.token.as_ref()
     }
@@ -153,7 +149,7 @@ pub fn aggregate_command(spec: &WatchSpec, start: &StartPoint) -> Document {
 mod tests {
     use super::*;
 
-    use crate::engine::spec::test_spec as spec;
+    use crate::engine::stream::spec::test_spec as spec;
 
     fn raw(d: Document) -> RawDocumentBuf {
         RawDocumentBuf::from_document(&d).unwrap()

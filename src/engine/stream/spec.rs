@@ -3,16 +3,15 @@
 
 use std::time::Duration;
 
-use mongodb::bson::{Bson, Document, Timestamp};
+use mongodb::bson::{doc, Bson, Document, Timestamp};
 
-use super::backoff::BackoffPolicy;
-use super::checkpoint::CheckpointPolicy;
-use super::errors::EngineError;
-use super::fields::{
-    as_f64, describe, optional_bool, optional_document, optional_string, optional_whole, prefix,
-    reject_unknown, type_name,
+use crate::engine::durable::position::{fingerprint_of, Owner, ReaderKind};
+use crate::engine::errors::{EngineError, ErrorCode};
+use crate::engine::options::{
+    optional_bool, optional_document, optional_string, optional_whole, type_name,
 };
-use super::store::StoreConfig;
+use crate::engine::reader::options::ReaderOptions;
+use crate::engine::reader::source::ReaderSpec;
 
 /// What is watched.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,16 +43,6 @@ impl StartPoint {
     }
 }
 
-/// A named consumer whose position is kept in a token store.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Durability {
-    pub name: String,
-    pub store: StoreConfig,
-    pub checkpoint: CheckpointPolicy,
-    /// Use a stored position even if it was written for another namespace or pipeline.
-    pub allow_mismatch: bool,
-}
-
 /// What to do when the position fell off the oplog (286).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HistoryLostPolicy {
@@ -74,7 +63,8 @@ pub enum InvalidatePolicy {
 /// Immutable watch arguments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatchSpec {
-    pub uri: String,
+    /// The connection, backoff, stall watchdog and durability.
+    pub common: ReaderOptions,
     pub scope: Scope,
     pub pipeline: Vec<Document>,
     /// Options that go into the `$changeStream` stage besides the start point.
@@ -84,20 +74,12 @@ pub struct WatchSpec {
     pub max_await_time: Option<Duration>,
     pub collation: Option<Document>,
     pub comment: Option<Bson>,
-    pub backoff: BackoffPolicy,
-    /// Re-open when no reply comes within the await time plus this, or (on a server that
-    /// advances idle streams) the position does not move for this long. `None`: off.
-    pub stall_timeout: Option<Duration>,
-    pub durability: Option<Durability>,
     pub on_history_lost: HistoryLostPolicy,
     pub on_invalidate: InvalidatePolicy,
 }
 
-/// Default `stallTimeoutMS`: well above mongod's 10 s idle no-op interval.
-pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-const KNOWN_FIELDS: &[&str] = &[
-    "uri",
+/// A watch's own options (besides `ReaderOptions`).
+const WATCH_FIELDS: &[&str] = &[
     "db",
     "collection",
     "pipeline",
@@ -111,12 +93,6 @@ const KNOWN_FIELDS: &[&str] = &[
     "showExpandedEvents",
     "collation",
     "comment",
-    "backoff",
-    "stallTimeoutMS",
-    "name",
-    "tokenStore",
-    "checkpoint",
-    "allowPositionMismatch",
     "onHistoryLost",
     "onInvalidate",
 ];
@@ -124,35 +100,7 @@ const KNOWN_FIELDS: &[&str] = &[
 impl WatchSpec {
     /// Parses and validates. Every error names the option and the expected type.
     pub fn from_document(doc: &Document) -> Result<Self, EngineError> {
-        reject_unknown(doc, KNOWN_FIELDS, "")?;
-        let uri = match doc.get("uri") {
-            Some(Bson::String(s))
-                if s.starts_with("mongodb://") || s.starts_with("mongodb+srv://") =>
-            {
-                s.clone()
-            }
-            Some(Bson::String(_)) => {
-                return Err(EngineError::invalid_option(
-                    "uri",
-                    "a connection string starting with mongodb:// or mongodb+srv://",
-                    "another string",
-                ))
-            }
-            Some(other) => {
-                return Err(EngineError::invalid_option(
-                    "uri",
-                    "a non-empty connection string",
-                    type_name(other),
-                ))
-            }
-            None => {
-                return Err(EngineError::invalid_option(
-                    "uri",
-                    "a non-empty connection string",
-                    "nothing",
-                ))
-            }
-        };
+        let common = ReaderOptions::parse(doc, WATCH_FIELDS)?;
         let db = optional_string(doc, "db")?;
         let coll = optional_string(doc, "collection")?;
         let scope = match (db, coll) {
@@ -208,25 +156,6 @@ impl WatchSpec {
             .get("comment")
             .filter(|c| !matches!(c, Bson::Null))
             .cloned();
-        let backoff = match doc.get("backoff") {
-            None | Some(Bson::Null) => BackoffPolicy::default(),
-            Some(Bson::Document(b)) => parse_backoff(b)?,
-            Some(other) => {
-                return Err(EngineError::invalid_option(
-                    "backoff",
-                    "an object",
-                    type_name(other),
-                ))
-            }
-        };
-        // 0 turns the watchdog off; absent means the default.
-        let stall_timeout = match doc.get("stallTimeoutMS") {
-            None => Some(DEFAULT_STALL_TIMEOUT),
-            Some(_) => optional_whole(doc, "stallTimeoutMS", u32::MAX as u64)?
-                .filter(|ms| *ms > 0)
-                .map(Duration::from_millis),
-        };
-        let durability = parse_durability(doc)?;
         let on_history_lost = match optional_string(doc, "onHistoryLost")?.as_deref() {
             None | Some("error") => HistoryLostPolicy::Error,
             Some("resumeFromNow") => HistoryLostPolicy::ResumeFromNow,
@@ -250,7 +179,7 @@ impl WatchSpec {
             }
         };
         Ok(WatchSpec {
-            uri,
+            common,
             scope,
             pipeline,
             stage_options,
@@ -259,9 +188,6 @@ impl WatchSpec {
             max_await_time,
             collation,
             comment,
-            backoff,
-            stall_timeout,
-            durability,
             on_history_lost,
             on_invalidate,
         })
@@ -274,111 +200,37 @@ impl WatchSpec {
             Scope::Database(db) | Scope::Collection { db, .. } => db,
         }
     }
+}
+
+impl ReaderSpec for WatchSpec {
+    fn common(&self) -> &ReaderOptions {
+        &self.common
+    }
+
+    /// What shapes a change stream's events: namespace, pipeline, and the `$changeStream`
+    /// and collation options. Batch size, timeouts and backoff do not count.
+    fn owner(&self, name: &str) -> Owner {
+        Owner {
+            kind: ReaderKind::ChangeStream,
+            name: name.to_string(),
+            namespace: self.namespace(),
+            fingerprint: fingerprint_of(doc! {
+                "namespace": self.namespace(),
+                "pipeline": self.pipeline.iter().cloned().map(Bson::Document).collect::<Vec<_>>(),
+                "stage": self.stage_options.clone(),
+                "collation": self.collation.clone().map(Bson::Document).unwrap_or(Bson::Null),
+            }),
+        }
+    }
 
     /// A namespace label for logs and stored records (never contains the URI).
-    pub fn namespace(&self) -> String {
+    fn namespace(&self) -> String {
         match &self.scope {
             Scope::Cluster => String::from("<cluster>"),
             Scope::Database(db) => db.clone(),
             Scope::Collection { db, coll } => format!("{db}.{coll}"),
         }
     }
-}
-
-fn parse_durability(doc: &Document) -> Result<Option<Durability>, EngineError> {
-    let name = optional_string(doc, "name")?;
-    let store = match doc.get("tokenStore") {
-        None | Some(Bson::Null) => None,
-        Some(Bson::Document(d)) => Some(parse_store(d)?),
-        Some(other) => {
-            return Err(EngineError::invalid_option(
-                "tokenStore",
-                "an object ({ type: 'memory' | 'file' | 'mongodb' } or { load, save })",
-                type_name(other),
-            ))
-        }
-    };
-    let checkpoint = match doc.get("checkpoint") {
-        None | Some(Bson::Null) => CheckpointPolicy::default(),
-        Some(Bson::Document(d)) => parse_checkpoint(d)?,
-        Some(other) => {
-            return Err(EngineError::invalid_option(
-                "checkpoint",
-                "an object",
-                type_name(other),
-            ))
-        }
-    };
-    let allow_mismatch = optional_bool(doc, "allowPositionMismatch")?.unwrap_or(false);
-    match (name, store) {
-        (None, None) => Ok(None),
-        (None, Some(_)) => Err(EngineError::invalid_option(
-            "name",
-            "a string naming the consumer when \"tokenStore\" is given",
-            "nothing",
-        )),
-        (Some(name), store) => Ok(Some(Durability {
-            name,
-            store: store.unwrap_or(StoreConfig::Memory),
-            checkpoint,
-            allow_mismatch,
-        })),
-    }
-}
-
-fn parse_store(d: &Document) -> Result<StoreConfig, EngineError> {
-    let field = |n: &str| format!("tokenStore.{n}");
-    let string = |n: &str| -> Result<String, EngineError> {
-        optional_string(d, n)
-            .map_err(|e| prefix(e, "tokenStore."))?
-            .ok_or_else(|| EngineError::invalid_option(&field(n), "a non-empty string", "nothing"))
-    };
-    match optional_string(d, "type")
-        .map_err(|e| prefix(e, "tokenStore."))?
-        .as_deref()
-    {
-        Some("memory") => Ok(StoreConfig::Memory),
-        Some("file") => Ok(StoreConfig::File {
-            path: string("path")?,
-        }),
-        Some("mongodb") => Ok(StoreConfig::MongoDb {
-            uri: optional_string(d, "uri").map_err(|e| prefix(e, "tokenStore."))?,
-            db: string("db")?,
-            collection: string("collection")?,
-        }),
-        Some("custom") => Ok(StoreConfig::Custom),
-        other => Err(EngineError::invalid_option(
-            "tokenStore.type",
-            "'memory', 'file' or 'mongodb'",
-            &other.map_or("nothing".to_string(), |t| format!("'{t}'")),
-        )),
-    }
-}
-
-fn parse_checkpoint(d: &Document) -> Result<CheckpointPolicy, EngineError> {
-    const FIELDS: &[&str] = &["everyEvents", "everyMs", "maxUnsavedEvents"];
-    reject_unknown(d, FIELDS, "checkpoint.")?;
-    let mut policy = CheckpointPolicy::default();
-    let whole =
-        |n: &str| optional_whole(d, n, u32::MAX as u64).map_err(|e| prefix(e, "checkpoint."));
-    if let Some(n) = whole("everyEvents")? {
-        policy.every_events = n.max(1);
-    }
-    if let Some(ms) = whole("everyMs")? {
-        policy.every = Duration::from_millis(ms);
-    }
-    policy.max_unsaved_events = match whole("maxUnsavedEvents")? {
-        Some(n) => n,
-        None => policy.max_unsaved_events.max(policy.every_events * 10),
-    };
-    if policy.max_unsaved_events < policy.every_events {
-        return Err(EngineError::invalid_option(
-            "checkpoint.maxUnsavedEvents",
-            "at least checkpoint.everyEvents",
-            &policy.max_unsaved_events.to_string(),
-        ));
-    }
-    Ok(policy)
 }
 
 fn parse_start(doc: &Document) -> Result<StartPoint, EngineError> {
@@ -401,43 +253,10 @@ fn parse_start(doc: &Document) -> Result<StartPoint, EngineError> {
         (None, Some(token), None) => Ok(StartPoint::StartAfter(token)),
         (None, None, Some(ts)) => Ok(StartPoint::StartAtOperationTime(ts)),
         _ => Err(EngineError::new(
-            super::errors::ErrorCode::InvalidOption,
+            ErrorCode::InvalidOption,
             "options \"resumeAfter\", \"startAfter\" and \"startAtOperationTime\" are mutually exclusive",
         )),
     }
-}
-
-fn parse_backoff(b: &Document) -> Result<BackoffPolicy, EngineError> {
-    const FIELDS: &[&str] = &["initialDelayMS", "multiplier", "maxDelayMS", "maxRetries"];
-    reject_unknown(b, FIELDS, "backoff.")?;
-    let mut policy = BackoffPolicy::default();
-    if let Some(ms) =
-        optional_whole(b, "initialDelayMS", u32::MAX as u64).map_err(|e| prefix(e, "backoff."))?
-    {
-        policy.initial = Duration::from_millis(ms);
-    }
-    if let Some(ms) =
-        optional_whole(b, "maxDelayMS", u32::MAX as u64).map_err(|e| prefix(e, "backoff."))?
-    {
-        policy.max = Duration::from_millis(ms);
-    }
-    match b.get("multiplier") {
-        None | Some(Bson::Null) => {}
-        Some(v) => match as_f64(v) {
-            Some(m) if m >= 1.0 && m.is_finite() => policy.multiplier = m,
-            _ => {
-                return Err(EngineError::invalid_option(
-                    "backoff.multiplier",
-                    "a number ≥ 1",
-                    &describe(v),
-                ))
-            }
-        },
-    }
-    policy.max_retries = optional_whole(b, "maxRetries", u32::MAX as u64)
-        .map_err(|e| prefix(e, "backoff."))?
-        .map(|n| n as u32);
-    Ok(policy)
 }
 
 /// A collection stream's spec on a dummy URI plus `extra` options, for unit tests.
@@ -451,7 +270,8 @@ pub(crate) fn test_spec(extra: Document) -> WatchSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mongodb::bson::doc;
+    use crate::engine::backoff::BackoffPolicy;
+    use crate::engine::durable::store::StoreConfig;
 
     #[test]
     fn minimal_collection_spec() {
@@ -466,7 +286,7 @@ mod tests {
             }
         );
         assert_eq!(spec.start, StartPoint::Now);
-        assert_eq!(spec.backoff, BackoffPolicy::default());
+        assert_eq!(spec.common.backoff, BackoffPolicy::default());
         assert_eq!(spec.command_db(), "d");
     }
 
@@ -525,7 +345,7 @@ mod tests {
             "onHistoryLost": "resumeFromNow", "onInvalidate": "restart",
         })
         .unwrap();
-        let d = spec.durability.unwrap();
+        let d = spec.common.durability.unwrap();
         assert_eq!(d.name, "orders-sync");
         assert_eq!(
             d.store,
@@ -540,7 +360,7 @@ mod tests {
         assert_eq!(spec.on_invalidate, InvalidatePolicy::Restart);
 
         let named = WatchSpec::from_document(&doc! {"uri": "mongodb://h", "name": "n"}).unwrap();
-        assert_eq!(named.durability.unwrap().store, StoreConfig::Memory);
+        assert_eq!(named.common.durability.unwrap().store, StoreConfig::Memory);
 
         let cases = [
             (doc! {"uri": "mongodb://h", "tokenStore": {"type": "memory"}}, "option \"name\" must be a string naming the consumer when \"tokenStore\" is given, got nothing"),
@@ -580,10 +400,10 @@ mod tests {
             spec.stage_options,
             doc! {"fullDocument": "updateLookup", "showExpandedEvents": true}
         );
-        assert_eq!(spec.backoff.initial, Duration::from_millis(5));
-        assert_eq!(spec.backoff.multiplier, 3.0);
-        assert_eq!(spec.backoff.max, Duration::from_millis(50));
-        assert_eq!(spec.backoff.max_retries, Some(4));
+        assert_eq!(spec.common.backoff.initial, Duration::from_millis(5));
+        assert_eq!(spec.common.backoff.multiplier, 3.0);
+        assert_eq!(spec.common.backoff.max, Duration::from_millis(50));
+        assert_eq!(spec.common.backoff.max_retries, Some(4));
         assert_eq!(spec.batch_size, Some(10));
         assert_eq!(spec.max_await_time, Some(Duration::from_millis(250)));
     }

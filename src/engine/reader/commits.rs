@@ -1,0 +1,158 @@
+//! The consumer's side of checkpointing, owned here and nowhere else: the run loop numbers
+//! the batches it hands out and (for a named reader) keeps them until they are committed;
+//! the consumer says only "processed the first n documents of batch seq", and this maps
+//! that to a position (token and time, or key) and a count for the checkpointer. Marks tell
+//! the consumer, by document number, when to report and how far it may go.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use super::item::Batch;
+use super::source::{ReadBatch, Source};
+use crate::engine::durable::checkpoint::Checkpointer;
+use crate::engine::errors::{EngineError, ErrorCode};
+
+/// Where the consumer stands against the checkpoint policy, by document number (see
+/// `Batch::ordinal`). Marks only ever move forward, so an older copy is a stricter one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marks {
+    /// Documents numbered below this may be handed out: beyond it, more processed
+    /// documents would be unsaved than `checkpoint.maxUnsavedEvents` allows.
+    pub limit: u64,
+    /// Report (commit) once the documents below this are processed: the policy's
+    /// `everyEvents` are reached.
+    pub report_at: u64,
+}
+
+impl Marks {
+    const UNBOUNDED: Marks = Marks {
+        limit: u64::MAX,
+        report_at: u64::MAX,
+    };
+}
+
+/// A batch handed out and not yet committed past.
+struct Kept {
+    seq: u64,
+    ordinal: u64,
+    batch: ReadBatch,
+}
+
+#[derive(Default)]
+struct Numbering {
+    next_seq: u64,
+    next_ordinal: u64,
+    /// Documents numbered below this are committed.
+    committed: u64,
+    kept: VecDeque<Kept>,
+}
+
+pub(crate) struct Commits<S: Source> {
+    spec: Arc<S::Spec>,
+    /// Present for a named reader.
+    checkpointer: Option<Arc<Checkpointer>>,
+    numbering: Mutex<Numbering>,
+}
+
+impl<S: Source> Commits<S> {
+    pub(crate) fn new(spec: Arc<S::Spec>, checkpointer: Option<Arc<Checkpointer>>) -> Self {
+        Commits {
+            spec,
+            checkpointer,
+            numbering: Mutex::new(Numbering::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Numbering> {
+        self.numbering.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Numbers a batch about to be handed out, keeping a copy for commits (named readers).
+    pub(crate) fn number(&self, read: ReadBatch) -> Batch {
+        let mut numbering = self.lock();
+        let seq = numbering.next_seq;
+        let ordinal = numbering.next_ordinal;
+        numbering.next_seq += 1;
+        numbering.next_ordinal += read.count as u64;
+        if self.checkpointer.is_some() {
+            let kept = ReadBatch {
+                docs: read.docs.clone(),
+                count: read.count,
+                end_token: read.end_token.clone(),
+                position_time: read.position_time,
+            };
+            numbering.kept.push_back(Kept {
+                seq,
+                ordinal,
+                batch: kept,
+            });
+        }
+        Batch {
+            seq,
+            ordinal,
+            docs: read.docs,
+            count: read.count,
+            end_token: read.end_token,
+        }
+    }
+
+    /// The consumer processed every document handed out before batch `seq` and the first
+    /// `n` of it (`n` = its count: the whole batch, and for a change stream the position
+    /// after it, even with no document). Returns the new marks. No-op without a store.
+    pub(crate) fn commit(&self, seq: u64, n: usize) -> Result<Marks, EngineError> {
+        let Some(ck) = &self.checkpointer else {
+            return Ok(Marks::UNBOUNDED);
+        };
+        let mut numbering = self.lock();
+        let Some(index) = numbering.kept.iter().position(|k| k.seq == seq) else {
+            if seq < numbering.next_seq {
+                // Committed past already: a position never moves backwards.
+                return Ok(self.marks_of(&numbering, ck));
+            }
+            return Err(EngineError::new(
+                ErrorCode::ClientError,
+                format!("commit: batch {seq} was not handed out"),
+            ));
+        };
+        let kept = &numbering.kept[index];
+        if n > kept.batch.count {
+            return Err(EngineError::new(
+                ErrorCode::ClientError,
+                format!(
+                    "commit: batch {seq} has {} documents, not {n}",
+                    kept.batch.count
+                ),
+            ));
+        }
+        let through = kept.ordinal + n as u64;
+        if through >= numbering.committed {
+            if let Some(position) = S::position_at(&self.spec, &kept.batch, n)? {
+                ck.commit(position, through - numbering.committed);
+                numbering.committed = through;
+            }
+        }
+        // What came before this batch is committed; so is this batch once whole.
+        let done = if n == numbering.kept[index].batch.count {
+            index + 1
+        } else {
+            index
+        };
+        numbering.kept.drain(..done);
+        Ok(self.marks_of(&numbering, ck))
+    }
+
+    /// The current marks.
+    pub(crate) fn marks(&self) -> Marks {
+        match &self.checkpointer {
+            None => Marks::UNBOUNDED,
+            Some(ck) => self.marks_of(&self.lock(), ck),
+        }
+    }
+
+    fn marks_of(&self, numbering: &Numbering, ck: &Checkpointer) -> Marks {
+        Marks {
+            limit: numbering.committed.saturating_add(ck.room()),
+            report_at: numbering.committed.saturating_add(ck.policy().every_events),
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The reader runtime: ONE generic reader under the change stream and the cursor. A
+//! `Reader<S>` starts its run loop (`run.rs`) on first use and hands out its items through
+//! a one-slot channel (so at most one batch is read ahead), keeps the consumer's commits
+//! (`commits.rs`) and the checkpoint task, and closes in order: run loop gone, then the
+//! last position stored. What differs between readers is the `Source` (`source.rs`).
+
+mod commits;
+mod item;
+pub mod options;
+mod outage;
+mod recovery;
+pub mod reply;
+mod run;
+pub mod source;
+mod status;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::engine::client_pool;
+use crate::engine::durable::checkpoint::Checkpointer;
+use crate::engine::durable::store::TokenStore;
+use crate::engine::errors::{EngineError, ErrorCode};
+use commits::Commits;
+pub use commits::Marks;
+pub use item::{Batch, EndReason, ReaderItem};
+use run::Run;
+use source::{ReaderSpec, Source};
+use status::ReaderStatus;
+pub use status::{Health, ReaderState};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One reader. `next()`, `stop()` and `close()` may be called from any task.
+pub struct Reader<S: Source> {
+    /// Process-unique; names the reader in logs (the `stream` field of its span).
+    id: u64,
+    spec: Arc<S::Spec>,
+    status: Arc<ReaderStatus>,
+    rx: tokio::sync::Mutex<mpsc::Receiver<ReaderItem>>,
+    /// The sender, until the run loop is started with it.
+    unstarted: Mutex<Option<mpsc::Sender<ReaderItem>>>,
+    run_task: Mutex<Option<JoinHandle<()>>>,
+    /// Cancelled by `stop()` (and by `close()`, its parent): the run requests nothing more.
+    stop: CancellationToken,
+    /// Present for a named reader (a token store).
+    checkpointer: Option<Arc<Checkpointer>>,
+    checkpoint_task: Mutex<Option<JoinHandle<()>>>,
+    commits: Arc<Commits<S>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<S: Source> Reader<S> {
+    /// `custom_store`: the application's own store, for `tokenStore: { type: 'custom' }`.
+    pub fn new(
+        spec: S::Spec,
+        custom_store: Option<Arc<dyn TokenStore>>,
+    ) -> Result<Self, EngineError> {
+        let common = spec.common();
+        let checkpointer = match &common.durability {
+            None => None,
+            Some(d) => Some(Arc::new(d.checkpointer(
+                spec.owner(&d.name),
+                &common.uri,
+                custom_store,
+            )?)),
+        };
+        let spec = Arc::new(spec);
+        let (tx, rx) = mpsc::channel(1);
+        let status = Arc::new(ReaderStatus::new());
+        Ok(Reader {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            stop: status.cancel.child_token(),
+            commits: Arc::new(Commits::new(spec.clone(), checkpointer.clone())),
+            spec,
+            status,
+            rx: tokio::sync::Mutex::new(rx),
+            unstarted: Mutex::new(Some(tx)),
+            run_task: Mutex::new(None),
+            checkpointer,
+            checkpoint_task: Mutex::new(None),
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn spec(&self) -> &S::Spec {
+        &self.spec
+    }
+
+    pub fn health(&self) -> Health {
+        self.status.snapshot()
+    }
+
+    /// The next item. Must run inside a Tokio runtime (the run loop is spawned on it).
+    pub async fn next(&self) -> ReaderItem {
+        if !self.stop.is_cancelled() {
+            self.start();
+        }
+        // With a token store, wait first while too much processed progress is unsaved.
+        self.wait_for_room().await;
+        let received = {
+            let mut rx = self.rx.lock().await;
+            // Closed while waiting, or before: what is queued no longer matters. (A reader
+            // that ended by itself, or was stopped, still hands out what it received.)
+            if self.status.cancel.is_cancelled() {
+                return ReaderItem::Ended(EndReason::Closed);
+            }
+            rx.recv().await
+        };
+        match received {
+            Some(item) => item,
+            None if self.stop.is_cancelled() && !self.status.state().is_terminal() => {
+                self.status.end();
+                ReaderItem::Ended(EndReason::Stopped)
+            }
+            None if self.status.state().is_terminal() => ReaderItem::Ended(EndReason::Closed),
+            // The run loop vanished without saying why: only a panic does that. Never let
+            // that look like a clean end.
+            None => {
+                let error = EngineError::new(
+                    ErrorCode::ClientError,
+                    format!("internal error: the {} stopped unexpectedly", S::WHAT),
+                );
+                self.status.fail(&error);
+                ReaderItem::Failed(error)
+            }
+        }
+    }
+
+    /// Starts the run loop (and the checkpoint task) once; later calls do nothing.
+    fn start(&self) {
+        let Some(tx) = lock(&self.unstarted).take() else {
+            return;
+        };
+        if !self.status.transition(ReaderState::Opening) {
+            return;
+        }
+        let span = tracing::info_span!("reader", stream = self.id, ns = %self.spec.namespace());
+        if let Some(ck) = &self.checkpointer {
+            let task = checkpoint_task(ck.clone(), self.status.clone(), tx.clone());
+            *lock(&self.checkpoint_task) = Some(tokio::spawn(task.instrument(span.clone())));
+        }
+        let run = Run::<S>::new(
+            self.spec.clone(),
+            self.status.clone(),
+            self.stop.clone(),
+            tx,
+            self.checkpointer.clone(),
+            self.commits.clone(),
+        );
+        *lock(&self.run_task) = Some(tokio::spawn(run.run().instrument(span)));
+    }
+
+    /// The consumer processed every document handed out before batch `seq` and the first
+    /// `n` of it. Returns the new marks. No-op without a token store.
+    pub fn commit(&self, seq: u64, n: usize) -> Result<Marks, EngineError> {
+        self.commits.commit(seq, n)
+    }
+
+    /// Where the consumer stands against the checkpoint policy now.
+    pub fn marks(&self) -> Marks {
+        self.commits.marks()
+    }
+
+    /// The checkpoint policy's `everyEvents`, for a named reader.
+    pub fn checkpoint_every(&self) -> Option<u64> {
+        self.checkpointer.as_ref().map(|c| c.policy().every_events)
+    }
+
+    /// Waits until more documents may be handed out (`marks().limit` moved past what was
+    /// committed), or the reader is closed.
+    pub async fn wait_for_room(&self) {
+        if let Some(ck) = &self.checkpointer {
+            tokio::select! {
+                _ = ck.wait_for_room() => {},
+                _ = self.status.cancel.cancelled() => {},
+            }
+        }
+    }
+
+    /// Processed documents not yet stored (0 without a token store).
+    pub fn pending_checkpoint(&self) -> u64 {
+        self.checkpointer.as_ref().map_or(0, |c| c.unsaved_events())
+    }
+
+    /// Requests no further batches: cancels a pending backoff or in-flight command (the
+    /// server cursor is killed). Items already received are still returned by `next()`,
+    /// then `Ended(Stopped)`. Idempotent.
+    pub fn stop(&self) {
+        self.stop.cancel();
+        // Never started: nothing was received.
+        drop(lock(&self.unstarted).take());
+    }
+
+    /// Forbids re-opens, cancels a pending backoff or in-flight command (the server cursor
+    /// is killed), waits for the tasks, then stores the last processed position.
+    /// Idempotent. Fails only if that last position could not be stored.
+    pub async fn close(&self) -> Result<(), EngineError> {
+        self.status.begin_close();
+        self.status.cancel.cancel();
+        drop(lock(&self.unstarted).take());
+        for task in [&self.run_task, &self.checkpoint_task] {
+            let handle = lock(task).take();
+            if let Some(handle) = handle {
+                // Tasks only end by themselves; a panic inside the run loop is already
+                // reported by `next()`, so a JoinError carries nothing more to say here.
+                let _ = handle.await;
+            }
+        }
+        self.status.finish_close();
+        let flushed = match &self.checkpointer {
+            Some(ck) => ck.flush().await,
+            None => Ok(()),
+        };
+        client_pool::settle().await;
+        flushed
+    }
+}
+
+impl<S: Source> Drop for Reader<S> {
+    /// A reader dropped without `close()` (e.g. garbage-collected in JS) must not leave a
+    /// run loop re-opening forever.
+    fn drop(&mut self) {
+        self.status.cancel.cancel();
+    }
+}
+
+/// Writes positions on the policy until the reader closes; a store that stays down fails
+/// the reader with that error.
+async fn checkpoint_task(
+    ck: Arc<Checkpointer>,
+    status: Arc<ReaderStatus>,
+    tx: mpsc::Sender<ReaderItem>,
+) {
+    if let Err(e) = ck.run(&status.cancel).await {
+        tracing::error!(error = %e, "the token store stayed down");
+        if status.fail(&e) {
+            let _ = tx.send(ReaderItem::Failed(e)).await;
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The one run loop under every reader: opens the server cursor, reads it, hands batches to
+//! the consumer through a one-slot channel, and re-opens after failures, stalls and losses —
+//! the same for a change stream and a cursor; what differs is the `Source`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mongodb::raw_batch_cursor::RawBatchCursor;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::commits::Commits;
+use super::item::ReaderItem;
+use super::recovery::Recoverer;
+use super::source::{AfterLoss, Exhausted, ReaderSpec, Reply, Source};
+use super::status::{ReaderState, ReaderStatus};
+use crate::engine::client_pool::ClientLease;
+use crate::engine::durable::checkpoint::Checkpointer;
+use crate::engine::errors::EngineError;
+
+/// What the loop does next.
+enum Flow {
+    Reopen,
+    Stop,
+}
+
+pub(crate) struct Run<S: Source> {
+    spec: Arc<S::Spec>,
+    source: S,
+    status: Arc<ReaderStatus>,
+    tx: mpsc::Sender<ReaderItem>,
+    recovery: Recoverer,
+    checkpointer: Option<Arc<Checkpointer>>,
+    /// Numbers the batches sent, and keeps what a commit needs (a named reader).
+    commits: Arc<Commits<S>>,
+}
+
+impl<S: Source> Run<S> {
+    pub(crate) fn new(
+        spec: Arc<S::Spec>,
+        status: Arc<ReaderStatus>,
+        stop: CancellationToken,
+        tx: mpsc::Sender<ReaderItem>,
+        checkpointer: Option<Arc<Checkpointer>>,
+        commits: Arc<Commits<S>>,
+    ) -> Self {
+        let recovery = Recoverer::new(S::WHAT, status.clone(), tx.clone(), stop);
+        Run {
+            source: S::new(spec.clone()),
+            spec,
+            status,
+            tx,
+            recovery,
+            checkpointer,
+            commits,
+        }
+    }
+
+    /// Continues from the token store's record, unless the user gave a start position
+    /// (that wins). Returns false when the reader must stop.
+    async fn restore_position(&mut self) -> bool {
+        let Some(ck) = self.checkpointer.clone() else {
+            return true;
+        };
+        if self.source.has_start() {
+            return true;
+        }
+        let backoff = &self.spec.common().backoff;
+        match self.recovery.restore(&ck, backoff).await {
+            None => false,
+            Some(None) => true,
+            Some(Some(position)) => {
+                let time = self.source.restore(position);
+                self.status.record_progress(0, time);
+                true
+            }
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        if !self.restore_position().await {
+            return;
+        }
+        let uri = self.spec.common().uri.clone();
+        let backoff = self.spec.common().backoff.clone();
+        let Some(client) = self.recovery.client(&uri, &backoff).await else {
+            return;
+        };
+        loop {
+            if self.status.state().is_terminal() {
+                return;
+            }
+            let opened = self.watched(|run| run.source.open(&client)).await;
+            let flow = match opened {
+                None => Flow::Stop,
+                Some(Err(silent)) => self.stalled(silent).await,
+                Some(Ok(Err(e))) => {
+                    self.after_error(EngineError::from_driver(&e), &client)
+                        .await
+                }
+                Some(Ok(Ok(cursor))) => match self.check_open(&client).await {
+                    None => self.pump(cursor, &client).await,
+                    Some(flow) => flow,
+                },
+            };
+            if let Flow::Stop = flow {
+                return;
+            }
+        }
+    }
+
+    /// After an open, a source may find its position lost (`None`: go on reading).
+    async fn check_open(&mut self, client: &ClientLease) -> Option<Flow> {
+        match self.watched(|run| run.source.check_open(client)).await {
+            None => Some(Flow::Stop),
+            Some(Ok(Ok(None))) => None,
+            Some(Ok(Ok(Some(lost)))) => Some(self.lost(lost, client).await),
+            Some(Ok(Err(e))) => Some(self.after_error(EngineError::from_driver(&e), client).await),
+            Some(Err(silent)) => Some(self.stalled(silent).await),
+        }
+    }
+
+    /// Reads batches from one cursor until it fails, ends, stalls, or the reader stops.
+    /// The cursor is dropped on return, which kills it on the server.
+    async fn pump(&mut self, mut cursor: RawBatchCursor, client: &ClientLease) -> Flow {
+        let mut opening = true;
+        loop {
+            // Reserve the slot BEFORE reading: at most one batch waits for the consumer.
+            let Some(Ok(permit)) = self.or_cancel(self.tx.clone().reserve_owned()).await else {
+                return Flow::Stop;
+            };
+            let next = match self.watched(|_| cursor.next()).await {
+                None => return Flow::Stop,
+                Some(Err(silent)) => {
+                    drop(permit);
+                    drop(cursor);
+                    return self.stalled(silent).await;
+                }
+                Some(Ok(next)) => next,
+            };
+            let reply = match next {
+                Some(Ok(reply)) => reply,
+                Some(Err(e)) => {
+                    drop(permit);
+                    drop(cursor);
+                    return self.after_error(EngineError::from_driver(&e), client).await;
+                }
+                None => {
+                    return match self.source.on_exhausted() {
+                        Exhausted::End(reason) => {
+                            self.status.end();
+                            permit.send(ReaderItem::Ended(reason));
+                            Flow::Stop
+                        }
+                        Exhausted::Reopen(pause) => {
+                            drop(permit);
+                            match self.or_cancel(tokio::time::sleep(pause)).await {
+                                None => Flow::Stop,
+                                Some(()) => Flow::Reopen,
+                            }
+                        }
+                        Exhausted::Fail(error) => {
+                            drop(permit);
+                            self.recovery.fail(error).await;
+                            Flow::Stop
+                        }
+                    };
+                }
+            };
+            self.status.record_reply();
+            let was_opening = std::mem::take(&mut opening);
+            let read = self.source.on_reply(reply.as_raw_document(), was_opening);
+            let (batch, progress) = match read {
+                Err(e) => {
+                    drop(permit);
+                    self.recovery.fail(e).await;
+                    return Flow::Stop;
+                }
+                Ok(Reply::Stalled(silent)) => {
+                    drop(permit);
+                    return self.stalled(silent).await;
+                }
+                Ok(Reply::Nothing { progress }) => (None, progress),
+                Ok(Reply::Batch { batch, progress }) => (Some(batch), progress),
+            };
+            if !self.status.transition(ReaderState::Streaming) {
+                return Flow::Stop;
+            }
+            let mut permit = permit;
+            // The outage ends on real progress. A successful open alone proves little (the
+            // next getMore may fail again), so its reply does not reset the backoff.
+            if let Some(recovery) = progress.then(|| self.recovery.progress()).flatten() {
+                tracing::info!(
+                    attempts = recovery.attempts,
+                    downtime_ms = recovery.downtime.as_millis() as u64,
+                    "{} resumed",
+                    S::WHAT
+                );
+                let tx = permit.send(ReaderItem::Resumed {
+                    attempts: recovery.attempts,
+                    downtime: recovery.downtime,
+                });
+                permit = match self.or_cancel(tx.reserve_owned()).await {
+                    Some(Ok(p)) => p,
+                    _ => return Flow::Stop,
+                };
+            }
+            let Some(batch) = batch else {
+                continue;
+            };
+            self.status
+                .record_progress(batch.count, batch.position_time);
+            permit.send(ReaderItem::Batch(self.commits.number(batch)));
+        }
+    }
+
+    async fn after_error(&mut self, error: EngineError, client: &ClientLease) -> Flow {
+        if self.source.is_loss(&error) {
+            return self.lost(error, client).await;
+        }
+        let backoff = self.spec.common().backoff.clone();
+        if self.recovery.recover(error, &backoff).await {
+            Flow::Reopen
+        } else {
+            Flow::Stop
+        }
+    }
+
+    /// The position is gone: report it (never silently), then follow the user's policy.
+    async fn lost(&mut self, error: EngineError, client: &ClientLease) -> Flow {
+        tracing::error!(error = %error, "{} position lost", S::WHAT);
+        let from = self.status.snapshot().position_time;
+        let cancel = self.recovery.cancel_token();
+        let item = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            item = self.source.loss_item(&error, client, from) => Some(item),
+        };
+        let Some(item) = item else {
+            return Flow::Stop;
+        };
+        if !self.recovery.send(item).await {
+            return Flow::Stop;
+        }
+        match self.source.after_loss() {
+            AfterLoss::Fail => {
+                self.recovery.fail(error).await;
+                Flow::Stop
+            }
+            AfterLoss::Continue => Flow::Reopen,
+        }
+    }
+
+    /// Announces a stall, then re-opens like after any resumable failure.
+    async fn stalled(&mut self, silent: Duration) -> Flow {
+        let backoff = self.spec.common().backoff.clone();
+        if self.recovery.stalled(silent, &backoff).await {
+            Flow::Reopen
+        } else {
+            Flow::Stop
+        }
+    }
+
+    /// Runs one server round trip under the stall watchdog, unless the reader stops first.
+    /// `None`: stop; `Some(Err(waited))`: no reply within the await time plus
+    /// `stallTimeoutMS`.
+    async fn watched<'a, F, Fut>(
+        &'a mut self,
+        round_trip: F,
+    ) -> Option<Result<Fut::Output, Duration>>
+    where
+        F: FnOnce(&'a mut Self) -> Fut,
+        Fut: Future + 'a,
+    {
+        let stall = self.spec.common().stall_timeout;
+        let limit = stall.map(|s| s + self.source.await_time());
+        let cancel = self.recovery.cancel_token();
+        let trip = round_trip(self);
+        let timed = async move {
+            match limit {
+                None => Ok(trip.await),
+                Some(limit) => tokio::time::timeout(limit, trip).await.map_err(|_| limit),
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            out = timed => Some(out),
+        }
+    }
+
+    /// Runs `f` unless the reader stops first; `None` means "stop".
+    async fn or_cancel<F: Future>(&self, f: F) -> Option<F::Output> {
+        self.recovery.or_cancel(f).await
+    }
+}

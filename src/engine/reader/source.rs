@@ -1,0 +1,127 @@
+//! What a reader reads: the small trait the one runtime (`run.rs`) drives, implemented by
+//! the change stream (`engine::stream`) and the restartable cursor (`engine::cursor`). The
+//! runtime owns everything else: the client, backoff, the stall watchdog, outage reports,
+//! the channel to the consumer, checkpoints and the ordered close.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mongodb::bson::{RawDocument, RawDocumentBuf, Timestamp};
+use mongodb::raw_batch_cursor::RawBatchCursor;
+use mongodb::Client;
+
+use super::item::{EndReason, ReaderItem};
+use super::options::ReaderOptions;
+use crate::engine::durable::position::{Owner, Position};
+use crate::engine::errors::EngineError;
+
+/// A reader's immutable arguments.
+pub trait ReaderSpec: Send + Sync + 'static {
+    /// The options every reader shares.
+    fn common(&self) -> &ReaderOptions;
+    /// Who a stored position of this reader belongs to.
+    fn owner(&self, name: &str) -> Owner;
+    /// `db.coll` (or `db`, `<cluster>`) for logs; never the URI.
+    fn namespace(&self) -> String;
+}
+
+/// One batch read from the server, ready to hand out.
+#[derive(Debug, Default)]
+pub struct ReadBatch {
+    /// `count` BSON documents back to back.
+    pub docs: Vec<u8>,
+    pub count: usize,
+    /// A change stream's position after the whole batch (its resume token).
+    pub end_token: Option<RawDocumentBuf>,
+    /// The cluster time of that position, when known.
+    pub position_time: Option<Timestamp>,
+}
+
+/// What a reply meant.
+pub enum Reply {
+    /// Hand this batch out. `progress`: it ends an outage (an event, or a getMore that
+    /// moved the position).
+    Batch { batch: ReadBatch, progress: bool },
+    /// Nothing to hand out.
+    Nothing { progress: bool },
+    /// Replies keep coming but the position has not moved for this long.
+    Stalled(Duration),
+}
+
+/// What a cursor that the server ended (no more batches) means.
+pub enum Exhausted {
+    /// The reader ends with this reason (items received are handed out first).
+    End(EndReason),
+    /// Open a new cursor, after this pause.
+    Reopen(Duration),
+    /// The reader fails.
+    Fail(EngineError),
+}
+
+/// What to do after a reported loss of position.
+pub enum AfterLoss {
+    Fail,
+    /// Go on from where the source now stands (it moved itself past the loss).
+    Continue,
+}
+
+/// How a reader reads. `&mut self` is the mutable resume state; the spec is immutable.
+pub trait Source: Send + Sync + Sized + 'static {
+    type Spec: ReaderSpec;
+    /// What is read, for logs and messages ("change stream", "cursor").
+    const WHAT: &'static str;
+
+    fn new(spec: Arc<Self::Spec>) -> Self;
+
+    /// How long the server may hold a round trip by design (its await time): the stall
+    /// watchdog waits this plus `stallTimeoutMS`.
+    fn await_time(&self) -> Duration;
+
+    /// Whether the user gave a start position, which wins over a stored one.
+    fn has_start(&self) -> bool;
+
+    /// Continues from a stored position; returns its cluster time, when known.
+    fn restore(&mut self, position: Position) -> Option<Timestamp>;
+
+    /// Opens a server cursor where the reader stands.
+    fn open<'a>(
+        &'a mut self,
+        client: &'a Client,
+    ) -> impl Future<Output = Result<RawBatchCursor, mongodb::error::Error>> + Send + 'a;
+
+    /// After an open: `Some(error)` when the position turns out to be lost.
+    fn check_open<'a>(
+        &'a mut self,
+        client: &'a Client,
+    ) -> impl Future<Output = Result<Option<EngineError>, mongodb::error::Error>> + Send + 'a;
+
+    /// Reads one reply; `opening`: it answers the open.
+    fn on_reply(&mut self, reply: &RawDocument, opening: bool) -> Result<Reply, EngineError>;
+
+    /// The server ended the cursor.
+    fn on_exhausted(&mut self) -> Exhausted;
+
+    /// Whether `error` means the position is gone (rather than a failure to retry).
+    fn is_loss(&self, error: &EngineError) -> bool;
+
+    /// The item that reports a lost position (`error` says how it was found).
+    fn loss_item<'a>(
+        &'a mut self,
+        error: &'a EngineError,
+        client: &'a Client,
+        position_time: Option<Timestamp>,
+    ) -> impl Future<Output = ReaderItem> + Send + 'a;
+
+    /// After the loss was reported: fail, or move past it (the user's policy).
+    fn after_loss(&mut self) -> AfterLoss;
+
+    /// The position after the first `n` documents of a handed-out batch (`n` ≤ its count;
+    /// `n` = count: after the whole batch). `None`: no position there (n = 0 of a batch
+    /// with documents).
+    fn position_at(
+        spec: &Self::Spec,
+        batch: &ReadBatch,
+        n: usize,
+    ) -> Result<Option<Position>, EngineError>;
+}

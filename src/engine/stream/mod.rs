@@ -1,0 +1,265 @@
+//! A change stream: a `reader::Source` that opens `$changeStream` aggregates, keeps the
+//! spec's cached resume token (`resume.rs`), and re-opens with THE start option
+//! `choose_start` picks. Everything else is the reader runtime's.
+
+pub mod oplog;
+pub mod reply;
+pub mod resume;
+pub mod spec;
+pub mod token_time;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{RawDocument, RawDocumentBuf, Timestamp};
+use mongodb::raw_batch_cursor::RawBatchCursor;
+use mongodb::Client;
+
+use crate::engine::client_pool::client_for;
+use crate::engine::durable::position::Position;
+use crate::engine::errors::{EngineError, ErrorCode};
+use crate::engine::reader::reply::doc_at;
+use crate::engine::reader::source::{AfterLoss, Exhausted, ReadBatch, Reply, Source};
+use crate::engine::reader::{EndReason, Reader, ReaderItem};
+use oplog::{read_window, OplogWindow};
+use reply::parse_reply;
+use resume::{aggregate_command, choose_start, ResumeState};
+use spec::{HistoryLostPolicy, InvalidatePolicy, StartPoint, WatchSpec};
+use token_time::keystring_token_time;
+
+/// One change stream.
+pub type ChangeStreamEngine = Reader<StreamSource>;
+
+/// How long a getMore may take when the user sets no `maxAwaitTimeMS` (the server's
+/// default await time).
+const SERVER_DEFAULT_AWAIT: Duration = Duration::from_secs(1);
+
+pub struct StreamSource {
+    spec: Arc<WatchSpec>,
+    resume: ResumeState,
+    /// The last batch ended with an `invalidate` event.
+    invalidated: bool,
+    /// Whether this server advances an idle stream's position (a no-op heartbeat): only
+    /// then does "no advance for stallTimeoutMS" mean a stall.
+    idle_advance_seen: bool,
+    /// When the position last moved (or the cursor was opened).
+    last_progress: Instant,
+}
+
+impl StreamSource {
+    /// On a server known to advance idle streams, no advance for `stallTimeoutMS` while
+    /// replies keep coming is a stall too (the cursor answers but is stuck).
+    fn idle_stall(&self) -> Option<Duration> {
+        let stall = self.spec.common.stall_timeout?;
+        let silent = self.last_progress.elapsed();
+        (self.idle_advance_seen && silent > stall).then_some(silent)
+    }
+}
+
+impl Source for StreamSource {
+    type Spec = WatchSpec;
+    const WHAT: &'static str = "change stream";
+
+    fn new(spec: Arc<WatchSpec>) -> Self {
+        StreamSource {
+            resume: ResumeState::new(&spec),
+            spec,
+            invalidated: false,
+            idle_advance_seen: false,
+            last_progress: Instant::now(),
+        }
+    }
+
+    fn await_time(&self) -> Duration {
+        self.spec.max_await_time.unwrap_or(SERVER_DEFAULT_AWAIT)
+    }
+
+    /// An explicit `resumeAfter`/`startAfter`/`startAtOperationTime` wins over a stored
+    /// position.
+    fn has_start(&self) -> bool {
+        self.spec.start != StartPoint::Now
+    }
+
+    fn restore(&mut self, position: Position) -> Option<Timestamp> {
+        match position {
+            Position::Stream {
+                token,
+                cluster_time,
+                start_after,
+            } => {
+                self.resume.restore(token, start_after);
+                cluster_time
+            }
+            // load_position refuses a cursor's record.
+            Position::Cursor { .. } => None,
+        }
+    }
+
+    fn open<'a>(
+        &'a mut self,
+        client: &'a Client,
+    ) -> impl Future<Output = Result<RawBatchCursor, mongodb::error::Error>> + Send + 'a {
+        let start = choose_start(&self.spec, &self.resume);
+        tracing::debug!(start = start.kind(), "opening the change stream cursor");
+        self.last_progress = Instant::now();
+        open_cursor(client, &self.spec, start)
+    }
+
+    async fn check_open(
+        &mut self,
+        _client: &Client,
+    ) -> Result<Option<EngineError>, mongodb::error::Error> {
+        Ok(None)
+    }
+
+    fn on_reply(&mut self, reply: &RawDocument, opening: bool) -> Result<Reply, EngineError> {
+        let parsed = parse_reply(reply)?;
+        if opening {
+            self.resume.record_open(&self.spec, parsed.operation_time);
+        }
+        // After an invalidate, the position is the invalidate event's own token: the only
+        // one `startAfter` can continue from.
+        let end_token = if parsed.invalidated {
+            parsed.last_event_id.clone()
+        } else {
+            parsed.post_batch_token.clone()
+        };
+        let advanced = self
+            .resume
+            .record_batch(parsed.count, parsed.last_event_id, end_token);
+        self.invalidated = parsed.invalidated;
+        if !advanced {
+            return Ok(match self.idle_stall() {
+                Some(silent) => Reply::Stalled(silent),
+                None => Reply::Nothing { progress: false },
+            });
+        }
+        self.last_progress = Instant::now();
+        if parsed.count == 0 && !opening {
+            self.idle_advance_seen = true;
+        }
+        let position_time = parsed
+            .last_cluster_time
+            .or(parsed.operation_time)
+            .or_else(|| self.resume.token().and_then(|t| keystring_token_time(t)));
+        Ok(Reply::Batch {
+            progress: parsed.count > 0 || !opening,
+            batch: ReadBatch {
+                docs: parsed.events,
+                count: parsed.count,
+                end_token: self.resume.token().cloned(),
+                position_time,
+            },
+        })
+    }
+
+    /// The server ends a change stream cursor only after an invalidate (drop, rename,
+    /// dropDatabase) — also when the pipeline filtered that event out.
+    fn on_exhausted(&mut self) -> Exhausted {
+        let saw_invalidate = std::mem::take(&mut self.invalidated);
+        if self.spec.on_invalidate == InvalidatePolicy::Close {
+            return Exhausted::End(EndReason::Invalidated);
+        }
+        if !saw_invalidate {
+            // Without the invalidate event there is no token `startAfter` can continue
+            // from; guessing a position could skip events.
+            return Exhausted::Fail(EngineError::new(
+                ErrorCode::ChangeStreamFatal,
+                "the server ended the change stream without an invalidate event (does the \
+                 pipeline filter it out?); onInvalidate: 'restart' needs invalidate events to \
+                 pass the pipeline",
+            ));
+        }
+        // Restart: continue with `startAfter` the invalidate token, so a dropped collection
+        // that is re-created keeps streaming.
+        tracing::info!("restarting after invalidate");
+        self.resume.restart_after_invalidate();
+        Exhausted::Reopen(Duration::ZERO)
+    }
+
+    fn is_loss(&self, error: &EngineError) -> bool {
+        error.code == ErrorCode::ChangeStreamHistoryLost
+    }
+
+    /// Says which interval may be missing: from the position to the oldest entry still in
+    /// the oplog.
+    async fn loss_item(
+        &mut self,
+        _error: &EngineError,
+        client: &Client,
+        position_time: Option<Timestamp>,
+    ) -> ReaderItem {
+        let to = match read_window(client, position_time).await {
+            Ok(OplogWindow::Known { oldest, .. }) => Some(oldest),
+            _ => None,
+        };
+        tracing::error!(from = ?position_time, ?to, "change stream history lost");
+        ReaderItem::HistoryLost {
+            from: position_time,
+            to,
+            token: self.resume.token().cloned(),
+        }
+    }
+
+    fn after_loss(&mut self) -> AfterLoss {
+        match self.spec.on_history_lost {
+            HistoryLostPolicy::Error => AfterLoss::Fail,
+            HistoryLostPolicy::ResumeFromNow => {
+                self.resume.forget_position();
+                AfterLoss::Continue
+            }
+        }
+    }
+
+    fn position_at(
+        _spec: &WatchSpec,
+        batch: &ReadBatch,
+        n: usize,
+    ) -> Result<Option<Position>, EngineError> {
+        let bad = || EngineError::new(ErrorCode::ClientError, "commit: a batch without its token");
+        if n == 0 {
+            // A batch without events moved the position by its token alone.
+            if batch.count > 0 {
+                return Ok(None);
+            }
+            let token = batch.end_token.as_ref().ok_or_else(bad)?;
+            return Position::token_only(token.as_bytes(), batch.position_time).map(Some);
+        }
+        let event = doc_at(&batch.docs, n - 1)?;
+        let end = if n == batch.count {
+            Some(batch.end_token.as_ref().ok_or_else(bad)?.as_bytes())
+        } else {
+            None
+        };
+        Position::after_event(event.as_bytes(), end).map(Some)
+    }
+}
+
+impl Reader<StreamSource> {
+    /// The server's oplog window and where this stream's position stands in it.
+    pub async fn oplog_window(&self) -> Result<OplogWindow, EngineError> {
+        let client = client_for(&self.spec().common.uri).await?;
+        read_window(&client, self.health().position_time).await
+    }
+}
+
+async fn open_cursor(
+    client: &Client,
+    spec: &WatchSpec,
+    start: StartPoint,
+) -> Result<RawBatchCursor, mongodb::error::Error> {
+    let command = RawDocumentBuf::from_document(&aggregate_command(spec, &start))?;
+    let db = client.database(spec.command_db());
+    let mut action = db.run_raw_cursor_command(command);
+    if let Some(n) = spec.batch_size {
+        action = action.batch_size(n);
+    }
+    if let Some(t) = spec.max_await_time {
+        action = action.max_time(t);
+    }
+    if let Some(c) = &spec.comment {
+        action = action.comment(c.clone());
+    }
+    action.batch().await
+}
