@@ -156,3 +156,97 @@ impl<S: Source> Commits<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::durable::store::{MemoryStore, TokenStore};
+    use crate::engine::reader::source::ReaderSpec;
+    use crate::engine::stream::spec::test_spec;
+    use crate::engine::stream::StreamSource;
+    use mongodb::bson::{doc, RawDocumentBuf, Timestamp};
+
+    fn raw(d: mongodb::bson::Document) -> RawDocumentBuf {
+        RawDocumentBuf::from_document(&d).unwrap()
+    }
+
+    /// `ids` as change events back to back, the batch's end token `end`.
+    fn batch(ids: &[&str], end: &str, time: u32) -> ReadBatch {
+        let mut docs = Vec::new();
+        for id in ids {
+            let event = doc! {"_id": {"_data": *id}, "operationType": "insert",
+            "clusterTime": Timestamp { time, increment: 1 }};
+            docs.extend(raw(event).into_bytes());
+        }
+        ReadBatch {
+            docs,
+            count: ids.len(),
+            end_token: Some(raw(doc! {"_data": end})),
+            position_time: Some(Timestamp { time, increment: 9 }),
+        }
+    }
+
+    async fn stored_token(name: &str) -> mongodb::bson::Document {
+        let record = MemoryStore.load(name).await.unwrap().unwrap();
+        record.get_document("token").unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_commit_names_a_batch_and_the_engine_counts_and_positions() {
+        let name = format!("commits-{}", std::process::id());
+        let spec = Arc::new(test_spec(doc! {"name": name.as_str(),
+        "checkpoint": {"everyEvents": 2, "maxUnsavedEvents": 5}}));
+        let d = spec.common.durability.clone().unwrap();
+        let ck = Arc::new(
+            d.checkpointer(spec.owner(&d.name), &spec.common.uri, None)
+                .unwrap(),
+        );
+        let commits = Commits::<StreamSource>::new(spec, Some(ck.clone()));
+        let first = commits.number(batch(&["a1", "a2", "a3"], "pbrt-a", 10));
+        let quiet = commits.number(batch(&[], "pbrt-q", 11));
+        let second = commits.number(batch(&["b1", "b2"], "pbrt-b", 12));
+        assert_eq!((first.seq, first.ordinal), (0, 0));
+        assert_eq!((quiet.seq, quiet.ordinal), (1, 3));
+        assert_eq!((second.seq, second.ordinal), (2, 3));
+        assert_eq!(
+            commits.marks(),
+            Marks {
+                limit: 5,
+                report_at: 2
+            }
+        );
+
+        // Two events of the first batch: the position is the second event's _id.
+        let marks = commits.commit(0, 2).unwrap();
+        assert_eq!(ck.unsaved_events(), 2);
+        assert_eq!(
+            marks,
+            Marks {
+                limit: 5,
+                report_at: 4
+            },
+            "the limit stays: committing uses the room it grants"
+        );
+        ck.flush().await.unwrap();
+        assert_eq!(stored_token(&name).await, doc! {"_data": "a2"});
+        assert_eq!(commits.marks().limit, 7, "a save makes room");
+
+        // The quiet batch: everything before it (the third event) and its own token.
+        commits.commit(1, 0).unwrap();
+        assert_eq!(ck.unsaved_events(), 1);
+        ck.flush().await.unwrap();
+        assert_eq!(stored_token(&name).await, doc! {"_data": "pbrt-q"});
+
+        // A whole batch ends at its end token; an older commit never moves it back.
+        commits.commit(2, 2).unwrap();
+        assert_eq!(ck.unsaved_events(), 2);
+        commits.commit(0, 3).unwrap();
+        assert_eq!(ck.unsaved_events(), 2);
+        ck.flush().await.unwrap();
+        assert_eq!(stored_token(&name).await, doc! {"_data": "pbrt-b"});
+
+        assert!(commits.commit(7, 0).is_err(), "a batch never handed out");
+        let third = commits.number(batch(&["c1"], "pbrt-c", 13));
+        assert!(commits.commit(third.seq, 2).is_err(), "more than it holds");
+    }
+}
