@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, Document, RawBsonRef, RawDocument};
 
-use crate::engine::durable::position::{fingerprint_of, Owner, ReaderKind};
+use crate::engine::durable::position::ReaderKind;
 use crate::engine::errors::EngineError;
 use crate::engine::options::{
     optional_bool, optional_document, optional_string, optional_whole, required_string,
@@ -179,24 +179,21 @@ impl CursorSpec {
 }
 
 impl ReaderSpec for CursorSpec {
+    const KIND: ReaderKind = ReaderKind::Cursor;
+
     fn common(&self) -> &ReaderOptions {
         &self.common
     }
 
-    /// Who a stored position belongs to: what shapes the documents read (namespace,
-    /// filter, projection, key, cursor type). Batch size and timeouts do not count.
-    fn owner(&self, name: &str) -> Owner {
-        Owner {
-            kind: ReaderKind::Cursor,
-            name: name.to_string(),
-            namespace: self.namespace(),
-            fingerprint: fingerprint_of(doc! {
-                "namespace": self.namespace(),
-                "filter": self.filter.clone(),
-                "projection": self.projection.clone().map(Bson::Document).unwrap_or(Bson::Null),
-                "key": self.key.as_str(),
-                "tailable": self.tailable,
-            }),
+    /// The documents read are shaped by the namespace, filter, projection, key and cursor
+    /// type.
+    fn shape(&self) -> Document {
+        doc! {
+            "namespace": self.namespace(),
+            "filter": self.filter.clone(),
+            "projection": self.projection.clone().map(Bson::Document).unwrap_or(Bson::Null),
+            "key": self.key.as_str(),
+            "tailable": self.tailable,
         }
     }
 

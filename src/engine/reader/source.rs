@@ -7,23 +7,36 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mongodb::bson::{RawDocument, RawDocumentBuf, Timestamp};
+use mongodb::bson::{Document, RawDocument, RawDocumentBuf, Timestamp};
 use mongodb::raw_batch_cursor::RawBatchCursor;
 use mongodb::Client;
 
 use super::item::{EndReason, ReaderItem};
 use super::options::ReaderOptions;
-use crate::engine::durable::position::{Owner, Position};
+use crate::engine::durable::position::{fingerprint_of, Owner, Position, ReaderKind};
 use crate::engine::errors::EngineError;
 
 /// A reader's immutable arguments.
 pub trait ReaderSpec: Send + Sync + 'static {
+    /// What kind of reader stores positions under this spec.
+    const KIND: ReaderKind;
     /// The options every reader shares.
     fn common(&self) -> &ReaderOptions;
-    /// Who a stored position of this reader belongs to.
-    fn owner(&self, name: &str) -> Owner;
-    /// `db.coll` (or `db`, `<cluster>`) for logs; never the URI.
+    /// `db.coll` (or `db`, `<cluster>`) for logs and stored records; never the URI.
     fn namespace(&self) -> String;
+    /// What shapes what is read (namespace included): a stored position is refused when it
+    /// differs. Batching, timeouts and backoff do not count.
+    fn shape(&self) -> Document;
+
+    /// Who a stored position of this reader belongs to.
+    fn owner(&self, name: &str) -> Owner {
+        Owner {
+            kind: Self::KIND,
+            name: name.to_string(),
+            namespace: self.namespace(),
+            fingerprint: fingerprint_of(self.shape()),
+        }
+    }
 }
 
 /// One batch read from the server, ready to hand out.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, Document, Timestamp};
 
-use crate::engine::durable::position::{fingerprint_of, Owner, ReaderKind};
+use crate::engine::durable::position::ReaderKind;
 use crate::engine::errors::{EngineError, ErrorCode};
 use crate::engine::options::{
     optional_bool, optional_document, optional_string, optional_whole, type_name,
@@ -203,23 +203,20 @@ impl WatchSpec {
 }
 
 impl ReaderSpec for WatchSpec {
+    const KIND: ReaderKind = ReaderKind::ChangeStream;
+
     fn common(&self) -> &ReaderOptions {
         &self.common
     }
 
-    /// What shapes a change stream's events: namespace, pipeline, and the `$changeStream`
-    /// and collation options. Batch size, timeouts and backoff do not count.
-    fn owner(&self, name: &str) -> Owner {
-        Owner {
-            kind: ReaderKind::ChangeStream,
-            name: name.to_string(),
-            namespace: self.namespace(),
-            fingerprint: fingerprint_of(doc! {
-                "namespace": self.namespace(),
-                "pipeline": self.pipeline.iter().cloned().map(Bson::Document).collect::<Vec<_>>(),
-                "stage": self.stage_options.clone(),
-                "collation": self.collation.clone().map(Bson::Document).unwrap_or(Bson::Null),
-            }),
+    /// A change stream's events are shaped by the namespace, the pipeline, and the
+    /// `$changeStream` and collation options.
+    fn shape(&self) -> Document {
+        doc! {
+            "namespace": self.namespace(),
+            "pipeline": self.pipeline.iter().cloned().map(Bson::Document).collect::<Vec<_>>(),
+            "stage": self.stage_options.clone(),
+            "collation": self.collation.clone().map(Bson::Document).unwrap_or(Bson::Null),
         }
     }
 
