@@ -307,6 +307,17 @@ test('usage errors exit 2 and never echo the connection string', async () => {
     assert.doesNotMatch(result.stderr, /hunter2/, what);
     assert.equal(result.stdout, '', what);
   }
+  // A library error that names the package itself: the name is printed once.
+  const noAddon = spawnSync(process.execPath, [BIN, 'tail', 'mongodb://localhost', 'db.c'], {
+    encoding: 'utf8',
+    env: { ...env, NAPI_RS_NATIVE_LIBRARY_PATH: path.join(tmp, 'no-such-addon.node') },
+    timeout: 30000,
+  });
+  assert.equal(noAddon.status, 1, noAddon.stderr);
+  assert.match(noAddon.stderr, /^resilient-change-stream: [^\n]*no-such-addon\.node/);
+  assert.equal(noAddon.stderr.match(/resilient-change-stream:/g).length, 1, noAddon.stderr);
+  assert.equal(noAddon.stdout, '');
+
   const help = spawnSync(process.execPath, [BIN, '--help'], { encoding: 'utf8' });
   assert.equal(help.status, 0);
   assert.match(help.stdout, /resilient-change-stream tail <uri> <db>\[\.<coll>\]/);

@@ -32,8 +32,15 @@ it cleanly: the position is saved and the exit code is 0. Exit codes: 0 stopped 
 invalidated / output closed, 1 the stream failed, 2 bad arguments or token file, 130 a
 second Ctrl-C (the position written last is kept: the events since are printed again).`;
 
+const PREFIX = 'resilient-change-stream: ';
+
+/** Some of the library's messages (NativeAddonError's) already start with the prefix. */
+function withoutPrefix(message) {
+  return message.startsWith(PREFIX) ? message.slice(PREFIX.length) : message;
+}
+
 function fail(message) {
-  process.stderr.write(`resilient-change-stream: ${message}\n(see resilient-change-stream --help)\n`);
+  process.stderr.write(`${PREFIX}${message}\n(see resilient-change-stream --help)\n`);
   process.exitCode = 2;
 }
 
@@ -126,7 +133,7 @@ async function main(argv) {
     // Before any event: bad option (InvalidOptionError), token file, missing binary, ...
     // Messages never contain the connection string's credentials (the engine redacts them).
     const usage = err instanceof UsageError || err?.code === 'InvalidOption';
-    process.stderr.write(`resilient-change-stream: ${err?.message ?? err}\n`);
+    process.stderr.write(`${PREFIX}${withoutPrefix(String(err?.message ?? err))}\n`);
     process.exitCode = usage ? EXIT_USAGE : EXIT_FAILED;
   }
   // Everything is closed by now; do not wait for anything else that might linger.
@@ -134,6 +141,6 @@ async function main(argv) {
 }
 
 main(process.argv.slice(2)).catch((err) => {
-  process.stderr.write(`resilient-change-stream: unexpected error: ${err?.stack ?? err}\n`);
+  process.stderr.write(`${PREFIX}unexpected error: ${err?.stack ?? err}\n`);
   process.exit(1);
 });
