@@ -193,10 +193,7 @@ function describeTokenFileError(err, tokenFile) {
     );
   }
   // The library's advice names its option; the CLI user's way out is another file.
-  const message = err.message.replace(
-    /; set allowPositionMismatch to use it anyway, or choose another name$/,
-    '',
-  );
+  const message = err.message.replace(/; set allowPositionMismatch\b.*$/s, '');
   const remedy =
     err.code === 'PositionMismatch'
       ? 'use another --token-file for this stream'
