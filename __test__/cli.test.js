@@ -51,7 +51,7 @@ async function startTail(args, tokenFile) {
   return run;
 }
 
-test('prints canonical Extended JSON lines and saves the position (0600, ns + token, no URI)', async () => {
+test('prints canonical Extended JSON lines and saves the position (0600, the named record, no URI)', async () => {
   const { db, coll, ns, tokenFile } = await namespace();
   // A marker in the connection string: it must never reach the token file.
   const uri = `${server.uri}${server.uri.includes('?') ? '&' : '?'}appName=cli-uri-marker`;
@@ -113,13 +113,16 @@ test('prints canonical Extended JSON lines and saves the position (0600, ns + to
   assert.equal(stat.mode & 0o777, 0o600);
   const text = fs.readFileSync(tokenFile, 'utf8');
   assert.doesNotMatch(text, /cli-uri-marker|127\.0\.0\.1|mongodb:/);
+  // The library's file store record of the stream named "cli".
   const saved = EJSON.parse(text, { relaxed: false });
-  assert.deepEqual(Object.keys(saved).sort(), ['ns', 'resumeAfter']);
-  assert.deepEqual(saved.ns, { db, coll: 'orders' });
-  assert.deepEqual(saved.resumeAfter, insert2._id, 'the token of the last printed event');
-  assert.equal(text, `${EJSON.stringify(saved, { relaxed: false })}\n`, 'canonical EJSON');
+  assert.equal(saved.kind, 'changeStream');
+  assert.equal(saved.name, 'cli');
+  assert.equal(saved.namespace, `${db}.orders`);
+  assert.deepEqual(saved.token, insert2._id, 'the token of the last printed event');
+  assert.equal(saved.startAfter, false);
+  const base = path.basename(tokenFile);
   assert.deepEqual(
-    fs.readdirSync(tmp).filter((f) => f.startsWith(path.basename(tokenFile)) && f !== path.basename(tokenFile)),
+    fs.readdirSync(tmp).filter((f) => f.includes(base) && f !== base),
     [],
     'no temp files left behind',
   );
@@ -171,40 +174,116 @@ test('a database stream (<db> without a collection)', async () => {
     run.events().map((e) => e.ns.coll),
     ['a', 'b.with.dots'],
   );
-  assert.deepEqual(EJSON.parse(fs.readFileSync(tokenFile, 'utf8')).ns, { db });
+  assert.equal(EJSON.parse(fs.readFileSync(tokenFile, 'utf8')).namespace, db);
 
   // <db>.<coll> splits at the first dot: collection names may contain dots.
   const dotted = cli(['tail', server.uri, `${db}.b.with.dots`, '--token-file', tokenFile]);
   await dotted.exited;
   assert.equal(dotted.exit.code, 2, 'the token file belongs to the database stream');
-  assert.match(dotted.stderr, new RegExp(`holds a position in ${db}, not in ${db}\\.b\\.with\\.dots`));
+  assert.match(dotted.stderr, new RegExp(`written for namespace ${db}, not ${db}\\.b\\.with\\.dots`));
 });
 
-test('refuses a token file of another namespace or a file that is not one, and leaves it alone', async () => {
-  const { db, ns, tokenFile } = await namespace();
+test('refuses a token file of another namespace, pipeline or --full-document, or not a token file; leaves it alone', async () => {
+  const { db, coll, ns, tokenFile } = await namespace();
   const run = await startTail(['tail', server.uri, ns, '--token-file', tokenFile], tokenFile);
   assert.equal((await run.stop('SIGINT')).code, 0, run.stderr);
   const before = fs.readFileSync(tokenFile, 'utf8');
+  // Events written meanwhile: a refused run must not print them (nor move the position).
+  await coll.insertOne({ seq: 1 });
 
-  const other = cli(['tail', server.uri, `${db}.other`, '--token-file', tokenFile]);
-  await other.exited;
-  assert.equal(other.exit.code, 2);
-  assert.match(other.stderr, new RegExp(`holds a position in ${db}\\.orders, not in ${db}\\.other`));
-  assert.equal(fs.readFileSync(tokenFile, 'utf8'), before);
+  const refusals = [
+    { args: [`${db}.other`], why: new RegExp(`written for namespace ${db}\\.orders, not ${db}\\.other`) },
+    { args: [ns, '--pipeline', '[{"$match":{"operationType":"insert"}}]'], why: /a different pipeline/ },
+    { args: [ns, '--full-document', 'updateLookup'], why: /a different pipeline or different watch options/ },
+  ];
+  for (const { args, why } of refusals) {
+    const other = cli(['tail', server.uri, ...args, '--token-file', tokenFile]);
+    await other.exited;
+    const what = `${args.join(' ')}: ${other.stderr}`;
+    assert.equal(other.exit.code, 2, what);
+    assert.match(other.stderr, why, what);
+    assert.match(other.stderr, /PositionMismatchError: .*; use another --token-file for this stream\n$/, what);
+    assert.doesNotMatch(other.stderr, /allowPositionMismatch/, `${what}: a library option the CLI does not have`);
+    assert.equal(other.lines.length, 0, what);
+    assert.equal(fs.readFileSync(tokenFile, 'utf8'), before, what);
+  }
 
   const garbage = path.join(tmp, 'not-a-token.json');
   fs.writeFileSync(garbage, '{"hello":"world"}\n');
   const bad = cli(['tail', server.uri, ns, '--token-file', garbage]);
   await bad.exited;
   assert.equal(bad.exit.code, 2);
-  assert.match(bad.stderr, /is not a resilient-change-stream token file/);
+  assert.match(bad.stderr, /TokenStoreError: the stored position in file .*not-a-token\.json is unreadable/);
+  assert.match(bad.stderr, /delete it to start from now, or use another --token-file/);
   assert.equal(fs.readFileSync(garbage, 'utf8'), '{"hello":"world"}\n');
+
+  // A token file of the CLI before it used the library's store: said so, not read.
+  const old = path.join(tmp, 'old-cli.token.json');
+  const oldText = `{"ns":{"db":"${db}","coll":"orders"},"resumeAfter":{"_data":"8266"}}\n`;
+  fs.writeFileSync(old, oldText);
+  const oldRun = cli(['tail', server.uri, ns, '--token-file', old]);
+  await oldRun.exited;
+  assert.equal(oldRun.exit.code, 2, oldRun.stderr);
+  assert.match(
+    oldRun.stderr,
+    /written by an earlier version of this CLI.*delete it to start from now, or use a new --token-file/,
+  );
+  assert.equal(oldRun.lines.length, 0);
+  assert.equal(fs.readFileSync(old, 'utf8'), oldText);
 
   const missingDir = cli(['tail', server.uri, ns, '--token-file', path.join(tmp, 'no', 'such', 'dir', 't.json')]);
   await missingDir.exited;
   assert.equal(missingDir.exit.code, 2);
   assert.match(missingDir.stderr, /cannot write token file/);
   assert.equal(missingDir.lines.length, 0);
+});
+
+test('an event counts as printed only once its line is written (the position waits for it)', async () => {
+  const { Writable } = require('node:stream');
+  const { writeOut } = require('../bin/tail');
+  // A sink that takes its time, as stdout does where pipes are asynchronous (macOS, Windows).
+  const written = [];
+  let hold = true;
+  const held = [];
+  const slow = new Writable({
+    write(chunk, _encoding, callback) {
+      const done = () => {
+        written.push(String(chunk));
+        callback();
+      };
+      if (hold) held.push(done);
+      else setImmediate(done);
+    },
+  });
+  const pending = writeOut(slow, 'a\n');
+  assert.ok(pending instanceof Promise, 'not in the sink yet: the listener must wait');
+  let settled = false;
+  pending.then(() => {
+    settled = true;
+  });
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(settled, false, 'not before the sink took the line');
+  hold = false;
+  for (const done of held.splice(0)) done();
+  await withTimeout(pending, 5000, 'the write to settle');
+  assert.equal(written.join(''), 'a\n');
+
+  // A sink that writes at once (Linux pipes, files, terminals): no promise, no tick.
+  const immediate = new Writable({
+    write(_chunk, _encoding, callback) {
+      callback();
+    },
+  });
+  assert.equal(writeOut(immediate, 'b\n'), undefined);
+
+  // A sink that fails (the reader went away): the listener throws, the event is not processed.
+  const broken = new Writable({
+    write(_chunk, _encoding, callback) {
+      callback(Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }));
+    },
+  });
+  broken.on('error', () => {});
+  assert.throws(() => writeOut(broken, 'c\n'), { code: 'EPIPE' });
 });
 
 test('usage errors exit 2 and never echo the connection string', async () => {
@@ -228,6 +307,17 @@ test('usage errors exit 2 and never echo the connection string', async () => {
     assert.doesNotMatch(result.stderr, /hunter2/, what);
     assert.equal(result.stdout, '', what);
   }
+  // A library error that names the package itself: the name is printed once.
+  const noAddon = spawnSync(process.execPath, [BIN, 'tail', 'mongodb://localhost', 'db.c'], {
+    encoding: 'utf8',
+    env: { ...env, NAPI_RS_NATIVE_LIBRARY_PATH: path.join(tmp, 'no-such-addon.node') },
+    timeout: 30000,
+  });
+  assert.equal(noAddon.status, 1, noAddon.stderr);
+  assert.match(noAddon.stderr, /^resilient-change-stream: [^\n]*no-such-addon\.node/);
+  assert.equal(noAddon.stderr.match(/resilient-change-stream:/g).length, 1, noAddon.stderr);
+  assert.equal(noAddon.stdout, '');
+
   const help = spawnSync(process.execPath, [BIN, '--help'], { encoding: 'utf8' });
   assert.equal(help.status, 0);
   assert.match(help.stdout, /resilient-change-stream tail <uri> <db>\[\.<coll>\]/);
@@ -262,8 +352,8 @@ test('a dropped collection: prints invalidate, exits 0, saves startAfter; a rest
   );
   assert.match(run.stderr, /invalidated \(the collection was dropped or renamed\).*run again to continue/);
   const saved = EJSON.parse(fs.readFileSync(tokenFile, 'utf8'), { relaxed: false });
-  assert.deepEqual(Object.keys(saved).sort(), ['ns', 'startAfter']);
-  assert.deepEqual(saved.startAfter, EJSON.parse(run.lines[2], { relaxed: false })._id);
+  assert.equal(saved.startAfter, true, 'continues with startAfter');
+  assert.deepEqual(saved.token, EJSON.parse(run.lines[2], { relaxed: false })._id);
 
   // startAfter the invalidate replays everything after it: no need to wait for the open.
   const again = cli(args);

@@ -18,18 +18,29 @@ saved after the events are printed and a restart continues right after the last 
 Options:
   --pipeline <json>             stages appended after $changeStream, as (Extended) JSON:
                                 '[{"$match":{"operationType":"insert"}}]'
-  --token-file <path>           where to keep the position (resume token and namespace; never
-                                the connection string). Written atomically, mode 0600.
+  --token-file <path>           where to keep the position: the library's file store, the
+                                stream named "cli" (resume token, namespace, a fingerprint
+                                of pipeline and --full-document; never the connection
+                                string). Written atomically, mode 0600. A file written for
+                                another namespace, pipeline or --full-document is refused.
   --full-document <mode>        updateLookup | whenAvailable | required | default
   -h, --help                    this text
   -v, --version                 the package version
 
 Status goes to stderr (a live line on a terminal). Ctrl-C (SIGINT), SIGTERM or SIGHUP stop
 it cleanly: the position is saved and the exit code is 0. Exit codes: 0 stopped / stream
-invalidated / output closed, 1 the stream failed, 2 bad arguments, 130 a second Ctrl-C.`;
+invalidated / output closed, 1 the stream failed, 2 bad arguments or token file, 130 a
+second Ctrl-C (the position written last is kept: the events since are printed again).`;
+
+const PREFIX = 'resilient-change-stream: ';
+
+/** Some of the library's messages (NativeAddonError's) already start with the prefix. */
+function withoutPrefix(message) {
+  return message.startsWith(PREFIX) ? message.slice(PREFIX.length) : message;
+}
 
 function fail(message) {
-  process.stderr.write(`resilient-change-stream: ${message}\n(see resilient-change-stream --help)\n`);
+  process.stderr.write(`${PREFIX}${message}\n(see resilient-change-stream --help)\n`);
   process.exitCode = 2;
 }
 
@@ -103,7 +114,6 @@ async function main(argv) {
   }
 
   const { tail, UsageError, EXIT_USAGE, EXIT_FAILED } = require('./tail');
-  const { TokenFileError } = require('./token-file');
   let args;
   try {
     args = {
@@ -122,8 +132,8 @@ async function main(argv) {
   } catch (err) {
     // Before any event: bad option (InvalidOptionError), token file, missing binary, ...
     // Messages never contain the connection string's credentials (the engine redacts them).
-    const usage = err instanceof UsageError || err instanceof TokenFileError || err?.code === 'InvalidOption';
-    process.stderr.write(`resilient-change-stream: ${err?.message ?? err}\n`);
+    const usage = err instanceof UsageError || err?.code === 'InvalidOption';
+    process.stderr.write(`${PREFIX}${withoutPrefix(String(err?.message ?? err))}\n`);
     process.exitCode = usage ? EXIT_USAGE : EXIT_FAILED;
   }
   // Everything is closed by now; do not wait for anything else that might linger.
@@ -131,6 +141,6 @@ async function main(argv) {
 }
 
 main(process.argv.slice(2)).catch((err) => {
-  process.stderr.write(`resilient-change-stream: unexpected error: ${err?.stack ?? err}\n`);
+  process.stderr.write(`${PREFIX}unexpected error: ${err?.stack ?? err}\n`);
   process.exit(1);
 });

@@ -1,18 +1,25 @@
 'use strict';
 
-// `resilient-change-stream tail`: prints a change stream as canonical Extended JSON lines and
-// keeps its position in a token file, through the package's public API only.
+// `resilient-change-stream tail`: prints a change stream as canonical Extended JSON lines,
+// through the package's public API only. With --token-file the stream is a named one
+// (STREAM_NAME) with the library's file store: the position record, its atomic writes, the
+// check that it belongs to this namespace and pipeline, and startAfter after an invalidate
+// are all the library's.
 //
-// Delivery contract: an event's token is saved only after its line was handed to the OS
-// (stdout's write callback), so a restart never skips an event. Saves are batched (at most
-// every SAVE_INTERVAL_MS) and flushed on every way out but SIGKILL; after a SIGKILL the events
-// of the last batch interval may be printed again (at-least-once).
+// Delivery contract: the library stores a position only after the 'change' listener for its
+// event has finished, and the listener finishes only once the event's line is handed to the
+// OS, so a restart never skips an event. Positions are written at most every
+// CHECKPOINT_EVERY_MS and on every way out but SIGKILL (and a second Ctrl-C); after those,
+// the events since the last write may be printed again (at-least-once).
 
+const fs = require('node:fs');
+const path = require('node:path');
 const { EJSON } = require('bson');
 const { ResilientChangeStream } = require('..');
-const { readTokenFile, writeTokenFile, checkWritable } = require('./token-file');
 
-const SAVE_INTERVAL_MS = 100;
+/** The name of the CLI's position in a token file (a library stream named so can share it). */
+const STREAM_NAME = 'cli';
+const CHECKPOINT_EVERY_MS = 100;
 const STATUS_REFRESH_MS = 1000;
 const STATUS_MIN_INTERVAL_MS = 100;
 
@@ -22,6 +29,7 @@ const EXIT_FAILED = 1; // the stream failed (history lost, auth, ...), or output
 const EXIT_USAGE = 2; // bad arguments, option or token file
 const EXIT_FORCED = 130; // a second Ctrl-C: stopped without waiting for the server
 
+/** A bad argument or token file, found before anything was printed (exit code 2). */
 class UsageError extends Error {}
 
 /**
@@ -30,89 +38,54 @@ class UsageError extends Error {}
  */
 async function tail(args, io = defaultIo()) {
   const { uri, db, coll, pipeline, tokenFile, fullDocument } = args;
-  const ns = coll === undefined ? { db } : { db, coll };
   const nsLabel = coll === undefined ? db : `${db}.${coll}`;
+  if (tokenFile !== undefined) checkWritableDirectory(tokenFile);
 
-  let saved = null;
-  if (tokenFile !== undefined) {
-    saved = readTokenFile(tokenFile);
-    if (saved && (saved.ns.db !== db || saved.ns.coll !== coll)) {
-      const savedLabel = saved.ns.coll === undefined ? saved.ns.db : `${saved.ns.db}.${saved.ns.coll}`;
-      throw new UsageError(
-        `token file ${tokenFile} holds a position in ${savedLabel}, not in ${nsLabel}; ` +
-          'use another --token-file',
-      );
-    }
-    checkWritable(tokenFile);
-  }
-
-  const startKind = saved?.startAfter ? 'startAfter' : 'resumeAfter';
   const stream = new ResilientChangeStream({
     uri,
     db,
     collection: coll,
     pipeline,
     fullDocument,
-    ...(saved ? { [startKind]: saved[startKind] } : {}),
+    ...(tokenFile === undefined
+      ? {}
+      : {
+          name: STREAM_NAME,
+          tokenStore: { type: 'file', path: tokenFile },
+          checkpoint: { everyMs: CHECKPOINT_EVERY_MS },
+        }),
     // Lossless decoding for canonical EJSON: keep BSON's number types, binaries and regexes.
     promoteValues: false,
     promoteBuffers: false,
     bsonRegExp: true,
   });
 
-  const status = new Status(io.stderr, nsLabel, { sharesScreen: Boolean(io.stdoutIsTTY) });
-  const position = {
-    token: saved ? saved[startKind] : null,
-    kind: startKind,
-    savedText: null, // what the file holds (its text), to skip writes that change nothing
-  };
+  const status = new Status(io.stderr, nsLabel, {
+    sharesScreen: Boolean(io.stdoutIsTTY),
+    unsaved: tokenFile === undefined ? null : () => unsavedEvents(stream),
+  });
   let events = 0;
-  let invalidateToken = null;
-  let saveTimer = null;
+  let invalidated = false;
+  // The stream's cursor is open (its first position came): from then on, a token store
+  // error is about saving, not about the file that was there before.
+  let opened = false;
 
-  function save() {
-    clearTimeout(saveTimer);
-    saveTimer = null;
-    if (tokenFile === undefined || position.token === null) return;
-    const record = { ns, kind: position.kind, token: position.token };
-    const text = EJSON.stringify(record, { relaxed: false });
-    if (text === position.savedText) return;
-    writeTokenFile(tokenFile, record);
-    position.savedText = text;
-    status.saved();
-  }
-
-  let printing = null; // the write of the event being printed, if any
+  // Returns nothing when the line is already in the OS, else a promise the library awaits
+  // before it counts the event as processed.
   stream.on('change', (event) => {
-    const line = `${EJSON.stringify(event, { relaxed: false })}\n`;
     status.beforeOutput();
-    printing = io.writeOut(line).then(() => {
+    const written = io.writeOut(`${EJSON.stringify(event, { relaxed: false })}\n`);
+    const printed = () => {
       events += 1;
-      if (event.operationType === 'invalidate') invalidateToken = event._id;
+      if (event.operationType === 'invalidate') invalidated = true;
       status.event(events);
-    });
-    return printing;
+    };
+    if (written === undefined) return printed();
+    return written.then(printed);
   });
-
-  stream.on('resumeTokenChanged', (token) => {
-    if (invalidateToken !== null) {
-      // After an invalidate only startAfter can continue (resumeAfter would fail with 260).
-      position.token = invalidateToken;
-      position.kind = 'startAfter';
-    } else {
-      position.token = token;
-      // As the spec resumes: startAfter until the stream started with it has seen an event.
-      position.kind = startKind === 'startAfter' && events === 0 ? 'startAfter' : 'resumeAfter';
-    }
-    saveTimer ??= setTimeout(() => {
-      try {
-        save();
-      } catch (err) {
-        stop({ error: err });
-      }
-    }, SAVE_INTERVAL_MS);
+  stream.once('resumeTokenChanged', () => {
+    opened = true;
   });
-
   stream.on('reconnecting', ({ attempt, delayMs, error }) => {
     status.reconnecting(attempt, delayMs, error);
   });
@@ -124,29 +97,20 @@ async function tail(args, io = defaultIo()) {
 
   const closed = new Promise((resolve) => stream.once('close', resolve));
 
-  // How the run ends: the first of a signal, the stream closing by itself, a failed save.
-  let stopping = null;
-  function stop(why) {
-    if (stopping) return;
-    stopping = why;
-    stream.close().catch(() => {});
-  }
-
+  // How the run ends: the first of a signal or the stream closing by itself.
+  let stoppedBy = null;
   const onSignal = (signal) => {
-    if (stopping?.signal) {
-      // Second signal: do not wait for the server; the position of the last printed event is
-      // already in memory.
-      try {
-        save();
-      } catch {
-        // exiting anyway
-      }
+    if (stoppedBy !== null) {
+      // Second signal: do not wait for the server (or anything else). The token file keeps
+      // the last position written: the events since then are printed again next time.
       status.clear();
       io.stderr.write(`resilient-change-stream: ${signal} again, exiting without waiting\n`);
       io.exit(EXIT_FORCED);
       return;
     }
-    stop({ signal });
+    stoppedBy = signal;
+    // close() stores the position of the last printed event (its failure is read below).
+    stream.close().catch(() => {});
   };
   const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'];
   for (const signal of signals) io.process.on(signal, onSignal);
@@ -157,41 +121,103 @@ async function tail(args, io = defaultIo()) {
     info = await closed;
   } finally {
     status.stop();
+    for (const signal of signals) io.process.removeListener(signal, onSignal);
   }
-  // A stop can come while an event is being written: let that write finish, and the stream
-  // move its position past the event, so the position is that of the last printed event.
-  if (printing) {
-    await printing.catch(() => {});
-    await new Promise((resolve) => setImmediate(resolve));
-  }
-  let code = EXIT_OK;
-  let failure = stopping?.error ?? (info.reason === 'error' ? info.error : null);
-  try {
-    save();
-  } catch (err) {
-    failure ??= err;
-  }
-  for (const signal of signals) io.process.removeListener(signal, onSignal);
+  // However it closed, close() (idempotent) says whether the last position was stored.
+  const closeFailure = await stream.close().then(
+    () => null,
+    (err) => err,
+  );
+  const failure = (info.reason === 'error' ? info.error : null) ?? closeFailure;
 
   const where = tokenFile === undefined ? '' : `; position saved in ${tokenFile}`;
-  if (stopping?.signal && !failure) {
-    status.say(`stopped by ${stopping.signal} after ${events} events${where}`);
-  } else if (failure && isClosedOutput(failure)) {
+  if (failure && isClosedOutput(failure)) {
     // The reader went away (`| head`): not an error; the unprinted event stays unsaved.
-  } else if (failure) {
+    return EXIT_OK;
+  }
+  if (failure && tokenFile !== undefined && !opened && events === 0 && isTokenFileError(failure)) {
+    throw new UsageError(describeTokenFileError(failure, tokenFile));
+  }
+  if (failure) {
     status.say(describeFailure(failure, tokenFile));
-    code = EXIT_FAILED;
-  } else if (info.reason === 'invalidate' || invalidateToken !== null) {
+    return EXIT_FAILED;
+  }
+  if (stoppedBy !== null) {
+    status.say(`stopped by ${stoppedBy} after ${events} events${where}`);
+  } else if (info.reason === 'invalidate' || invalidated) {
     status.say(
       `the change stream was invalidated (the ${coll === undefined ? 'database' : 'collection'} ` +
         `was dropped or renamed)${where}${tokenFile === undefined ? '' : '; run again to continue after it'}`,
     );
   }
-  return code;
+  return EXIT_OK;
+}
+
+/** Printed events whose position is not in the token file yet; null once it cannot tell. */
+function unsavedEvents(stream) {
+  try {
+    return stream.health().pendingCheckpoint;
+  } catch {
+    return null; // closed meanwhile
+  }
+}
+
+/**
+ * Fails before anything is printed if the token file cannot be written: the store would
+ * only find out at its first save, and retry that for a while as events go by unsaved.
+ */
+function checkWritableDirectory(file) {
+  const dir = path.dirname(path.resolve(file));
+  try {
+    if (!fs.statSync(dir).isDirectory()) throw new Error(`${dir} is not a directory`);
+    fs.accessSync(dir, fs.constants.W_OK);
+  } catch (err) {
+    throw new UsageError(`cannot write token file ${file}: ${err.message}`);
+  }
 }
 
 function isClosedOutput(err) {
   return err?.code === 'EPIPE' || err?.code === 'ERR_STREAM_DESTROYED';
+}
+
+/** The stored position could not be used: read when the stream started, before any event. */
+function isTokenFileError(err) {
+  return err?.code === 'PositionMismatch' || err?.code === 'TokenStoreError';
+}
+
+function describeTokenFileError(err, tokenFile) {
+  if (err.code === 'TokenStoreError' && isOldTokenFile(tokenFile)) {
+    return (
+      `token file ${tokenFile} was written by an earlier version of this CLI, whose format is ` +
+      'no longer read; delete it to start from now, or use a new --token-file'
+    );
+  }
+  // The library's advice names its option; the CLI user's way out is another file.
+  const message = err.message.replace(/; set allowPositionMismatch\b.*$/s, '');
+  const remedy =
+    err.code === 'PositionMismatch'
+      ? 'use another --token-file for this stream'
+      : 'delete it to start from now, or use another --token-file';
+  return `${err.name}: ${message}; ${remedy}`;
+}
+
+/**
+ * Whether the file is in the format of the CLI before 0.1.0 shipped (`{"ns":…,"resumeAfter"|
+ * "startAfter":…}`): only to say so, its position is not read.
+ */
+function isOldTokenFile(file) {
+  try {
+    const doc = JSON.parse(fs.readFileSync(file, 'utf8'));
+    return (
+      doc !== null &&
+      typeof doc === 'object' &&
+      !('version' in doc) &&
+      typeof doc.ns === 'object' &&
+      ('resumeAfter' in doc || 'startAfter' in doc)
+    );
+  } catch {
+    return false;
+  }
 }
 
 function describeFailure(err, tokenFile) {
@@ -214,15 +240,19 @@ function describeFailure(err, tokenFile) {
  * state change (reconnecting, resumed, the end), for logs.
  */
 class Status {
-  /** @param {{ sharesScreen: boolean }} options sharesScreen: stdout is a terminal too */
-  constructor(stderr, nsLabel, { sharesScreen }) {
+  /**
+   * @param {{ sharesScreen: boolean, unsaved: (() => number) | null }} options sharesScreen:
+   *   stdout is a terminal too; unsaved: how many printed events the token file is behind
+   *   (null without one)
+   */
+  constructor(stderr, nsLabel, { sharesScreen, unsaved }) {
     this.out = stderr;
     this.sharesScreen = sharesScreen;
+    this.unsaved = unsaved;
     this.tty = Boolean(stderr.isTTY);
     this.nsLabel = nsLabel;
     this.events = 0;
     this.lastEventAt = null;
-    this.savedAt = null;
     this.outage = null; // { attempt, delayMs, error, at }
     this.timer = null;
     this.lastDraw = 0;
@@ -249,10 +279,6 @@ class Status {
     this.lastEventAt = Date.now();
     this.outage = null;
     this.drawSoon();
-  }
-
-  saved() {
-    this.savedAt = Date.now();
   }
 
   reconnecting(attempt, delayMs, error) {
@@ -306,7 +332,8 @@ class Status {
         `next in ${formatMs(next)}) after ${describeError(error)}`;
     } else {
       const last = this.lastEventAt === null ? 'none yet' : `${formatMs(now - this.lastEventAt)} ago`;
-      const saved = this.savedAt === null ? '' : ` · saved ${formatMs(now - this.savedAt)} ago`;
+      const unsaved = this.events === 0 ? null : this.unsaved?.();
+      const saved = unsaved == null ? '' : unsaved === 0 ? ' · all saved' : ` · ${unsaved} unsaved`;
       text = `${this.nsLabel} · ${this.events} events · last ${last}${saved} · Ctrl-C to stop`;
     }
     const width = this.out.columns || 80;
@@ -331,18 +358,32 @@ function formatMs(ms) {
 
 function defaultIo() {
   const { stdout, stderr } = process;
-  // Write errors (EPIPE when the reader goes away) arrive through the write callback.
+  // Write errors (EPIPE when the reader goes away) are read from stdout.errored, or arrive
+  // through a write callback.
   stdout.on('error', () => {});
   return {
     stderr,
     stdoutIsTTY: stdout.isTTY,
     process,
-    writeOut: (text) =>
-      new Promise((resolve, reject) => {
-        stdout.write(text, (err) => (err ? reject(err) : resolve()));
-      }),
+    writeOut: (text) => writeOut(stdout, text),
     exit: (code) => process.exit(code),
   };
 }
 
-module.exports = { tail, UsageError, EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FORCED };
+/**
+ * Writes `text`. Returns nothing if it is in the OS already (Linux pipes, files and POSIX
+ * terminals are written synchronously: no tick per event); else a promise that settles once
+ * it is (an empty write's callback comes after every write before it; waiting for 'drain'
+ * would leave up to a highWaterMark of lines unwritten). Throws, or rejects, if it cannot
+ * be written: the event is then not processed, and its position not saved.
+ */
+function writeOut(stdout, text) {
+  stdout.write(text);
+  if (stdout.errored) throw stdout.errored;
+  if (stdout.writableLength === 0) return undefined;
+  return new Promise((resolve, reject) => {
+    stdout.write('', (err) => (err ? reject(err) : resolve()));
+  });
+}
+
+module.exports = { tail, writeOut, UsageError, STREAM_NAME, EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FORCED };
