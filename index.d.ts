@@ -390,7 +390,8 @@ export declare function watch<
 >(target: WatchTarget<TSchema>, options?: WatchOptions): ResilientChangeStream<TSchema, TChange>;
 
 /**
- * Stable error codes (the engine's, plus 'ModeConflict' and 'StreamClosed'). Codes without a
+ * Stable error codes (the engine's, plus 'ModeConflict', 'StreamClosed' and
+ * 'NativeAddonUnavailable'; lib/errors.js and lib/error-helpers.js hold the JS list). Codes without a
  * class of their own ('NetworkError', 'ClientError', codes added later) arrive as the base class.
  */
 export type ErrorCode =
@@ -408,7 +409,8 @@ export type ErrorCode =
   | 'StreamClosed'
   | 'TokenStoreError'
   | 'PositionMismatch'
-  | 'Stalled';
+  | 'Stalled'
+  | 'NativeAddonUnavailable';
 
 export interface ErrorInfo {
   code?: string;

@@ -1,13 +1,8 @@
 'use strict';
 
 const { PullSource } = require('./pull');
-const {
-  InvalidOptionError,
-  ModeConflictError,
-  describeType,
-  fromNative,
-  invalidOption,
-} = require('./errors');
+const { InvalidOptionError, ModeConflictError } = require('./errors');
+const { describeType, fromNative, invalidOption } = require('./error-helpers');
 const { takeDecodeOptions, eventDeserializeOptions, decodeEvents, documentViews, encodeSpec, bson } = require('./decode');
 const { nativeCursor } = require('./native');
 const { resolveTarget, connectionString } = require('./target');

@@ -2,7 +2,8 @@
 
 const { EventEmitter } = require('node:events');
 const { Readable } = require('node:stream');
-const { fromNative, ModeConflictError } = require('./errors');
+const { ModeConflictError } = require('./errors');
+const { fromNative } = require('./error-helpers');
 
 // How long tryNext() waits for the engine before answering null. It only has to cover a batch
 // the engine already holds (a hop through the event loop), not a server round trip.

@@ -1,14 +1,8 @@
 'use strict';
 
 const { PullSource } = require('./pull');
-const {
-  InvalidOptionError,
-  ModeConflictError,
-  StreamClosedError,
-  describeType,
-  fromNative,
-  invalidOption,
-} = require('./errors');
+const { InvalidOptionError, ModeConflictError, StreamClosedError } = require('./errors');
+const { describeType, fromNative, invalidOption } = require('./error-helpers');
 const {
   takeDecodeOptions,
   eventDeserializeOptions,
