@@ -20,6 +20,9 @@ cargo clippy --all-targets -- -D warnings
 step "build the addon (release)"
 npm run build
 
+step "tsc: lib/ and index.js type-checked (JSDoc) against the generated native/binding.d.ts"
+npm run typecheck:lib
+
 step "tsc --noEmit: TypeScript usage against index.d.ts"
 npx tsc -p __test__/types
 
