@@ -14,6 +14,9 @@ node harness/cli.js install
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "oxlint: the JavaScript (lib/, index.js, bin/, harness/, scripts/, __test__/)"
+npm run lint
+
 step "cargo clippy -D warnings"
 cargo clippy --all-targets -- -D warnings
 

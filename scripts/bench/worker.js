@@ -301,9 +301,9 @@ async function live() {
     measured: latencies.length,
     expected: params.measured,
     latency: latencyStats(latencies),
-    ...(r || {}),
+    ...r,
     cpuMsPer1k: r ? (r.cpuMs / latencies.length) * 1000 : null,
-    ...(rss || {}),
+    ...rss,
   });
 }
 
@@ -491,7 +491,7 @@ async function fanOut() {
     latency: latencyStats(latencies),
     baselineRssBytes: baselineRss,
     peakRssBytes: peak,
-    ...(r || {}),
+    ...r,
     cpuMsPer1k: r ? (r.cpuMs / latencies.length) * 1000 : null,
   });
 }
