@@ -420,7 +420,7 @@ async function fanOut() {
   global.gc?.();
   const baselineRss = process.memoryUsage.rss();
   const latencies = [];
-  const perStream = new Array(params.streams).fill(0);
+  const perStream = Array.from({ length: params.streams }, () => 0);
   let warm = 0;
   let m = null;
   let sampler = null;
