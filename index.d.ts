@@ -220,6 +220,18 @@ export interface StalledEvent {
   silentMs: number;
 }
 
+/**
+ * The last error, as {@link ResilientChangeStream.health} and {@link ResilientCursor.health}
+ * report it: plain data (JSON-safe for monitoring; an Error would lose its message in
+ * `JSON.stringify`), redacted. The error that closed the reader, else the engine's last one.
+ */
+export interface HealthError {
+  name: string;
+  code: ErrorCode | (string & {});
+  message: string;
+  serverCode?: number;
+}
+
 /** What {@link ResilientChangeStream.health} reports. */
 export interface StreamHealth {
   state: 'starting' | 'streaming' | 'reconnecting' | 'closed' | 'failed';
@@ -234,7 +246,7 @@ export interface StreamHealth {
   /** The backoff delay being waited out now, if reconnecting. */
   currentBackoffMs: number | null;
   /** The last error seen (resumable or not), redacted. */
-  lastError: { name: string; code: string; message: string; serverCode?: number } | null;
+  lastError: HealthError | null;
   /** Events handed to the application. */
   eventsDelivered: number;
   /** Events processed but whose position is not yet stored. */
@@ -390,7 +402,8 @@ export declare function watch<
 >(target: WatchTarget<TSchema>, options?: WatchOptions): ResilientChangeStream<TSchema, TChange>;
 
 /**
- * Stable error codes (the engine's, plus 'ModeConflict' and 'StreamClosed'). Codes without a
+ * Stable error codes (the engine's, plus 'ModeConflict', 'StreamClosed' and
+ * 'NativeAddonUnavailable'; lib/errors.js and lib/error-helpers.js hold the JS list). Codes without a
  * class of their own ('NetworkError', 'ClientError', codes added later) arrive as the base class.
  */
 export type ErrorCode =
@@ -408,7 +421,8 @@ export type ErrorCode =
   | 'StreamClosed'
   | 'TokenStoreError'
   | 'PositionMismatch'
-  | 'Stalled';
+  | 'Stalled'
+  | 'NativeAddonUnavailable';
 
 export interface ErrorInfo {
   code?: string;
@@ -576,7 +590,8 @@ export interface ResilientCursorHealth {
   state: 'starting' | 'streaming' | 'reconnecting' | 'closed' | 'failed';
   reconnects: number;
   currentBackoffMs: number | null;
-  lastError: ResilientChangeStreamError | null;
+  /** The last error seen (resumable or not), redacted. */
+  lastError: HealthError | null;
   documentsRead: number;
   documentsDelivered: number;
   /** Processed documents whose position is not stored yet (0 without a name). */

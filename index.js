@@ -2,15 +2,16 @@
 
 // resilient-change-stream: a thin JS facade over the Rust engine (lib/native.js loads it
 // on first stream construction). See lib/ for the pieces and docs/native-contract.md.
+// The export list stays literal (a spread of a require() call is fine): Node reads it to
+// give index.mjs its named exports.
 
 const { ResilientChangeStream } = require('./lib/stream');
 const { watch } = require('./lib/watch');
 const { ResilientCursor } = require('./lib/cursor');
-const { errorClasses } = require('./lib/errors');
 
 module.exports = {
   ResilientChangeStream,
   ResilientCursor,
   watch,
-  ...errorClasses,
+  ...require('./lib/errors'),
 };

@@ -76,7 +76,7 @@ function findNpmCli() {
   for (const candidate of candidates) {
     if (!candidate || !fs.existsSync(candidate)) continue;
     const real = fs.realpathSync(candidate);
-    if (/npm-cli\.js$/.test(real)) return real;
+    if (real.endsWith('npm-cli.js')) return real;
   }
   return null;
 }

@@ -1,6 +1,6 @@
 'use strict';
 
-const { invalidOption } = require('./errors');
+const { invalidOption } = require('./error-helpers');
 
 let BSON = null;
 
@@ -85,32 +85,6 @@ function checkBatch(buffer, count) {
   if (offset !== buffer.length) throw new Error(`native batch holds more than ${count} documents`);
 }
 
-/** Decodes `count` BSON documents stored back to back in `buffer`, one `deserialize` each. */
-function decodeEvents(buffer, count, options) {
-  const { deserialize } = bson();
-  checkBatch(buffer, count);
-  const events = new Array(count);
-  const perEvent = perEventOptions(options);
-  let offset = 0;
-  for (let i = 0; i < count; i++) {
-    perEvent.index = offset;
-    events[i] = deserialize(buffer, perEvent);
-    offset += buffer.readInt32LE(offset);
-  }
-  return events;
-}
-
-/** The `count` BSON documents laid back to back in `buffer`, as views (no copies). */
-function documentViews(buffer, count) {
-  const views = new Array(count);
-  for (let i = 0, offset = 0; i < count; i++) {
-    const length = buffer.readInt32LE(offset);
-    views[i] = buffer.subarray(offset, offset + length);
-    offset += length;
-  }
-  return views;
-}
-
 function decodeToken(buffer) {
   return bson().deserialize(buffer, TOKEN_DESERIALIZE_OPTIONS);
 }
@@ -129,8 +103,6 @@ module.exports = {
   checkBatch,
   takeDecodeOptions,
   eventDeserializeOptions,
-  decodeEvents,
-  documentViews,
   decodeToken,
   encodeSpec,
   DECODE_OPTION_NAMES,

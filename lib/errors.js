@@ -1,7 +1,11 @@
 'use strict';
 
-// Error classes mirrored from the engine's stable codes (src/engine/errors.rs,
-// `ErrorCode::as_str`). Classification happens in the engine; JS only maps a code to a class.
+// The public error classes: one line a stable code. The engine's codes (src/engine/errors.rs,
+// `ErrorCode::as_str`) are classified there; JS only maps a code to a class
+// (lib/error-helpers.js `fromNative`). Everything this module exports is public: index.js
+// re-exports it whole, and the `exports.<Class> =` lines are what lets Node find the named
+// exports for `import { InvalidOptionError } from 'resilient-change-stream'` (index.mjs).
+// index.d.ts declares the same classes; __test__/error-codes.test.js checks they agree.
 
 class ResilientChangeStreamError extends Error {
   /**
@@ -12,7 +16,8 @@ class ResilientChangeStreamError extends Error {
     super(message, info.cause === undefined ? undefined : { cause: info.cause });
     // A subclass's code is fixed; the base class keeps whatever code it was given, so codes
     // added to the engine later still reach the user.
-    this.code = new.target.code ?? info.code ?? 'Unknown';
+    /** @type {string} */
+    this.code = /** @type {any} */ (new.target).code ?? info.code ?? 'Unknown';
     this.serverCode = info.serverCode;
     this.codeName = info.codeName;
     this.labels = info.labels ?? [];
@@ -24,108 +29,51 @@ class ResilientChangeStreamError extends Error {
   }
 }
 
-class ChangeStreamHistoryLostError extends ResilientChangeStreamError {
-  static code = 'ChangeStreamHistoryLost';
+/**
+ * A class whose `code` is fixed; it is named after the export it is assigned to (below).
+ * @param {string} code
+ */
+function coded(code) {
+  return class extends ResilientChangeStreamError {
+    static code = code;
+  };
 }
-class InvalidResumeTokenError extends ResilientChangeStreamError {
-  static code = 'InvalidResumeToken';
-}
-class ChangeStreamFatalError extends ResilientChangeStreamError {
-  static code = 'ChangeStreamFatal';
-}
-class AuthorizationError extends ResilientChangeStreamError {
-  static code = 'Unauthorized';
-}
-class InvalidPipelineError extends ResilientChangeStreamError {
-  static code = 'InvalidPipeline';
-}
-class RetriesExhaustedError extends ResilientChangeStreamError {
-  static code = 'RetriesExhausted';
-}
-class ServerError extends ResilientChangeStreamError {
-  static code = 'ServerError';
-}
-class InvalidOptionError extends ResilientChangeStreamError {
-  static code = 'InvalidOption';
-}
-class ModeConflictError extends ResilientChangeStreamError {
-  static code = 'ModeConflict';
-}
-class StreamClosedError extends ResilientChangeStreamError {
-  static code = 'StreamClosed';
-}
-class TokenStoreError extends ResilientChangeStreamError {
-  static code = 'TokenStoreError';
-}
-class PositionMismatchError extends ResilientChangeStreamError {
-  static code = 'PositionMismatch';
-}
+
+exports.ResilientChangeStreamError = ResilientChangeStreamError;
+
+// --- the table: export (class) name = its stable code ------------------------------------
+exports.ChangeStreamHistoryLostError = coded('ChangeStreamHistoryLost');
+exports.InvalidResumeTokenError = coded('InvalidResumeToken');
+exports.ChangeStreamFatalError = coded('ChangeStreamFatal');
+exports.AuthorizationError = coded('Unauthorized');
+exports.InvalidPipelineError = coded('InvalidPipeline');
+exports.RetriesExhaustedError = coded('RetriesExhausted');
+exports.ServerError = coded('ServerError');
+exports.InvalidOptionError = coded('InvalidOption');
+exports.ModeConflictError = coded('ModeConflict');
+exports.StreamClosedError = coded('StreamClosed');
+exports.TokenStoreError = coded('TokenStoreError');
+exports.PositionMismatchError = coded('PositionMismatch');
 
 /**
  * Thrown (by the first stream or cursor constructed, from lib/native.js) when no usable
  * binary is found. `code` is 'NativeAddonUnavailable'; `packageName` is the platform
  * package to install.
  */
-class NativeAddonError extends ResilientChangeStreamError {
+exports.NativeAddonError = class NativeAddonError extends ResilientChangeStreamError {
   static code = 'NativeAddonUnavailable';
 
+  /**
+   * @param {string} message
+   * @param {{ cause?: unknown, platform?: string, packageName?: string }} [info]
+   */
   constructor(message, { cause, platform, packageName } = {}) {
     super(message, { cause });
     this.platform = platform;
     this.packageName = packageName;
   }
-}
-
-/** Every class with a stable code of its own; the base class takes any other code. */
-const CODED_CLASSES = [
-  ChangeStreamHistoryLostError,
-  InvalidResumeTokenError,
-  ChangeStreamFatalError,
-  AuthorizationError,
-  InvalidPipelineError,
-  RetriesExhaustedError,
-  ServerError,
-  InvalidOptionError,
-  ModeConflictError,
-  StreamClosedError,
-  TokenStoreError,
-  PositionMismatchError,
-  NativeAddonError,
-];
-
-const CLASS_BY_CODE = new Map(CODED_CLASSES.map((cls) => [cls.code, cls]));
-
-/** The public error classes by name (what index.js exports). */
-const errorClasses = Object.fromEntries(
-  [ResilientChangeStreamError, ...CODED_CLASSES].map((cls) => [cls.name, cls]),
-);
-
-/** Builds the mirrored error for a `NativeErrorInfo` (see docs/native-contract.md). */
-function fromNative(info) {
-  const ErrorClass = CLASS_BY_CODE.get(info.code) ?? ResilientChangeStreamError;
-  return new ErrorClass(info.message, info);
-}
-
-/** The type word used in option messages, in the engine's style ("got string"). */
-function describeType(value) {
-  if (value === null) return 'null';
-  if (Array.isArray(value)) return 'array';
-  if (typeof value === 'object') {
-    const ctor = Object.getPrototypeOf(value)?.constructor;
-    return ctor && ctor !== Object ? ctor.name : 'object';
-  }
-  return typeof value;
-}
-
-/** `option "<name>" must be <expected>, got <type>`: the engine's message shape for JS-side checks. */
-function invalidOption(name, expected, value) {
-  return new InvalidOptionError(`option "${name}" must be ${expected}, got ${describeType(value)}`);
-}
-
-module.exports = {
-  ...errorClasses,
-  errorClasses,
-  fromNative,
-  describeType,
-  invalidOption,
 };
+
+for (const [name, cls] of Object.entries(exports)) {
+  if (cls.name !== name) Object.defineProperty(cls, 'name', { value: name });
+}

@@ -1,6 +1,6 @@
 'use strict';
 
-const { invalidOption } = require('./errors');
+const { invalidOption } = require('./error-helpers');
 
 const DEFAULTS = { fraction: 0.1, intervalMS: 60000 };
 

@@ -1,6 +1,6 @@
 'use strict';
 
-const { invalidOption } = require('./errors');
+const { invalidOption } = require('./error-helpers');
 
 const LEVELS = ['debug', 'info', 'warn', 'error'];
 

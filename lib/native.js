@@ -50,9 +50,12 @@ function isMusl() {
     // no ldd (distroless images): ask Node
   }
   try {
-    if (process.report && typeof process.report.getReport === 'function') {
-      process.report.excludeNetwork = true;
-      const report = process.report.getReport();
+    // Typed loosely: excludeNetwork and the report's shape vary across Node versions.
+    /** @type {any} */
+    const reporter = process.report;
+    if (reporter && typeof reporter.getReport === 'function') {
+      reporter.excludeNetwork = true;
+      const report = reporter.getReport();
       const header = typeof report === 'string' ? JSON.parse(report).header : report.header;
       return !header?.glibcVersionRuntime;
     }

@@ -2,28 +2,156 @@
 
 const { EventEmitter } = require('node:events');
 const { Readable } = require('node:stream');
-const { fromNative, ModeConflictError } = require('./errors');
+const { InvalidOptionError, ModeConflictError, StreamClosedError } = require('./errors');
+const { fromNative } = require('./error-helpers');
+const { bson, checkBatch, encodeSpec, eventDeserializeOptions, perEventOptions } = require('./decode');
+const { Lifecycle } = require('./lifecycle');
+const { logSink } = require('./logger');
+const { tokenStoreOption } = require('./store');
 
 // How long tryNext() waits for the engine before answering null. It only has to cover a batch
 // the engine already holds (a hop through the event loop), not a server round trip.
 const TRY_NEXT_WAIT_MS = 10;
 
 /**
- * The iterator surface shared by ResilientChangeStream and ResilientCursor: both pull
- * batches from a native engine into `_buffer` and hand items out one at a time. Subclasses
- * provide `_useAsIterator()` (mode and closed checks), `_flow()` (the emitter-mode pump),
- * `_pull()` (one engine item, never rejects), `_take()` (hand out the first buffered item),
- * `_commitRun()`, `_state` and `close()`, and call `_initCheckpoints()`. Items are
- * buffered in `_buffer` (an array) unless the subclass overrides `_available()` and keeps
- * them its own way.
+ * @typedef {import('../native/binding').NativeChangeStream} NativeChangeStream
+ * @typedef {import('../native/binding').NativeCursor} NativeCursor
+ * @typedef {import('../native/binding').NativeItem} NativeItem
+ * @typedef {import('../native/binding').NativeHealth} NativeHealth
+ *
+ * @typedef {object} ReaderKind what differs between the two readers, besides their hooks
+ * @property {string} name the class name, for messages
+ * @property {'change' | 'data'} itemEvent the event items go to in emitter mode
+ * @property {string[]} endReasons the engine's end reasons announced with an 'end' event
+ * @property {boolean} closedIteratorThrows whether next() & co. throw StreamClosedError once
+ *   closed (else they answer null / false, as the driver's cursors do)
+ * @property {string} iteratorConflict ModeConflictError message: iterator use in emitter mode
+ * @property {string} emitterConflict ModeConflictError message: an item listener in iterator mode
+ *
+ * @typedef {object} Batch a batch of items as the engine sent it: `count` BSON documents
+ *   back to back in `events`; `endToken` the position after the last (change streams)
+ * @property {Buffer} events
+ * @property {number} count
+ * @property {Buffer | null} endToken
+ *
+ * @typedef {{ name: string, code: string, message: string, serverCode?: number }} HealthError
+ */
+
+/**
+ * What ResilientChangeStream and ResilientCursor share: the native engine's construction, one
+ * pull / read-ahead / queue machinery, the emitter-mode pump, the iterator surface, the
+ * lifecycle (lib/lifecycle.js), health() and checkpointing. A subclass provides only what
+ * differs: its ReaderKind, and the hooks
+ *   `_keepPosition(item, batch, offset, length, last)` the position after a handed-out item
+ *     (resume token / last key); may throw, which closes the reader,
+ *   `_applyOwn(item)` its own native items (stream: historyLost; cursor: positionLost),
+ *   `_annotate(error)` what the error that closes it should carry,
+ *   `_commitRun(batch, offset, count)` reports processed items to the engine,
+ *   `_ownHealth(native)` its own health() fields,
+ * and optionally `_onEmptyBatch(batch)`, `_afterTake(item)`, `_beforeRequest()`, `_onClosing()`.
+ * @template {NativeChangeStream | NativeCursor} N the native class (native/binding.d.ts)
  */
 class PullSource extends EventEmitter {
+  /**
+   * The one constructor path: builds the native engine from `spec` (what the engine
+   * validates; its 'InvalidArg' becomes InvalidOptionError) and the shared state.
+   * @param {ReaderKind} kind
+   * @param {{ NativeClass: new (spec: Buffer, store?: any) => N, spec: Record<string, any>,
+   *   decode: Record<string, boolean>, logger: object | null, namespace: string }} setup
+   */
+  constructor(kind, { NativeClass, spec, decode, logger, namespace }) {
+    super();
+    this._kind = kind;
+    const store = tokenStoreOption(spec.tokenStore);
+    const encoded = encodeSpec({ ...spec, tokenStore: store.spec });
+    try {
+      /** @type {N} */
+      this._native = new NativeClass(encoded, store.callback);
+    } catch (err) {
+      // The engine validates the options; only the error's class is JS's business.
+      throw err?.code === 'InvalidArg' ? new InvalidOptionError(err.message, { cause: err }) : err;
+    }
+    if (logger) this._native.setLogger(logSink(logger, namespace));
+    /** deserialize() options for one item; its `index` is moved along the batch. */
+    this._decodeOptions = perEventOptions(eventDeserializeOptions(decode));
+    this._deserialize = bson().deserialize;
+    this._lifecycle = new Lifecycle();
+    /** The close promise, created once by the first close (user, engine end, failure). */
+    this._closing = null;
+
+    /**
+     * Items not yet handed out, kept as the engine delivered them: whole batches of raw BSON.
+     * `_head` is the batch being handed out; `_index`/`_offset` locate its next item, which
+     * is decoded only when it is looked at or handed out (`_peeked` caches it). While a
+     * batch is handed out, the engine's next item is already asked for (one at a time, as
+     * the contract says): it waits in `_queue`, in order, and is applied only once the
+     * items before it are handed out and the consumer asks for more.
+     * @type {Batch | null}
+     */
+    this._head = null;
+    /** @type {NativeItem[]} */
+    this._queue = [];
+    this._index = 0;
+    this._offset = 0;
+    this._peeked = null;
+    /** The one outstanding native nextBatch(), already chained to _handle (contract: never two). */
+    this._pending = null;
+    /** Ask the engine for its next item as soon as the pending call settles. */
+    this._prefetch = false;
+    /** The consumer asked for an item and no batch came since: what arrives is applied at once. */
+    this._wanted = false;
+
+    /** Items handed out, and when the last one was (ms since epoch; for health()). */
+    this._delivered = 0;
+    this._lastDeliveredAt = null;
+    /** rawListeners(itemEvent) as of the last change to them: not one copy per item. */
+    this._itemListeners = null;
+
+    this._initCheckpoints();
+
+    this.on('newListener', (name) => {
+      if (name !== kind.itemEvent) return;
+      this._itemListeners = null;
+      this._startFlowing();
+    });
+    this.on('removeListener', (name) => {
+      if (name === kind.itemEvent) this._itemListeners = null;
+    });
+  }
+
+  get closed() {
+    return !this._lifecycle.reading;
+  }
+
+  /**
+   * What the reader is doing, synchronously: the engine's view plus what this side handed
+   * out. `lastError` is plain data (JSON-safe, for monitoring); nothing in it holds credentials.
+   */
+  health() {
+    const native = this._native.health();
+    const { reading, error } = this._lifecycle;
+    return {
+      state: reading ? native.state : error ? 'failed' : 'closed',
+      reconnects: native.reconnects,
+      currentBackoffMs: native.currentBackoffMs ?? null,
+      lastError: healthError(error ?? (native.lastError ? fromNative(native.lastError) : null)),
+      ...this._ownHealth(native),
+      pendingCheckpoint: this._pendingCheckpoint(),
+    };
+  }
+
+  /** Resolves with the next item; null once it ended (or, a stream: was closed while waiting). */
+  async next() {
+    this._useAsIterator();
+    return this._next();
+  }
+
   /** Resolves `true` once an item is available; `false` if it ended while waiting. */
   async hasNext() {
     this._useAsIterator();
     for (;;) {
       if (this._available()) return true;
-      if (this._state !== 'open') {
+      if (!this._lifecycle.reading) {
         this._throwIfFailed();
         return false;
       }
@@ -34,7 +162,7 @@ class PullSource extends EventEmitter {
   /** The next item if one is available now, else `null`. A later next() gets what arrives. */
   async tryNext() {
     this._useAsIterator();
-    if (!this._available() && this._state === 'open') {
+    if (!this._available() && this._lifecycle.reading) {
       let timer;
       const waited = new Promise((resolve) => {
         timer = setTimeout(resolve, TRY_NEXT_WAIT_MS);
@@ -47,12 +175,12 @@ class PullSource extends EventEmitter {
       }
     }
     if (this._available() && this._hasRoom()) return this._take();
-    if (this._state !== 'open') this._throwIfFailed();
+    if (!this._lifecycle.reading) this._throwIfFailed();
     return null;
   }
 
   async *[Symbol.asyncIterator]() {
-    if (this._state !== 'open' && !this._available()) return; // as the driver
+    if (!this._lifecycle.reading && !this._available()) return; // as the driver
     this._useAsIterator(); // outside the try: a mode conflict must not close anything
     try {
       for (;;) {
@@ -94,35 +222,436 @@ class PullSource extends EventEmitter {
     });
   }
 
-  /** Whether an item is buffered, ready to be handed out. */
-  _available() {
-    return this._buffer.length > 0;
+  /**
+   * Closes the reader and the native engine, storing the last processed position (in
+   * iterator mode the item last handed out counts as processed). What is still buffered is
+   * dropped. Idempotent; a pending next() resolves null. Rejects only if that position
+   * could not be stored.
+   */
+  async close() {
+    if (this._lifecycle.reading) this._processHanded();
+    await this._shutdown(null, 'closed');
   }
 
-  // --- Checkpointing (a named reader) ------------------------------------------------------
+  // --- consumption modes -----------------------------------------------------------------
+
+  _useAsIterator() {
+    const { name, closedIteratorThrows, iteratorConflict } = this._kind;
+    if (closedIteratorThrows && !this._lifecycle.reading) {
+      throw new StreamClosedError(`${name} is closed`, { cause: this._lifecycle.error ?? undefined });
+    }
+    if (this._lifecycle.emitter) throw new ModeConflictError(iteratorConflict);
+    this._lifecycle.toMode('iterator');
+  }
+
+  /** Emitter mode from now on: an item listener is being added. */
+  _startFlowing() {
+    const lifecycle = this._lifecycle;
+    if (lifecycle.mode === 'iterator') throw new ModeConflictError(this._kind.emitterConflict);
+    if (lifecycle.mode === 'flowing') return;
+    lifecycle.toMode('flowing');
+    // 'newListener' fires before the listener is added: start once it is there.
+    queueMicrotask(() => this._flow());
+  }
+
+  _isEmitter() {
+    return this._lifecycle.emitter;
+  }
+
+  /**
+   * Emitter mode's pump. Each item goes to every item listener in turn; only what a listener
+   * returns as a promise is awaited (sync listeners cost no tick). Only then is it handed
+   * out: the position moves past it. A listener that throws closes the reader with its
+   * error, and that item counts as not processed; so does one whose listener closed it.
+   */
+  async _flow() {
+    const eventName = this._kind.itemEvent;
+    try {
+      while (this._lifecycle.reading && this.listenerCount(eventName) > 0) {
+        if (this._head === null) {
+          this._flushCommit(); // nothing processed waits for the server
+          await this._pull();
+          continue;
+        }
+        if (!this._hasRoom()) {
+          await this._admit();
+          continue;
+        }
+        const item = this._peek();
+        // rawListeners, not listeners: once() wrappers must run so they remove themselves.
+        // A listener added or removed meanwhile counts from the next item on.
+        this._itemListeners ??= this.rawListeners(eventName);
+        for (const listener of this._itemListeners) {
+          const result = listener.call(this, item);
+          if (result !== null && typeof result?.then === 'function') {
+            // The listener may take long: what was processed before it is reported now.
+            if (this._cpCount > 0) this._flushCommit();
+            await result;
+          }
+        }
+        if (!this._lifecycle.reading) break; // a listener closed it: the item was dropped
+        this._take();
+      }
+    } catch (err) {
+      this._terminate(err);
+    } finally {
+      // Synchronous with the loop's last check, so a listener added later starts a new pump.
+      this._lifecycle.toMode('paused');
+    }
+  }
+
+  // --- pulling from the engine -----------------------------------------------------------
+
+  /** Whether an item is buffered, ready to be handed out. */
+  _available() {
+    return this._head !== null;
+  }
+
+  /** next() without the mode/closed checks. Asking for the next item means the one handed out before is processed. */
+  async _next() {
+    if (this._durable) {
+      this._processHanded();
+      // This call may wait for the server: report what is processed first.
+      if (!this._available()) this._flushCommit();
+    }
+    for (;;) {
+      if (this._available()) {
+        if (!this._hasRoom()) await this._admit();
+        // Closed while waiting for room: what was buffered is gone.
+        if (this._available()) return this._take();
+        continue;
+      }
+      if (!this._lifecycle.reading) {
+        this._throwIfFailed();
+        return null;
+      }
+      await this._pull();
+    }
+  }
+
+  /**
+   * The consumer wants the next item: applies what waits in `_queue`, else waits for the
+   * engine's next item and applies it. Never rejects: failures close the reader.
+   * @returns {Promise<void>}
+   */
+  _pull() {
+    this._wanted = true;
+    if (this._queue.length > 0 && this._head === null) {
+      this._drainQueue();
+      // The queue held what was asked for (the one outstanding call, if any, stays pending).
+      if (this._head !== null || !this._lifecycle.reading || this._queue.length > 0) return Promise.resolve();
+    }
+    this._pending ??= this._request();
+    return this._pending;
+  }
+
+  /** One native nextBatch(), its item handled (applied, or queued if nobody asked for it yet). */
+  _request() {
+    this._beforeRequest();
+    return this._native
+      .nextBatch()
+      .then((item) => this._handle(item))
+      .catch((err) => this._terminate(err))
+      .finally(() => {
+        this._pending = null;
+        if (this._prefetch) {
+          this._prefetch = false;
+          this._prefetchNext();
+        }
+      });
+  }
+
+  /**
+   * While a batch is handed out, asks the engine for its next item (at most one item waits
+   * in `_queue`: only a batch that became the head asks again).
+   */
+  _prefetchNext() {
+    if (!this._lifecycle.reading || this._head === null || this._queue.length > 0) return;
+    if (this._pending === null) this._pending = this._request();
+    else this._prefetch = true; // right after the call that brought this batch settles
+  }
+
+  /** @param {NativeItem} item */
+  _handle(item) {
+    // Once closing, the engine's last items (a late batch, 'end') no longer matter.
+    if (!this._lifecycle.reading) return;
+    // What the consumer has not asked for yet (read ahead while items were handed out: a
+    // batch, an outage, an error, the end) waits until it asks, as if it arrived then.
+    if (this._head !== null || !this._wanted) {
+      this._queue.push(item);
+      return;
+    }
+    this._apply(item);
+  }
+
+  /**
+   * The buffered items are handed out and the next one is asked for: applies what the
+   * engine sent after them, in order (as if it arrived now).
+   */
+  _drainQueue() {
+    while (this._head === null && this._queue.length > 0 && this._lifecycle.reading) {
+      try {
+        this._apply(/** @type {NativeItem} */ (this._queue.shift()));
+      } catch (err) {
+        this._terminate(err);
+      }
+    }
+  }
+
+  /** @param {NativeItem} item */
+  _apply(item) {
+    switch (item.kind) {
+      case 'batch':
+        return this._onBatch(item);
+      case 'reconnecting':
+        this.emit('reconnecting', {
+          attempt: item.attempt,
+          delayMs: item.delayMs,
+          error: fromNative(/** @type {any} */ (item.error)),
+        });
+        return;
+      case 'resumed':
+        this.emit('resumed', { attempts: item.attempts, downtimeMs: item.downtimeMs });
+        return;
+      case 'stalled': // a re-open follows
+        this.emit('stalled', { silentMs: item.silentMs });
+        return;
+      case 'error':
+        return this._terminate(this._annotate(fromNative(/** @type {any} */ (item.error))));
+      case 'end': // the engine ended by itself, after everything it sent was handed out
+        return this._terminate(null, item.reason);
+      default:
+        if (!this._applyOwn(item)) throw new Error(`unknown native item kind "${item.kind}"`);
+    }
+  }
+
+  /** @param {NativeItem} item */
+  _onBatch(item) {
+    const { events, count } = /** @type {{ events: Buffer, count: number }} */ (item);
+    checkBatch(events, count);
+    const batch = { events, count, endToken: item.endToken ?? null };
+    if (count === 0) return this._onEmptyBatch(batch);
+    this._head = batch;
+    this._wanted = false;
+    this._index = 0;
+    this._offset = 0;
+    this._peeked = null;
+    // Ask for the next item now: the engine reads the next batch while this one is handed
+    // out (it reads only once its one slot is taken), and the server never waits for us.
+    this._prefetchNext();
+  }
+
+  /** The next item (decoded once, when first looked at). A batch that cannot be decoded closes the reader. */
+  _peek() {
+    if (this._peeked === null) {
+      const options = this._decodeOptions;
+      options.index = this._offset;
+      try {
+        this._peeked = this._deserialize(/** @type {Batch} */ (this._head).events, options);
+      } catch (err) {
+        this._terminate(err);
+        throw err;
+      }
+    }
+    return this._peeked;
+  }
+
+  /** Hands out the next item, moving the position past it. */
+  _take() {
+    const item = this._peek();
+    const batch = /** @type {Batch} */ (this._head);
+    const offset = this._offset;
+    const length = batch.events.readInt32LE(offset);
+    const last = this._index === batch.count - 1;
+    try {
+      this._keepPosition(item, batch, offset, length, last);
+    } catch (err) {
+      this._terminate(err);
+      throw err;
+    }
+    this._peeked = null;
+    if (last) {
+      this._head = null; // what came after it is applied when the next item is asked for
+    } else {
+      this._index += 1;
+      this._offset = offset + length;
+    }
+    this._delivered += 1;
+    this._lastDeliveredAt = Date.now();
+    this._handedOut(batch, offset, last);
+    this._afterTake(item);
+    return item;
+  }
+
+  // --- hooks: what differs between the readers ------------------------------------------
+
+  /**
+   * Moves the position past a handed-out item (resume token / last key). May throw (the
+   * reader then closes and the item is not handed out).
+   * @abstract
+   * @param {any} _item the decoded item
+   * @param {Batch} _batch its batch
+   * @param {number} _offset where its BSON starts in `_batch.events`
+   * @param {number} _length its BSON's length
+   * @param {boolean} _last whether it is the batch's last
+   * @returns {void}
+   */
+  _keepPosition(_item, _batch, _offset, _length, _last) {
+    throw new Error('PullSource subclasses implement _keepPosition');
+  }
+
+  /**
+   * Applies a native item only this kind of reader gets; false for an unknown kind.
+   * @abstract
+   * @param {NativeItem} _item
+   * @returns {boolean}
+   */
+  _applyOwn(_item) {
+    throw new Error('PullSource subclasses implement _applyOwn');
+  }
+
+  /**
+   * The error that closes the reader, with what this reader adds to it.
+   * @param {any} error
+   * @returns {any}
+   */
+  _annotate(error) {
+    return error;
+  }
+
+  /**
+   * Reports `count` processed items to the engine, the last at `offset` in `batch`.
+   * @abstract
+   * @param {Batch} _batch
+   * @param {number} _offset
+   * @param {number} _count
+   * @returns {void}
+   */
+  _commitRun(_batch, _offset, _count) {
+    throw new Error('PullSource subclasses implement _commitRun');
+  }
+
+  /**
+   * This reader's own health() fields.
+   * @abstract
+   * @param {NativeHealth} _native
+   * @returns {object}
+   */
+  _ownHealth(_native) {
+    throw new Error('PullSource subclasses implement _ownHealth');
+  }
+
+  /** @param {Batch} _batch a batch without items (the position may have moved) */
+  _onEmptyBatch(_batch) {}
+  /** @param {any} _item */
+  _afterTake(_item) {}
+  _beforeRequest() {}
+  _onClosing() {}
+
+  // --- lifecycle: closing ------------------------------------------------------------------
+
+  _throwIfFailed() {
+    if (this._lifecycle.error) throw this._lifecycle.error;
+  }
+
+  /**
+   * Closes from inside (fatal error, throwing listener, engine ended); first cause wins.
+   * @param {any} error
+   * @param {string} [reason]
+   */
+  _terminate(error, reason) {
+    // A failing native close() still reaches whoever awaits close(); here it must not be an
+    // unhandled rejection.
+    if (this._lifecycle.reading) this._shutdown(error, reason).catch(() => {});
+  }
+
+  /**
+   * Closes (once): drops what is buffered and closes the native engine, what was processed
+   * reported first so that the engine's close stores it. Once the engine is gone: 'error'
+   * (emitter mode, or to whoever listens for it; the iterator gets it from next()), 'end'
+   * for the kind's end reasons, then 'close'. Rejects when the last position could not be stored.
+   * @param {any} error
+   * @param {string} [reason]
+   * @returns {Promise<void>}
+   */
+  _shutdown(error, reason = 'closed') {
+    if (!this._lifecycle.reading) return /** @type {Promise<void>} */ (this._closing);
+    try {
+      this._flushCommit();
+    } catch {
+      // a position the engine rejects cannot be stored; close anyway
+    }
+    this._lifecycle.close(error ?? null, reason);
+    this._head = null;
+    this._queue = [];
+    this._peeked = null;
+    this._onClosing();
+    this._closing = this._native
+      .close()
+      .then((failure) => {
+        if (failure) throw fromNative(failure);
+      })
+      .finally(() => this._closed());
+    return this._closing;
+  }
+
+  /** The native close settled: the last events. */
+  _closed() {
+    const lifecycle = this._lifecycle;
+    lifecycle.settle();
+    const { error, reason } = lifecycle;
+    if (error && (lifecycle.emitter || this.listenerCount('error') > 0)) this._emitOutsidePromise('error', error);
+    if (reason !== null && this._kind.endReasons.includes(reason)) this._emitOutsidePromise('end', { reason });
+    this._emitOutsidePromise('close', error ? { reason: 'error', error } : { reason });
+  }
+
+  /**
+   * Emits from inside a promise callback. A throw (an unhandled 'error' above all) is
+   * rethrown on its own tick, as an EventEmitter would surface it, instead of vanishing into
+   * a promise nobody may be awaiting.
+   * @param {string} name
+   * @param {unknown} arg
+   */
+  _emitOutsidePromise(name, arg) {
+    try {
+      this.emit(name, arg);
+    } catch (thrown) {
+      process.nextTick(() => {
+        throw thrown;
+      });
+    }
+  }
+
+  // --- checkpointing (a named reader) ------------------------------------------------------
   // Processed items are reported to the engine once per run, not one by one: `_cpCount`
   // items since the last native commit, the last of them at `_cpOffset` in `_cpBatch` (what
-  // the subclass passed to `_handedOut`; its `_commitRun` tells the engine). A run is
-  // reported when it reaches the policy's everyEvents, when nothing more is buffered, before
-  // anything that may wait (a pull, room), and on commit()/close(). Nothing is reported
+  // `_handedOut` got; the subclass's `_commitRun` tells the engine). A run is reported when
+  // it reaches the policy's everyEvents, when nothing more is buffered, before anything that
+  // may wait (a pull, room, an async listener), and on commit()/close(). Nothing is reported
   // before it is processed: at-least-once holds.
 
-  /** Call once `_native` exists: a reader with a token store has a checkpoint policy. */
+  // Its state, declared here (class fields) and set by _initCheckpoints once `_native` exists.
+  /** Whether the reader has a token store (then a checkpoint policy). */
+  _durable = false;
+  _cpEvery = 0;
+  _cpCount = 0;
+  /** @type {Batch | null} */
+  _cpBatch = null;
+  _cpOffset = 0;
+  /** Iterator mode: the item handed out last, not processed yet. @type {Batch | null} */
+  _handedBatch = null;
+  _handedOffset = 0;
+  /**
+   * How many more processed items the engine would take unsaved, when last asked
+   * (`room()`). It shrinks only when this side commits, so it is asked after each commit,
+   * and again when it looks used up (saves meanwhile may have grown it).
+   */
+  _roomLeft = Infinity;
+
   _initCheckpoints() {
     const every = this._native.checkpointEvery;
     this._durable = every !== null && every !== undefined;
-    this._cpEvery = this._durable ? Math.max(1, every) : 0;
-    this._cpCount = 0;
-    this._cpBatch = null;
-    this._cpOffset = 0;
-    /** Iterator mode: the item handed out last, not processed yet. */
-    this._handedBatch = null;
-    this._handedOffset = 0;
-    /**
-     * How many more processed items the engine would take unsaved, when last asked
-     * (`room()`). It shrinks only when this side commits, so it is asked after each commit,
-     * and again when it looks used up (saves meanwhile may have grown it).
-     */
+    this._cpEvery = this._durable ? Math.max(1, /** @type {number} */ (every)) : 0;
     this._roomLeft = this._durable ? this._native.room() : Infinity;
   }
 
@@ -140,6 +669,9 @@ class PullSource extends EventEmitter {
    * An item was handed out (the one at `offset` in `batch`). Emitter mode: its listeners have
    * finished, it is processed. Iterator mode: asking for it means the previous one is
    * processed; this one is not yet. `bufferEmpty`: nothing more is buffered.
+   * @param {Batch} batch
+   * @param {number} offset
+   * @param {boolean} bufferEmpty
    */
   _handedOut(batch, offset, bufferEmpty) {
     if (!this._durable) return;
@@ -153,6 +685,10 @@ class PullSource extends EventEmitter {
     }
   }
 
+  /**
+   * @param {Batch} batch
+   * @param {number} offset
+   */
   _processed(batch, offset) {
     this._cpBatch = batch;
     this._cpOffset = offset;
@@ -180,7 +716,7 @@ class PullSource extends EventEmitter {
   _flushCommit() {
     const count = this._cpCount;
     if (count === 0) return;
-    const batch = this._cpBatch;
+    const batch = /** @type {Batch} */ (this._cpBatch);
     this._cpCount = 0;
     this._cpBatch = null;
     this._commitRun(batch, this._cpOffset, count);
@@ -212,117 +748,16 @@ class PullSource extends EventEmitter {
     await this._native.waitForRoom();
     this._roomLeft = this._native.room();
   }
+}
 
-  /** next() without the mode/closed checks. Asking for the next item means the one handed out before is processed. */
-  async _next() {
-    if (this._durable) {
-      this._processHanded();
-      // This call may wait for the server: report what is processed first.
-      if (!this._available()) this._flushCommit();
-    }
-    for (;;) {
-      if (this._available()) {
-        if (!this._hasRoom()) await this._admit();
-        return this._take();
-      }
-      if (this._state !== 'open') {
-        this._throwIfFailed();
-        return null;
-      }
-      await this._pull();
-    }
-  }
-
-  /**
-   * Emitter mode from now on: a 'change' / 'data' listener is being added. Throws
-   * ModeConflictError with `conflict` if the reader was used as an iterator.
-   */
-  _startFlowing(conflict) {
-    if (this._mode === 'iterator') throw new ModeConflictError(conflict);
-    if (this._mode === 'flowing') return;
-    this._mode = 'flowing';
-    // 'newListener' fires before the listener is added: start once it is there.
-    queueMicrotask(() => this._flow());
-  }
-
-  /**
-   * Emits the engine's outage items, alike for both readers: `reconnecting`, `resumed`, and
-   * `stalled` (a re-open follows). Returns false for any other item.
-   */
-  _emitRecovery(item) {
-    switch (item.kind) {
-      case 'reconnecting':
-        this.emit('reconnecting', { attempt: item.attempt, delayMs: item.delayMs, error: fromNative(item.error) });
-        return true;
-      case 'resumed':
-        this.emit('resumed', { attempts: item.attempts, downtimeMs: item.downtimeMs });
-        return true;
-      case 'stalled':
-        this.emit('stalled', { silentMs: item.silentMs });
-        return true;
-      default:
-        return false;
-    }
-  }
-
-  /** Emitter mode: items go to listeners ('change' / 'data') rather than to next(). */
-  _isEmitter() {
-    return this._mode === 'paused' || this._mode === 'flowing';
-  }
-
-  _throwIfFailed() {
-    if (this._error) throw this._error;
-  }
-
-  /** Closes from inside (fatal error, throwing listener, engine ended); first cause wins. */
-  _terminate(error, reason) {
-    // A failing native close() still reaches whoever awaits close(); here it must not be an
-    // unhandled rejection.
-    if (this._state === 'open') this._shutdown(error, reason).catch(() => {});
-  }
-
-  /**
-   * Closes the native engine (once; the subclass's `_shutdown` guards that): what was
-   * processed is reported first, so the engine's close stores it. Rejects when that last
-   * position could not be stored. Once the engine is gone: `error` is emitted (emitter
-   * mode, or to whoever listens for it; the iterator gets it from next()), then `closed()`.
-   */
-  _closeEngine(error, closed) {
-    try {
-      this._flushCommit();
-    } catch {
-      // a position the engine rejects cannot be stored; close anyway
-    }
-    this._state = 'closing';
-    this._error = error;
-    return this._native
-      .close()
-      .then((failure) => {
-        if (failure) throw fromNative(failure);
-      })
-      .finally(() => {
-        this._state = 'closed';
-        if (error && (this._isEmitter() || this.listenerCount('error') > 0)) {
-          this._emitOutsidePromise('error', error);
-        }
-        closed();
-      });
-  }
-
-  /**
-   * Emits from inside a promise callback. A throw (an unhandled 'error' above all) is
-   * rethrown on its own tick, as an EventEmitter would surface it, instead of vanishing into
-   * a promise nobody may be awaiting.
-   */
-  _emitOutsidePromise(name, arg) {
-    try {
-      this.emit(name, arg);
-    } catch (thrown) {
-      process.nextTick(() => {
-        throw thrown;
-      });
-    }
-  }
+/**
+ * The error health() reports, as plain data.
+ * @param {any} error
+ * @returns {HealthError | null}
+ */
+function healthError(error) {
+  if (!error) return null;
+  return { name: error.name, code: error.code, message: error.message, serverCode: error.serverCode };
 }
 
 module.exports = { PullSource };

@@ -1,6 +1,7 @@
 'use strict';
 
-const { InvalidOptionError, describeType } = require('./errors');
+const { InvalidOptionError } = require('./errors');
+const { describeType } = require('./error-helpers');
 
 /**
  * What a driver `Collection`, `Db` or `MongoClient` says about where to watch. Duck-typed

@@ -3,7 +3,8 @@
 const { ResilientChangeStream } = require('./stream');
 const { resolveTarget, connectionString } = require('./target');
 const { DECODE_OPTION_NAMES } = require('./decode');
-const { InvalidOptionError, describeType } = require('./errors');
+const { InvalidOptionError } = require('./errors');
+const { describeType } = require('./error-helpers');
 
 /**
  * `watch(target, pipeline?, options?)`: the drop-in for `target.watch(pipeline, options)`.

@@ -14,11 +14,17 @@ node harness/cli.js install
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "oxlint: the JavaScript (lib/, index.js, bin/, harness/, scripts/, __test__/)"
+npm run lint
+
 step "cargo clippy -D warnings"
 cargo clippy --all-targets -- -D warnings
 
 step "build the addon (release)"
 npm run build
+
+step "tsc: lib/ and index.js type-checked (JSDoc) against the generated native/binding.d.ts"
+npm run typecheck:lib
 
 step "tsc --noEmit: TypeScript usage against index.d.ts"
 npx tsc -p __test__/types

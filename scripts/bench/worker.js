@@ -301,9 +301,9 @@ async function live() {
     measured: latencies.length,
     expected: params.measured,
     latency: latencyStats(latencies),
-    ...(r || {}),
+    ...r,
     cpuMsPer1k: r ? (r.cpuMs / latencies.length) * 1000 : null,
-    ...(rss || {}),
+    ...rss,
   });
 }
 
@@ -420,7 +420,7 @@ async function fanOut() {
   global.gc?.();
   const baselineRss = process.memoryUsage.rss();
   const latencies = [];
-  const perStream = new Array(params.streams).fill(0);
+  const perStream = Array.from({ length: params.streams }, () => 0);
   let warm = 0;
   let m = null;
   let sampler = null;
@@ -491,7 +491,7 @@ async function fanOut() {
     latency: latencyStats(latencies),
     baselineRssBytes: baselineRss,
     peakRssBytes: peak,
-    ...(r || {}),
+    ...r,
     cpuMsPer1k: r ? (r.cpuMs / latencies.length) * 1000 : null,
   });
 }
