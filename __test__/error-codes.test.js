@@ -70,3 +70,13 @@ test('index.mjs exports what index.js does, the very same objects', async () => 
   assert.equal(esm.default, rcs);
   for (const name of Object.keys(errorClasses)) assert.equal(rcs[name], errorClasses[name], `${name} is exported`);
 });
+
+test('every code the engine can send has its JS mapping; the rest are the facade own', () => {
+  const { nativeReader } = require('../lib/native');
+  const engineCodes = nativeReader().errorCodes();
+  assert.ok(engineCodes.length > 0, 'the engine lists its codes');
+  const missing = engineCodes.filter((code) => !ERROR_CODES.includes(code));
+  assert.deepEqual(missing, [], 'engine codes the JS table does not know');
+  const facadeOnly = ERROR_CODES.filter((code) => !engineCodes.includes(code)).sort();
+  assert.deepEqual(facadeOnly, ['ModeConflict', 'NativeAddonUnavailable', 'StreamClosed']);
+});

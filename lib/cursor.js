@@ -4,7 +4,7 @@ const { PullSource } = require('./pull');
 const { InvalidOptionError } = require('./errors');
 const { describeType, fromNative } = require('./error-helpers');
 const { bson } = require('./decode');
-const { nativeCursor } = require('./native');
+const { nativeReader } = require('./native');
 const { readerOptions } = require('./options');
 const { resolveTarget, connectionString } = require('./target');
 
@@ -61,7 +61,6 @@ function connectionOf(target, uriOption) {
  * restarts. All policy is the native engine's; this class decodes, hands documents out and
  * keeps the key of the last one handed out.
  */
-/** @extends {PullSource<import('./pull').NativeCursor>} */
 class ResilientCursor extends PullSource {
   /**
    * @param {object} target a driver Collection, or `{ uri, db, collection }`
@@ -74,7 +73,7 @@ class ResilientCursor extends PullSource {
     const { uri: uriOption, lastKey, ...cursorOptions } = rest;
     const { uri, db, collection } = connectionOf(target, uriOption);
     super(CURSOR_KIND, {
-      NativeClass: nativeCursor(),
+      create: (encoded, store) => nativeReader().cursor(encoded, store),
       spec: { ...cursorOptions, uri, db, collection, lastKey },
       decode,
       logger,
@@ -228,17 +227,6 @@ class ResilientCursor extends PullSource {
     if (key === undefined) return;
     this._lastKey = key;
     this._lastRaw = batch.events.subarray(offset, offset + length);
-  }
-
-  /**
-   * Reports `count` processed documents, the last of them at `offset` in `batch` (the
-   * engine reads its key).
-   * @param {import('./pull').Batch} batch
-   * @param {number} offset
-   * @param {number} count
-   */
-  _commitRun(batch, offset, count) {
-    this._native.commit(batch.events.subarray(offset, offset + batch.events.readInt32LE(offset)), count);
   }
 }
 

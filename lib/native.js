@@ -180,26 +180,23 @@ function loadBinding() {
 let binding = null;
 
 /**
- * One class of the addon (docs/native-contract.md), loaded on first use; a binding without
- * it is an addon of another version.
+ * The addon's one class, NativeReader (docs/native-contract.md), loaded on first use; a
+ * binding without it is an addon of another version.
+ * @returns {typeof import('../native/binding').NativeReader}
  */
-function nativeClass(name) {
+function nativeReader() {
   binding ??= loadBinding();
-  if (typeof binding?.[name] !== 'function') {
+  if (typeof binding?.NativeReader?.changeStream !== 'function') {
     throw new NativeAddonError(
-      `resilient-change-stream: the loaded native addon does not export ${name} ` +
+      `resilient-change-stream: the loaded native addon does not export NativeReader ` +
         `(expected version ${PACKAGE_VERSION}). Reinstall ${platformPackageName(currentPlatform())}.`,
     );
   }
-  return binding[name];
+  return binding.NativeReader;
 }
 
-const nativeChangeStream = () => nativeClass('NativeChangeStream');
-const nativeCursor = () => nativeClass('NativeCursor');
-
 module.exports = {
-  nativeChangeStream,
-  nativeCursor,
+  nativeReader,
   currentPlatform,
   platformPackageName,
   SUPPORTED_PLATFORMS,

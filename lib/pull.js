@@ -5,6 +5,7 @@ const { Readable } = require('node:stream');
 const { InvalidOptionError, ModeConflictError, StreamClosedError } = require('./errors');
 const { fromNative } = require('./error-helpers');
 const { bson, checkBatch, encodeSpec, eventDeserializeOptions, perEventOptions } = require('./decode');
+const { Checkpoints } = require('./checkpoints');
 const { Lifecycle } = require('./lifecycle');
 const { logSink } = require('./logger');
 const { tokenStoreOption } = require('./store');
@@ -14,8 +15,7 @@ const { tokenStoreOption } = require('./store');
 const TRY_NEXT_WAIT_MS = 10;
 
 /**
- * @typedef {import('../native/binding').NativeChangeStream} NativeChangeStream
- * @typedef {import('../native/binding').NativeCursor} NativeCursor
+ * @typedef {import('../native/binding').NativeReader} NativeReader
  * @typedef {import('../native/binding').NativeItem} NativeItem
  * @typedef {import('../native/binding').NativeHealth} NativeHealth
  *
@@ -29,7 +29,10 @@ const TRY_NEXT_WAIT_MS = 10;
  * @property {string} emitterConflict ModeConflictError message: an item listener in iterator mode
  *
  * @typedef {object} Batch a batch of items as the engine sent it: `count` BSON documents
- *   back to back in `events`; `endToken` the position after the last (change streams)
+ *   back to back in `events`; `endToken` the position after the last (change streams);
+ *   `seq` names it in commits, and its first item is number `ordinal`
+ * @property {number} seq
+ * @property {number} ordinal
  * @property {Buffer} events
  * @property {number} count
  * @property {Buffer | null} endToken
@@ -46,27 +49,25 @@ const TRY_NEXT_WAIT_MS = 10;
  *     (resume token / last key); may throw, which closes the reader,
  *   `_applyOwn(item)` its own native items (stream: historyLost; cursor: positionLost),
  *   `_annotate(error)` what the error that closes it should carry,
- *   `_commitRun(batch, offset, count)` reports processed items to the engine,
  *   `_ownHealth(native)` its own health() fields,
  * and optionally `_onEmptyBatch(batch)`, `_afterTake(item)`, `_beforeRequest()`, `_onClosing()`.
- * @template {NativeChangeStream | NativeCursor} N the native class (native/binding.d.ts)
  */
 class PullSource extends EventEmitter {
   /**
-   * The one constructor path: builds the native engine from `spec` (what the engine
+   * The one constructor path: builds the native reader from `spec` (what the engine
    * validates; its 'InvalidArg' becomes InvalidOptionError) and the shared state.
    * @param {ReaderKind} kind
-   * @param {{ NativeClass: new (spec: Buffer, store?: any) => N, spec: Record<string, any>,
+   * @param {{ create: (spec: Buffer, store?: any) => NativeReader, spec: Record<string, any>,
    *   decode: Record<string, boolean>, logger: object | null, namespace: string }} setup
    */
-  constructor(kind, { NativeClass, spec, decode, logger, namespace }) {
+  constructor(kind, { create, spec, decode, logger, namespace }) {
     super();
     this._kind = kind;
     const store = tokenStoreOption(spec.tokenStore);
     const encoded = encodeSpec({ ...spec, tokenStore: store.spec });
     try {
-      /** @type {N} */
-      this._native = new NativeClass(encoded, store.callback);
+      /** @type {NativeReader} */
+      this._native = create(encoded, store.callback);
     } catch (err) {
       // The engine validates the options; only the error's class is JS's business.
       throw err?.code === 'InvalidArg' ? new InvalidOptionError(err.message, { cause: err }) : err;
@@ -107,7 +108,7 @@ class PullSource extends EventEmitter {
     /** rawListeners(itemEvent) as of the last change to them: not one copy per item. */
     this._itemListeners = null;
 
-    this._initCheckpoints();
+    this._checkpoints = new Checkpoints(this._native);
 
     this.on('newListener', (name) => {
       if (name !== kind.itemEvent) return;
@@ -136,7 +137,7 @@ class PullSource extends EventEmitter {
       currentBackoffMs: native.currentBackoffMs ?? null,
       lastError: healthError(error ?? (native.lastError ? fromNative(native.lastError) : null)),
       ...this._ownHealth(native),
-      pendingCheckpoint: this._pendingCheckpoint(),
+      pendingCheckpoint: this._checkpoints.pending(),
     };
   }
 
@@ -174,7 +175,7 @@ class PullSource extends EventEmitter {
         clearTimeout(timer);
       }
     }
-    if (this._available() && this._hasRoom()) return this._take();
+    if (this._available() && this._checkpoints.mayHandOut(this._ordinal())) return this._take();
     if (!this._lifecycle.reading) this._throwIfFailed();
     return null;
   }
@@ -229,8 +230,17 @@ class PullSource extends EventEmitter {
    * could not be stored.
    */
   async close() {
-    if (this._lifecycle.reading) this._processHanded();
+    if (this._lifecycle.reading) this._checkpoints.processHanded();
     await this._shutdown(null, 'closed');
+  }
+
+  /**
+   * Iterator mode with a token store: marks the item last handed out as processed now
+   * (otherwise that happens when the next one is asked for, or at close()).
+   */
+  commit() {
+    this._checkpoints.processHanded();
+    this._checkpoints.report();
   }
 
   // --- consumption modes -----------------------------------------------------------------
@@ -269,12 +279,12 @@ class PullSource extends EventEmitter {
     try {
       while (this._lifecycle.reading && this.listenerCount(eventName) > 0) {
         if (this._head === null) {
-          this._flushCommit(); // nothing processed waits for the server
+          this._checkpoints.report(); // nothing processed waits for the server
           await this._pull();
           continue;
         }
-        if (!this._hasRoom()) {
-          await this._admit();
+        if (!this._checkpoints.mayHandOut(this._ordinal())) {
+          await this._checkpoints.admit(this._ordinal());
           continue;
         }
         const item = this._peek();
@@ -285,7 +295,7 @@ class PullSource extends EventEmitter {
           const result = listener.call(this, item);
           if (result !== null && typeof result?.then === 'function') {
             // The listener may take long: what was processed before it is reported now.
-            if (this._cpCount > 0) this._flushCommit();
+            this._checkpoints.report();
             await result;
           }
         }
@@ -307,16 +317,20 @@ class PullSource extends EventEmitter {
     return this._head !== null;
   }
 
+  /** The number of the next item to hand out (the engine numbers them; see Checkpoints). */
+  _ordinal() {
+    return /** @type {Batch} */ (this._head).ordinal + this._index;
+  }
+
   /** next() without the mode/closed checks. Asking for the next item means the one handed out before is processed. */
   async _next() {
-    if (this._durable) {
-      this._processHanded();
-      // This call may wait for the server: report what is processed first.
-      if (!this._available()) this._flushCommit();
-    }
+    const checkpoints = this._checkpoints;
+    checkpoints.processHanded();
+    // This call may wait for the server: report what is processed first.
+    if (!this._available()) checkpoints.report();
     for (;;) {
       if (this._available()) {
-        if (!this._hasRoom()) await this._admit();
+        if (!checkpoints.mayHandOut(this._ordinal())) await checkpoints.admit(this._ordinal());
         // Closed while waiting for room: what was buffered is gone.
         if (this._available()) return this._take();
         continue;
@@ -427,9 +441,10 @@ class PullSource extends EventEmitter {
 
   /** @param {NativeItem} item */
   _onBatch(item) {
-    const { events, count } = /** @type {{ events: Buffer, count: number }} */ (item);
+    if (item.kind !== 'batch') return;
+    const { seq, ordinal, events, count } = item;
     checkBatch(events, count);
-    const batch = { events, count, endToken: item.endToken ?? null };
+    const batch = { seq, ordinal, events, count, endToken: item.endToken ?? null };
     if (count === 0) return this._onEmptyBatch(batch);
     this._head = batch;
     this._wanted = false;
@@ -461,8 +476,9 @@ class PullSource extends EventEmitter {
     const item = this._peek();
     const batch = /** @type {Batch} */ (this._head);
     const offset = this._offset;
+    const index = this._index;
     const length = batch.events.readInt32LE(offset);
-    const last = this._index === batch.count - 1;
+    const last = index === batch.count - 1;
     try {
       this._keepPosition(item, batch, offset, length, last);
     } catch (err) {
@@ -478,7 +494,7 @@ class PullSource extends EventEmitter {
     }
     this._delivered += 1;
     this._lastDeliveredAt = Date.now();
-    this._handedOut(batch, offset, last);
+    this._checkpoints.handedOut(batch, index, this._lifecycle.emitter);
     this._afterTake(item);
     return item;
   }
@@ -517,18 +533,6 @@ class PullSource extends EventEmitter {
    */
   _annotate(error) {
     return error;
-  }
-
-  /**
-   * Reports `count` processed items to the engine, the last at `offset` in `batch`.
-   * @abstract
-   * @param {Batch} _batch
-   * @param {number} _offset
-   * @param {number} _count
-   * @returns {void}
-   */
-  _commitRun(_batch, _offset, _count) {
-    throw new Error('PullSource subclasses implement _commitRun');
   }
 
   /**
@@ -577,7 +581,7 @@ class PullSource extends EventEmitter {
   _shutdown(error, reason = 'closed') {
     if (!this._lifecycle.reading) return /** @type {Promise<void>} */ (this._closing);
     try {
-      this._flushCommit();
+      this._checkpoints.report();
     } catch {
       // a position the engine rejects cannot be stored; close anyway
     }
@@ -620,133 +624,6 @@ class PullSource extends EventEmitter {
         throw thrown;
       });
     }
-  }
-
-  // --- checkpointing (a named reader) ------------------------------------------------------
-  // Processed items are reported to the engine once per run, not one by one: `_cpCount`
-  // items since the last native commit, the last of them at `_cpOffset` in `_cpBatch` (what
-  // `_handedOut` got; the subclass's `_commitRun` tells the engine). A run is reported when
-  // it reaches the policy's everyEvents, when nothing more is buffered, before anything that
-  // may wait (a pull, room, an async listener), and on commit()/close(). Nothing is reported
-  // before it is processed: at-least-once holds.
-
-  // Its state, declared here (class fields) and set by _initCheckpoints once `_native` exists.
-  /** Whether the reader has a token store (then a checkpoint policy). */
-  _durable = false;
-  _cpEvery = 0;
-  _cpCount = 0;
-  /** @type {Batch | null} */
-  _cpBatch = null;
-  _cpOffset = 0;
-  /** Iterator mode: the item handed out last, not processed yet. @type {Batch | null} */
-  _handedBatch = null;
-  _handedOffset = 0;
-  /**
-   * How many more processed items the engine would take unsaved, when last asked
-   * (`room()`). It shrinks only when this side commits, so it is asked after each commit,
-   * and again when it looks used up (saves meanwhile may have grown it).
-   */
-  _roomLeft = Infinity;
-
-  _initCheckpoints() {
-    const every = this._native.checkpointEvery;
-    this._durable = every !== null && every !== undefined;
-    this._cpEvery = this._durable ? Math.max(1, /** @type {number} */ (every)) : 0;
-    this._roomLeft = this._durable ? this._native.room() : Infinity;
-  }
-
-  /**
-   * Iterator mode with a token store: marks the item last handed out as processed now
-   * (otherwise that happens when the next one is asked for, or at close()).
-   */
-  commit() {
-    if (!this._durable) return;
-    this._processHanded();
-    this._flushCommit();
-  }
-
-  /**
-   * An item was handed out (the one at `offset` in `batch`). Emitter mode: its listeners have
-   * finished, it is processed. Iterator mode: asking for it means the previous one is
-   * processed; this one is not yet. `bufferEmpty`: nothing more is buffered.
-   * @param {Batch} batch
-   * @param {number} offset
-   * @param {boolean} bufferEmpty
-   */
-  _handedOut(batch, offset, bufferEmpty) {
-    if (!this._durable) return;
-    if (this._isEmitter()) {
-      this._processed(batch, offset);
-      if (bufferEmpty || this._runFull()) this._flushCommit();
-    } else {
-      this._processHanded();
-      this._handedBatch = batch;
-      this._handedOffset = offset;
-    }
-  }
-
-  /**
-   * @param {Batch} batch
-   * @param {number} offset
-   */
-  _processed(batch, offset) {
-    this._cpBatch = batch;
-    this._cpOffset = offset;
-    this._cpCount += 1;
-  }
-
-  /** Iterator mode: the item handed out last is processed (reported with the next commit). */
-  _processHanded() {
-    const batch = this._handedBatch;
-    if (batch === null) return;
-    this._handedBatch = null;
-    this._processed(batch, this._handedOffset);
-    if (this._runFull()) this._flushCommit();
-  }
-
-  /**
-   * The unreported run must go to the engine now: it reached everyEvents, or it uses up
-   * the room the engine had (the engine can only save, and make room, for what it was told).
-   */
-  _runFull() {
-    return this._cpCount >= this._cpEvery || this._cpCount >= this._roomLeft;
-  }
-
-  /** Reports the processed run to the engine: its last item, and how many it held. */
-  _flushCommit() {
-    const count = this._cpCount;
-    if (count === 0) return;
-    const batch = /** @type {Batch} */ (this._cpBatch);
-    this._cpCount = 0;
-    this._cpBatch = null;
-    this._commitRun(batch, this._cpOffset, count);
-    this._roomLeft = this._native.room();
-  }
-
-  /** Processed items the engine has not stored, counting those not yet reported to it. */
-  _pendingCheckpoint() {
-    return this._native.pendingCheckpoint() + this._cpCount;
-  }
-
-  /**
-   * Whether an item may be handed out now: with a token store, only while processed but
-   * unsaved items (those the engine holds plus the unreported run) are fewer than
-   * maxUnsavedEvents, so that handing out one more cannot exceed it.
-   */
-  _hasRoom() {
-    if (!this._durable || this._cpCount < this._roomLeft) return true;
-    this._roomLeft = this._native.room();
-    return this._cpCount < this._roomLeft;
-  }
-
-  /** Waits until an item may be handed out (or the reader closed). */
-  async _admit() {
-    if (this._hasRoom()) return;
-    // The engine can only make room for what it was told about.
-    this._flushCommit();
-    if (this._hasRoom()) return;
-    await this._native.waitForRoom();
-    this._roomLeft = this._native.room();
   }
 }
 

@@ -2,7 +2,8 @@
 
 const { PullSource } = require('./pull');
 const { decodeToken, bson } = require('./decode');
-const { nativeChangeStream } = require('./native');
+const { nativeReader } = require('./native');
+const { fromNative } = require('./error-helpers');
 const { readerOptions } = require('./options');
 const { headroomOptions, publicWindow, startHeadroomWatch } = require('./headroom');
 
@@ -26,7 +27,6 @@ const STREAM_KIND = {
  * decodes change events (lib/pull.js hands them out) and keeps the resume token of the
  * last event handed out.
  */
-/** @extends {PullSource<import('./pull').NativeChangeStream>} */
 class ResilientChangeStream extends PullSource {
   /** @param {Record<string, any>} options */
   constructor(options) {
@@ -34,7 +34,7 @@ class ResilientChangeStream extends PullSource {
     // JS-only options: the headroom watch runs here, not in the engine.
     const { headroomLowFraction, headroomCheckIntervalMS, ...spec } = rest;
     const headroom = headroomOptions({ headroomLowFraction, headroomCheckIntervalMS });
-    super(STREAM_KIND, { NativeClass: nativeChangeStream(), spec, decode, logger, namespace: namespaceOf(spec) });
+    super(STREAM_KIND, { create: (encoded, store) => nativeReader().changeStream(encoded, store), spec, decode, logger, namespace: namespaceOf(spec) });
     this._headroom = headroom;
     /** Stops the headroom timer; set when the stream starts reading. @type {(() => void) | null} */
     this._stopHeadroomWatch = null;
@@ -61,7 +61,9 @@ class ResilientChangeStream extends PullSource {
    * local.oplog.rs, or the position's cluster time is not known yet).
    */
   async oplogWindow() {
-    return publicWindow(await this._native.oplogWindow(this._headroom.fraction));
+    const window = await this._native.oplogWindow(this._headroom.fraction);
+    if (window.error) throw fromNative(window.error);
+    return publicWindow(window);
   }
 
   // --- PullSource hooks --------------------------------------------------------------------
@@ -111,16 +113,13 @@ class ResilientChangeStream extends PullSource {
   }
 
   /** @param {import('./pull').Batch} batch */
-  _onEmptyBatch({ endToken }) {
+  _onEmptyBatch(batch) {
     // The position moved with no event (postBatchResumeToken advanced). With nothing
     // handed out and unprocessed, it is processed as it is: checkpoint it too (quiet
     // streams must not fall off the oplog).
-    if (endToken === null) return;
-    this._advance(decodeToken(endToken));
-    if (this._durable && this._head === null && this._handedBatch === null) {
-      this._flushCommit(); // the events before it first
-      this._native.commit(null, endToken);
-    }
+    if (batch.endToken === null) return;
+    this._advance(decodeToken(batch.endToken));
+    if (this._head === null && !this._checkpoints.holdsHanded) this._checkpoints.quiet(batch);
   }
 
   /**
@@ -138,17 +137,6 @@ class ResilientChangeStream extends PullSource {
   /** @param {any} event */
   _afterTake(event) {
     if (event.operationType === 'invalidate') this.emit('invalidate', event);
-  }
-
-  /**
-   * Reports `count` processed events, the last of them at `offset` in `batch`.
-   * @param {import('./pull').Batch} batch
-   * @param {number} offset
-   * @param {number} count
-   */
-  _commitRun(batch, offset, count) {
-    const end = offset + batch.events.readInt32LE(offset);
-    this._native.commit(batch.events.subarray(offset, end), end === batch.events.length ? batch.endToken : null, count);
   }
 
   /**

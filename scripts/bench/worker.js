@@ -61,7 +61,7 @@ function loadOurs() {
   // The package itself (index.js); NAPI_RS_NATIVE_LIBRARY_PATH (set by the orchestrator
   // for --native) picks the addon build. Load the addon now, outside any measurement.
   ours ??= require(PKG_ROOT);
-  require(path.join(PKG_ROOT, 'lib', 'native')).nativeChangeStream();
+  require(path.join(PKG_ROOT, 'lib', 'native')).nativeReader();
   return ours;
 }
 
@@ -120,12 +120,12 @@ async function catchUp() {
 }
 
 /**
- * The engine alone: NativeChangeStream.nextBatch() without decoding (what our Rust side
+ * The engine alone: NativeReader.nextBatch() without decoding (what our Rust side
  * costs). With `capture`, also writes the raw events to a file for the decode-limit run.
  */
 async function catchUpRaw() {
   const { encodeSpec } = require(path.join(PKG_ROOT, 'lib', 'decode'));
-  const NativeChangeStream = require(path.join(PKG_ROOT, 'lib', 'native')).nativeChangeStream();
+  const NativeReader = require(path.join(PKG_ROOT, 'lib', 'native')).nativeReader();
   const spec = { uri: params.uri, db: params.db, collection: params.collection, startAtOperationTime: ts(params.startAt) };
   if (params.batchSize) spec.batchSize = params.batchSize;
   const n = params.events;
@@ -134,7 +134,7 @@ async function catchUpRaw() {
   let bytes = 0;
   let count = 0;
   const m = meter();
-  const native = new NativeChangeStream(encodeSpec(spec));
+  const native = NativeReader.changeStream(encodeSpec(spec));
   while (count < n) {
     const item = await native.nextBatch();
     if (item.kind !== 'batch') throw new Error(`engine said ${JSON.stringify(item)}`);
@@ -201,13 +201,17 @@ async function facadeLimit() {
       count += 1;
     }
     const last = BSON.deserialize(buffer.subarray(lastAt, offset));
-    batches.push({ kind: 'batch', events: buffer.subarray(start, offset), count, endToken: Buffer.from(BSON.serialize(last._id)) });
+    const seq = batches.length;
+    const ordinal = seq === 0 ? 0 : batches[seq - 1].ordinal + batches[seq - 1].count;
+    const endToken = Buffer.from(BSON.serialize(last._id));
+    batches.push({ kind: 'batch', seq, ordinal, events: buffer.subarray(start, offset), count, endToken });
   }
   const commits = { calls: 0, events: 0 };
   class StubEngine {
     constructor() {
       this.next = 0;
       this.checkpointEvery = params.durable ? 100 : null;
+      this.committed = 0;
     }
     nextBatch() {
       const item = this.next < batches.length ? batches[this.next++] : new Promise(() => {});
@@ -216,12 +220,15 @@ async function facadeLimit() {
     close() {
       return Promise.resolve(null);
     }
-    commit(event, endToken, events = 1) {
+    commit(seq, n) {
+      const through = batches[seq].ordinal + n;
       commits.calls += 1;
-      commits.events += events;
+      commits.events += through - this.committed;
+      this.committed = through;
+      return this.marks();
     }
-    room() {
-      return Number.MAX_SAFE_INTEGER;
+    marks() {
+      return { limit: Number.MAX_SAFE_INTEGER, reportAt: this.committed + (this.checkpointEvery ?? Infinity) };
     }
     waitForRoom() {
       return Promise.resolve();
@@ -237,9 +244,9 @@ async function facadeLimit() {
     }
     setLogger() {}
   }
-  // The stream module takes the engine class from lib/native on load: swap it first.
+  // The stream module takes the native reader from lib/native on load: swap it first.
   const native = require(path.join(PKG_ROOT, 'lib', 'native'));
-  native.nativeChangeStream = () => StubEngine;
+  native.nativeReader = () => ({ changeStream: () => new StubEngine() });
   const { ResilientChangeStream } = require(path.join(PKG_ROOT, 'lib', 'stream'));
   const total = batches.reduce((n, b) => n + b.count, 0);
   let count = 0;
