@@ -185,11 +185,9 @@ impl ReaderSpec for CursorSpec {
         &self.common
     }
 
-    /// The documents read are shaped by the namespace, filter, projection, key and cursor
-    /// type.
+    /// The documents read are shaped by the filter, projection, key and cursor type.
     fn shape(&self) -> Document {
         doc! {
-            "namespace": self.namespace(),
             "filter": self.filter.clone(),
             "projection": self.projection.clone().map(Bson::Document).unwrap_or(Bson::Null),
             "key": self.key.as_str(),

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mongodb::bson::{Document, RawDocument, RawDocumentBuf, Timestamp};
+use mongodb::bson::{doc, Document, RawDocument, RawDocumentBuf, Timestamp};
 use mongodb::raw_batch_cursor::RawBatchCursor;
 use mongodb::Client;
 
@@ -24,17 +24,20 @@ pub trait ReaderSpec: Send + Sync + 'static {
     fn common(&self) -> &ReaderOptions;
     /// `db.coll` (or `db`, `<cluster>`) for logs and stored records; never the URI.
     fn namespace(&self) -> String;
-    /// What shapes what is read (namespace included): a stored position is refused when it
-    /// differs. Batching, timeouts and backoff do not count.
+    /// What shapes what is read, besides the namespace: a stored position is refused when
+    /// it differs. Batching, timeouts and backoff do not count.
     fn shape(&self) -> Document;
 
     /// Who a stored position of this reader belongs to.
     fn owner(&self, name: &str) -> Owner {
+        let namespace = self.namespace();
+        let mut shape = doc! { "namespace": namespace.as_str() };
+        shape.extend(self.shape());
         Owner {
             kind: Self::KIND,
             name: name.to_string(),
-            namespace: self.namespace(),
-            fingerprint: fingerprint_of(self.shape()),
+            namespace,
+            fingerprint: fingerprint_of(shape),
         }
     }
 }

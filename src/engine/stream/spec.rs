@@ -209,11 +209,10 @@ impl ReaderSpec for WatchSpec {
         &self.common
     }
 
-    /// A change stream's events are shaped by the namespace, the pipeline, and the
-    /// `$changeStream` and collation options.
+    /// A change stream's events are shaped by the pipeline, and the `$changeStream` and
+    /// collation options.
     fn shape(&self) -> Document {
         doc! {
-            "namespace": self.namespace(),
             "pipeline": self.pipeline.iter().cloned().map(Bson::Document).collect::<Vec<_>>(),
             "stage": self.stage_options.clone(),
             "collation": self.collation.clone().map(Bson::Document).unwrap_or(Bson::Null),
@@ -372,6 +371,19 @@ mod tests {
                 expected
             );
         }
+    }
+
+    #[test]
+    fn the_fingerprint_keeps_the_shape_records_were_written_with() {
+        // Records already stored hold fingerprints of exactly this document.
+        let spec = test_spec(doc! {"pipeline": [{"$match": {"a": 1}}], "batchSize": 5});
+        let written = crate::engine::durable::position::fingerprint_of(doc! {
+            "namespace": "d.c",
+            "pipeline": [{"$match": {"a": 1}}],
+            "stage": {},
+            "collation": Bson::Null,
+        });
+        assert_eq!(spec.owner("n").fingerprint, written);
     }
 
     #[test]
