@@ -1,5 +1,7 @@
 'use strict';
 
+const { fromNative } = require('./error-helpers');
+
 /**
  * The facade's side of checkpointing for a named reader. The engine owns every count (what
  * is unsaved, how much room is left, when everyEvents is reached); this side only names
@@ -17,9 +19,13 @@
  *   seq": `through` = the number of the item after the last processed one
  */
 class Checkpoints {
-  /** @param {NativeReader} native */
-  constructor(native) {
+  /**
+   * @param {NativeReader} native
+   * @param {(error: Error) => void} fail closes the reader: saving failed for good
+   */
+  constructor(native, fail) {
     this._native = native;
+    this._fail = fail;
     /** Whether the reader has a token store (then a checkpoint policy). */
     this.durable = native.checkpointEvery !== null && native.checkpointEvery !== undefined;
     /** @type {NativeMarks} the engine's marks when last told (an older copy is stricter) */
@@ -105,7 +111,8 @@ class Checkpoints {
   }
 
   /**
-   * Waits until item number `ordinal` may be handed out, or the reader closed.
+   * Waits until item number `ordinal` may be handed out, or the reader closed. If saving
+   * failed for good, no room will come: the reader closes with the store's error.
    * @param {number} ordinal
    */
   async admit(ordinal) {
@@ -113,7 +120,11 @@ class Checkpoints {
     // The engine can only save, and make room, for what it was told.
     this.report();
     if (this.mayHandOut(ordinal)) return;
-    await this._native.waitForRoom();
+    const failure = await this._native.waitForRoom();
+    if (failure) {
+      this._fail(fromNative(failure));
+      return;
+    }
     this._marks = this._native.marks();
   }
 

@@ -108,7 +108,7 @@ class PullSource extends EventEmitter {
     /** rawListeners(itemEvent) as of the last change to them: not one copy per item. */
     this._itemListeners = null;
 
-    this._checkpoints = new Checkpoints(this._native);
+    this._checkpoints = new Checkpoints(this._native, (error) => this._terminate(error));
 
     this.on('newListener', (name) => {
       if (name !== kind.itemEvent) return;

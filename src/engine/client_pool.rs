@@ -29,6 +29,10 @@ static CLIENTS: Lazy<Mutex<HashMap<String, PooledClient>>> =
 /// Shutdowns of clients whose last lease was dropped, until someone awaits them.
 static SHUTDOWNS: Lazy<Mutex<Vec<JoinHandle<()>>>> = Lazy::new(|| Mutex::new(Vec::new()));
 
+/// How long an operation waits for a usable server before it fails (and the reader backs
+/// off and retries), unless the URI says `serverSelectionTimeoutMS`.
+pub const DEFAULT_SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long `settle()` waits for one client's shutdown.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
@@ -105,6 +109,12 @@ pub async fn client_for(uri: &str) -> Result<ClientLease, EngineError> {
     // no `serverMonitoringMode`.
     if options.server_monitoring_mode.is_none() {
         options.server_monitoring_mode = Some(ServerMonitoringMode::Poll);
+    }
+    // The driver's default (30 s) would make every re-open attempt during an outage wait
+    // 30 s before failing: the outage would be announced late and retried in 30 s steps.
+    // A short selection lets the backoff set the rhythm. Applied only when the URI sets none.
+    if options.server_selection_timeout.is_none() {
+        options.server_selection_timeout = Some(DEFAULT_SERVER_SELECTION_TIMEOUT);
     }
     if options.app_name.is_none() {
         options.app_name = Some("resilient-change-stream".into());

@@ -94,11 +94,11 @@ impl NativeReader {
     }
 
     /// Resolves once documents past the current `marks().limit` may be handed out, or the
-    /// reader is closed.
+    /// reader is closed; with the store's error once saving failed for good.
     #[napi]
-    pub async fn wait_for_room(&self) -> Result<()> {
-        with_reader!(self.reader, r => r.wait_for_room().await);
-        Ok(())
+    pub async fn wait_for_room(&self) -> Result<Option<NativeErrorInfo>> {
+        let waited = with_reader!(self.reader, r => r.wait_for_room().await);
+        Ok(waited.err().map(Into::into))
     }
 
     /// The checkpoint policy's `everyEvents` (null without a token store).

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::position::{Owner, Position, PositionRecord};
-use super::store::{load_record, TokenStore};
+use super::store::{load_record, within, TokenStore, STORE_CALL_DEADLINE};
 use crate::engine::backoff::BackoffPolicy;
 use crate::engine::errors::EngineError;
 
@@ -39,6 +39,9 @@ impl Default for CheckpointPolicy {
     }
 }
 
+/// The least time a save gets when `save_until`'s limit is (nearly) reached.
+const LAST_CALL_AT_LEAST: Duration = Duration::from_secs(1);
+
 /// How long a store may keep failing before the stream gives up with an error.
 pub const STORE_GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 
@@ -60,6 +63,9 @@ struct Pending {
     unsaved_events: u64,
     /// The latest known cluster time (kept when a token-only advance has none).
     cluster_time: Option<Timestamp>,
+    /// The last save failed with this (cleared by the next save that works).
+    save_failure: Option<EngineError>,
+    /// Saving failed for good: the reader fails with this.
     failed: Option<EngineError>,
 }
 
@@ -139,26 +145,31 @@ impl Checkpointer {
         self.lock().unsaved_events
     }
 
-    /// How many more processed events may be unsaved before `max_unsaved_events` is reached
-    /// (unbounded once saving failed for good: the stream is failing and must not block).
+    /// How many more processed events may be unsaved before `max_unsaved_events` is reached.
+    /// It stays bounded when saving failed for good: nothing more is handed out then.
     pub fn room(&self) -> u64 {
-        let pending = self.lock();
-        if pending.failed.is_some() {
-            return u64::MAX;
-        }
         self.policy
             .max_unsaved_events
-            .saturating_sub(pending.unsaved_events)
+            .saturating_sub(self.lock().unsaved_events)
     }
 
-    /// Waits while too much processed progress is unsaved (a store that is down).
-    pub async fn wait_for_room(&self) {
+    /// Why the last save failed, while saves are failing.
+    pub fn save_failure(&self) -> Option<EngineError> {
+        self.lock().save_failure.clone()
+    }
+
+    /// Waits while too much processed progress is unsaved (a store that is down). Fails
+    /// with the store's error once saving failed for good: no room will come.
+    pub async fn wait_for_room(&self) -> Result<(), EngineError> {
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
+            if let Some(failed) = &self.lock().failed {
+                return Err(failed.clone());
+            }
             if self.room() > 0 {
-                return;
+                return Ok(());
             }
             room.await;
         }
@@ -241,11 +252,22 @@ impl Checkpointer {
                 };
                 (pending.generation, pending.unsaved_events, record)
             };
-            match self.store.save(self.name(), record.to_document()).await {
+            // One call may take the store's deadline at most, and not much past `limit` (the
+            // last try still gets a moment, so a store that fails says how); a close abandons
+            // it (its own flush saves what is processed).
+            let left = limit.saturating_sub(started.elapsed());
+            let deadline = STORE_CALL_DEADLINE.min(left.max(LAST_CALL_AT_LEAST));
+            let save = self.store.save(self.name(), record.to_document());
+            let saved = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                saved = within(deadline, self.store.as_ref(), "save", save) => saved,
+            };
+            match saved {
                 Ok(()) => {
                     let mut pending = self.lock();
                     pending.saved_generation = generation;
                     pending.unsaved_events = pending.unsaved_events.saturating_sub(events);
+                    pending.save_failure = None;
                     drop(pending);
                     self.room.notify_waiters();
                     return Ok(());
@@ -253,6 +275,7 @@ impl Checkpointer {
                 Err(e) => {
                     attempt += 1;
                     tracing::warn!(attempt, error = %e, "saving the position failed");
+                    self.lock().save_failure = Some(e.clone());
                     if started.elapsed() >= limit {
                         return Err(EngineError {
                             message: format!(
@@ -264,9 +287,12 @@ impl Checkpointer {
                             ..e
                         });
                     }
+                    let pause = backoff
+                        .delay(attempt)
+                        .min(limit.saturating_sub(started.elapsed()));
                     tokio::select! {
                         _ = cancel.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(backoff.delay(attempt)) => {},
+                        _ = tokio::time::sleep(pause) => {},
                     }
                 }
             }

@@ -99,10 +99,15 @@ fn parse_store(d: &Document) -> Result<StoreConfig, EngineError> {
             .map_err(|e| prefix(e, "tokenStore."))?
             .ok_or_else(|| EngineError::invalid_option(&field(n), "a non-empty string", "nothing"))
     };
-    match optional_string(d, "type")
-        .map_err(|e| prefix(e, "tokenStore."))?
-        .as_deref()
-    {
+    let kind = optional_string(d, "type").map_err(|e| prefix(e, "tokenStore."))?;
+    // Each type's own options: any other key is a mistake (a typo would be ignored).
+    let fields: &[&str] = match kind.as_deref() {
+        Some("file") => &["type", "path"],
+        Some("mongodb") => &["type", "uri", "db", "collection"],
+        _ => &["type"],
+    };
+    reject_unknown(d, &[fields], "tokenStore.")?;
+    match kind.as_deref() {
         Some("memory") => Ok(StoreConfig::Memory),
         Some("file") => Ok(StoreConfig::File {
             path: string("path")?,

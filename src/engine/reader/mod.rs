@@ -98,8 +98,13 @@ impl<S: Source> Reader<S> {
         &self.spec
     }
 
+    /// What the reader is doing now; while saves of its position fail, their error.
     pub fn health(&self) -> Health {
-        self.status.snapshot()
+        let mut health = self.status.snapshot();
+        if let Some(failure) = self.checkpointer.as_ref().and_then(|c| c.save_failure()) {
+            health.last_error = Some(failure);
+        }
+        health
     }
 
     /// The next item. Must run inside a Tokio runtime (the run loop is spawned on it).
@@ -107,8 +112,9 @@ impl<S: Source> Reader<S> {
         if !self.stop.is_cancelled() {
             self.start();
         }
-        // With a token store, wait first while too much processed progress is unsaved.
-        self.wait_for_room().await;
+        // With a token store, wait first while too much processed progress is unsaved. (If
+        // saving failed for good, the failure is what comes next.)
+        let _ = self.wait_for_room().await;
         let received = {
             let mut rx = self.rx.lock().await;
             // Closed while waiting, or before: what is queued no longer matters. (A reader
@@ -179,13 +185,15 @@ impl<S: Source> Reader<S> {
     }
 
     /// Waits until more documents may be handed out (`marks().limit` moved past what was
-    /// committed), or the reader is closed.
-    pub async fn wait_for_room(&self) {
-        if let Some(ck) = &self.checkpointer {
-            tokio::select! {
-                _ = ck.wait_for_room() => {},
-                _ = self.status.cancel.cancelled() => {},
-            }
+    /// committed), or the reader is closed. Fails with the store's error once saving failed
+    /// for good (no room will come).
+    pub async fn wait_for_room(&self) -> Result<(), EngineError> {
+        let Some(ck) = &self.checkpointer else {
+            return Ok(());
+        };
+        tokio::select! {
+            waited = ck.wait_for_room() => waited,
+            _ = self.status.cancel.cancelled() => Ok(()),
         }
     }
 

@@ -2,7 +2,7 @@
 //! behind one mutex.
 
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mongodb::bson::Timestamp;
 use tokio_util::sync::CancellationToken;
@@ -58,7 +58,8 @@ pub struct Health {
     pub last_reply_at: Option<SystemTime>,
     /// Resumable failures since the stream started.
     pub reconnects: u64,
-    /// The delay being waited out now, if reconnecting.
+    /// What is left of the delay being waited out now; `None` when not waiting (an attempt
+    /// is under way, or all is well).
     pub current_backoff: Option<Duration>,
     pub last_error: Option<EngineError>,
     /// Events read from the server (handed to the consumer or waiting in the one-batch
@@ -77,6 +78,8 @@ impl Health {
 
 pub(crate) struct ReaderStatus {
     health: Mutex<Health>,
+    /// When the backoff being waited out ends (`current_backoff` is derived from it).
+    retry_at: Mutex<Option<Instant>>,
     pub(crate) cancel: CancellationToken,
 }
 
@@ -84,6 +87,7 @@ impl ReaderStatus {
     pub(crate) fn new() -> Self {
         ReaderStatus {
             health: Mutex::new(Health::default()),
+            retry_at: Mutex::new(None),
             cancel: CancellationToken::new(),
         }
     }
@@ -99,7 +103,16 @@ impl ReaderStatus {
     }
 
     pub(crate) fn snapshot(&self) -> Health {
-        self.lock().clone()
+        let mut health = self.lock().clone();
+        let retry_at = *self.retry_at.lock().unwrap_or_else(|p| p.into_inner());
+        health.current_backoff = retry_at
+            .and_then(|at| at.checked_duration_since(Instant::now()))
+            .filter(|left| !left.is_zero());
+        health
+    }
+
+    fn set_retry_at(&self, at: Option<Instant>) {
+        *self.retry_at.lock().unwrap_or_else(|p| p.into_inner()) = at;
     }
 
     /// Moves to `to` unless the stream already reached a terminal state.
@@ -110,7 +123,7 @@ impl ReaderStatus {
         }
         health.state = to;
         if !matches!(to, ReaderState::Reconnecting { .. }) {
-            health.current_backoff = None;
+            self.set_retry_at(None);
         }
         true
     }
@@ -121,7 +134,7 @@ impl ReaderStatus {
         if !matches!(health.state, ReaderState::Closed | ReaderState::Failed) {
             health.state = ReaderState::Closing;
         }
-        health.current_backoff = None;
+        self.set_retry_at(None);
     }
 
     pub(crate) fn finish_close(&self) {
@@ -160,7 +173,7 @@ impl ReaderStatus {
         }
         health.state = ReaderState::Reconnecting { attempt };
         health.reconnects += 1;
-        health.current_backoff = Some(delay);
+        self.set_retry_at(Some(Instant::now() + delay));
         health.last_error = Some(error.clone());
         true
     }
@@ -199,6 +212,25 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(Health::default().lag(now), None);
+    }
+
+    #[test]
+    fn the_backoff_says_what_is_left_of_it_and_nothing_once_it_passed() {
+        let status = ReaderStatus::new();
+        let error = EngineError::new(crate::engine::ErrorCode::Network, "x");
+        assert!(status.record_failure(&error, 1, Duration::from_secs(60)));
+        let left = status.snapshot().current_backoff.expect("waiting");
+        assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(59));
+        assert!(status.record_failure(&error, 2, Duration::ZERO));
+        assert_eq!(
+            status.snapshot().current_backoff,
+            None,
+            "attempting, not waiting"
+        );
+        assert_eq!(
+            status.snapshot().state,
+            ReaderState::Reconnecting { attempt: 2 }
+        );
     }
 
     #[test]

@@ -363,6 +363,9 @@ mod tests {
             (doc! {"uri": "mongodb://h", "name": "n", "tokenStore": {"type": "disk"}}, "option \"tokenStore.type\" must be 'memory', 'file' or 'mongodb', got 'disk'"),
             (doc! {"uri": "mongodb://h", "name": "n", "tokenStore": {"type": "file"}}, "option \"tokenStore.path\" must be a non-empty string, got nothing"),
             (doc! {"uri": "mongodb://h", "name": "n", "checkpoint": {"everyMs": "x"}}, "option \"checkpoint.everyMs\" must be a non-negative integer, got string"),
+            (doc! {"uri": "mongodb://h", "name": "n", "tokenStore": {"type": "memory", "extra": 1}}, "unknown option \"tokenStore.extra\""),
+            (doc! {"uri": "mongodb://h", "name": "n", "tokenStore": {"type": "file", "path": "/p", "mode": 420}}, "unknown option \"tokenStore.mode\""),
+            (doc! {"uri": "mongodb://h", "name": "n", "tokenStore": {"type": "mongodb", "db": "d", "collection": "c", "coll": "x"}}, "unknown option \"tokenStore.coll\""),
             (doc! {"uri": "mongodb://h", "onHistoryLost": "skip"}, "option \"onHistoryLost\" must be 'error' or 'resumeFromNow', got 'skip'"),
         ];
         for (input, expected) in cases {

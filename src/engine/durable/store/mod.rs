@@ -4,13 +4,15 @@ mod file;
 mod memory;
 mod mongo;
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use mongodb::bson::Document;
 
 use crate::engine::durable::position::PositionRecord;
-use crate::engine::errors::EngineError;
+use crate::engine::errors::{EngineError, ErrorCode};
 
 pub use file::FileStore;
 pub use memory::MemoryStore;
@@ -30,12 +32,37 @@ pub trait TokenStore: Send + Sync {
     fn describe(&self) -> String;
 }
 
+/// How long one call into a store may take before it counts as failed (and is retried like
+/// any failure): a store that never answers must not hang a start, the saves or a close.
+pub const STORE_CALL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Runs one call `op` into `store`, failing it after `deadline`.
+pub async fn within<T>(
+    deadline: Duration,
+    store: &dyn TokenStore,
+    op: &str,
+    call: impl Future<Output = Result<T, EngineError>>,
+) -> Result<T, EngineError> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(answer) => answer,
+        Err(_) => Err(EngineError::resumable(
+            ErrorCode::TokenStore,
+            format!(
+                "{}'s {op}() did not settle within {} ms",
+                store.describe(),
+                deadline.as_millis()
+            ),
+        )),
+    }
+}
+
 /// Loads and parses `name`'s record.
 pub async fn load_record(
     store: &dyn TokenStore,
     name: &str,
 ) -> Result<Option<PositionRecord>, EngineError> {
-    match store.load(name).await? {
+    let loaded = within(STORE_CALL_DEADLINE, store, "load", store.load(name)).await?;
+    match loaded {
         None => Ok(None),
         Some(doc) => PositionRecord::from_document(&doc, &store.describe()).map(Some),
     }
@@ -77,7 +104,7 @@ pub fn open_store(
         )),
         StoreConfig::Custom => custom.ok_or_else(|| {
             EngineError::new(
-                crate::engine::errors::ErrorCode::InvalidOption,
+                ErrorCode::InvalidOption,
                 "option \"tokenStore\" is a custom store but no load/save functions were given",
             )
         })?,
