@@ -208,6 +208,11 @@ class ResilientCursor extends PullSource {
     return true;
   }
 
+  /** @param {unknown} document */
+  _handlerFields(document) {
+    return { document };
+  }
+
   /** @param {any} error */
   _annotate(error) {
     if (this._positionLost) error.positionLost = this._positionLost;
