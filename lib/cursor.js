@@ -5,7 +5,7 @@ const { InvalidOptionError } = require('./errors');
 const { describeType, fromNative } = require('./error-helpers');
 const { bson } = require('./decode');
 const { nativeReader } = require('./native');
-const { readerOptions } = require('./options');
+const { readerOptions, checkEncodable } = require('./options');
 const { resolveTarget, connectionString } = require('./target');
 
 /** The version of the `state()` document; `restart()` refuses others. */
@@ -29,6 +29,27 @@ function valueAt(doc, path) {
     value = value[part];
   }
   return value;
+}
+
+/**
+ * A `state()` field holding canonical Extended JSON, decoded (undefined when null or absent).
+ * A field that is not (a cycle, `{ $numberLong: 'x' }`) is an InvalidOptionError naming it.
+ * @param {Record<string, any>} state
+ * @param {'filter' | 'projection' | 'lastKey'} field
+ */
+function fromStateEJSON(state, field) {
+  const value = state[field];
+  if (value === null || value === undefined) return undefined;
+  // Extended JSON parsing goes through JSON.stringify, which drops functions and Symbols.
+  checkEncodable(value, `state.${field}`);
+  try {
+    return bson().EJSON.deserialize({ value }, { relaxed: false }).value;
+  } catch (err) {
+    throw new InvalidOptionError(
+      `ResilientCursor.restart(): state.${field} is not canonical Extended JSON: ${String(err?.message ?? err).split('\n')[0]}`,
+      { cause: err },
+    );
+  }
 }
 
 function isObject(value) {
@@ -111,8 +132,6 @@ class ResilientCursor extends PullSource {
         `ResilientCursor.restart() needs a state() document of version ${STATE_VERSION}, got ${describeType(state)}`,
       );
     }
-    const { EJSON } = bson();
-    const parse = (v) => (v === null || v === undefined ? undefined : EJSON.deserialize(v, { relaxed: false }));
     const { db, collection } = state.namespace;
     const conn = connectionOf(connection, options.uri);
     if ((conn.db && conn.db !== db) || (conn.collection && conn.collection !== collection)) {
@@ -120,17 +139,14 @@ class ResilientCursor extends PullSource {
         `ResilientCursor.restart(): the connection names ${conn.db}.${conn.collection}, the state ${db}.${collection}`,
       );
     }
-    let lastKey;
-    if (state.lastKey !== null && state.lastKey !== undefined) {
-      lastKey = EJSON.deserialize({ k: state.lastKey }, { relaxed: false }).k;
-    }
+    const lastKey = fromStateEJSON(state, 'lastKey');
     return new ResilientCursor(
       { uri: conn.uri, db, collection },
       {
         ...options,
         uri: undefined,
-        filter: parse(state.filter),
-        projection: parse(state.projection),
+        filter: fromStateEJSON(state, 'filter'),
+        projection: fromStateEJSON(state, 'projection'),
         key: state.key,
         batchSize: state.batchSize ?? undefined,
         tailable: state.tailable || undefined,

@@ -2,9 +2,10 @@
 
 const { EventEmitter } = require('node:events');
 const { Readable } = require('node:stream');
-const { InvalidOptionError, ModeConflictError, StreamClosedError } = require('./errors');
+const { ModeConflictError, StreamClosedError } = require('./errors');
 const { fromNative } = require('./error-helpers');
-const { bson, checkBatch, encodeSpec, eventDeserializeOptions, perEventOptions } = require('./decode');
+const { bson, checkBatch, eventDeserializeOptions, perEventOptions } = require('./decode');
+const { createValidated } = require('./options');
 const { Checkpoints } = require('./checkpoints');
 const { emitObserved, handlerError } = require('./listeners');
 const { Lifecycle } = require('./lifecycle');
@@ -55,8 +56,9 @@ const TRY_NEXT_WAIT_MS = 10;
  */
 class PullSource extends EventEmitter {
   /**
-   * The one constructor path: builds the native reader from `spec` (what the engine
-   * validates; its 'InvalidArg' becomes InvalidOptionError) and the shared state.
+   * The one constructor path: builds the native reader from `spec` (lib/options.js
+   * createValidated: every value encodable, the engine's 'InvalidArg' an InvalidOptionError)
+   * and the shared state.
    * @param {ReaderKind} kind
    * @param {{ create: (spec: Buffer, store?: any) => NativeReader, spec: Record<string, any>,
    *   decode: Record<string, boolean>, logger: object | null, namespace: string }} setup
@@ -65,14 +67,8 @@ class PullSource extends EventEmitter {
     super();
     this._kind = kind;
     const store = tokenStoreOption(spec.tokenStore);
-    const encoded = encodeSpec({ ...spec, tokenStore: store.spec });
-    try {
-      /** @type {NativeReader} */
-      this._native = create(encoded, store.callback);
-    } catch (err) {
-      // The engine validates the options; only the error's class is JS's business.
-      throw err?.code === 'InvalidArg' ? new InvalidOptionError(err.message, { cause: err }) : err;
-    }
+    /** @type {NativeReader} */
+    this._native = createValidated(create, { ...spec, tokenStore: store.spec }, store.callback);
     if (logger) this._native.setLogger(logSink(logger, namespace));
     /** deserialize() options for one item; its `index` is moved along the batch. */
     this._decodeOptions = perEventOptions(eventDeserializeOptions(decode));
