@@ -76,7 +76,7 @@ export interface WatchOptions {
   logger?: StreamLogger;
   /** `headroomLow` fires when the position is within this fraction of the oplog window from its oldest end. @default 0.1 */
   headroomLowFraction?: number;
-  /** How often to check the oplog headroom; `0` turns the check off. @default 60000 */
+  /** How often to check the oplog headroom, at most 2^31-1 ms; `0` turns the check off. @default 60000 */
   headroomCheckIntervalMS?: number;
   /**
    * Names this consumer's position. With a name, processed positions are checkpointed to

@@ -115,3 +115,16 @@ test('ResilientCursor.restart() with a bad lastKey, filter or projection in the 
     assertInvalid(() => ResilientCursor.restart({ ...state, ...bad }, URI), message, JSON.stringify(Object.keys(bad)));
   }
 });
+
+test('headroomCheckIntervalMS is bounded by the timer limit (2^31-1 ms): beyond it, a clear InvalidOptionError', async () => {
+  for (const bad of [2 ** 31, 2 ** 53, Number.MAX_VALUE, Infinity, -1, 1.5, Number.NaN]) {
+    assertInvalid(
+      () => new ResilientChangeStream({ uri: URI, ...NS, headroomCheckIntervalMS: bad }),
+      /option "headroomCheckIntervalMS" must be an integer from 0 to 2147483647 \(2\^31-1\), got number/,
+      String(bad),
+    );
+  }
+  for (const good of [0, 1, 2 ** 31 - 1]) {
+    await new ResilientChangeStream({ uri: URI, ...NS, headroomCheckIntervalMS: good }).close();
+  }
+});
