@@ -574,7 +574,7 @@ export interface ResilientCursorOptions {
   checkpoint?: CheckpointOptions;
   /** Use a stored position even if it was written for another filter, projection or key. @default false */
   allowPositionMismatch?: boolean;
-  /** Connection string (default: the target's). */
+  /** Connection string; overrides the target's (a Collection's client, or `{ uri }`). */
   uri?: string;
   logger?: StreamLogger;
   promoteLongs?: boolean;

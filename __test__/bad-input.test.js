@@ -128,3 +128,18 @@ test('headroomCheckIntervalMS is bounded by the timer limit (2^31-1 ms): beyond 
     await new ResilientChangeStream({ uri: URI, ...NS, headroomCheckIntervalMS: good }).close();
   }
 });
+
+test("ResilientCursor's uri option overrides the target's connection string (as the typings say)", async (t) => {
+  const { server, coll, dbName, collName } = await setup(t);
+  await insertSeq(coll, 0, 3);
+  // The target's string points nowhere: only the option's reaches the server.
+  const cursor = new ResilientCursor(
+    { uri: URI, db: dbName, collection: collName },
+    { uri: server.uri, key: 'seq', backoff: { maxRetries: 0 } },
+  );
+  t.after(() => cursor.close());
+  const seqs = [];
+  for await (const doc of cursor) seqs.push(doc.seq);
+  assert.deepEqual(seqs, [0, 1, 2]);
+  assert.equal(cursor.state().ended, 'exhausted');
+});

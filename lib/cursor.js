@@ -59,11 +59,12 @@ function isObject(value) {
 /**
  * `{ uri, db, collection }` from a driver Collection or a plain `{ uri, db, collection }`;
  * a Db or MongoClient (or a connection string) gives the connection only (restart()).
+ * The `uri` option wins over the target's, whatever the target (as in watch()).
  */
 function connectionOf(target, uriOption) {
-  if (typeof target === 'string') return { uri: target };
+  if (typeof target === 'string') return { uri: uriOption ?? target };
   if (isObject(target) && typeof target.uri === 'string' && typeof target.db !== 'function') {
-    return { uri: target.uri, db: target.db, collection: target.collection };
+    return { uri: uriOption ?? target.uri, db: target.db, collection: target.collection };
   }
   if (!isObject(target)) {
     throw new InvalidOptionError(
