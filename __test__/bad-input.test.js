@@ -52,6 +52,9 @@ test('a function or a Symbol in any option, at any depth, is an InvalidOptionErr
     [{ tokenStore: { type: 'file', path: fn } }, 'tokenStore.path'],
     [{ resumeAfter: { _data: fn } }, 'resumeAfter._data'],
   ];
+  // Values BSON changes silently are refused the same way.
+  assertInvalid(() => new ResilientChangeStream({ uri: URI, ...NS, comment: { at: new Date(Number.NaN) } }), /option "comment\.at" must be a valid Date/, 'invalid Date');
+  assertInvalid(() => new ResilientChangeStream({ uri: URI, ...NS, comment: [2n ** 64n] }), /option "comment\[0\]" must be a bigint within int64/, 'bigint past int64');
   for (const [options, path] of cases) {
     const message = new RegExp(`option "${path.replaceAll(/[.$[\]]/g, '\\$&')}" must be a value BSON can encode`);
     assertInvalid(() => new ResilientChangeStream({ uri: URI, ...NS, ...options }), message, `constructor ${path}`);

@@ -106,8 +106,9 @@ function withNulls(spec, problems) {
 }
 
 /**
- * The error for the first value under `value` that BSON would drop or cannot encode — a
- * function, a Symbol, a cycle — named by its path; null when there is none. Walks what the
+ * The error for the first value under `value` that BSON would drop, change or cannot encode
+ * — a function, a Symbol, a cycle, an invalid Date, a bigint past int64 — named by its path;
+ * null when there is none. Walks what the
  * serializer walks: arrays, plain and class objects, Maps, what toBSON() returns; BSON values,
  * Dates, RegExps and binary data are leaves.
  * @param {unknown} value
@@ -118,6 +119,14 @@ function withNulls(spec, problems) {
 function unencodableAt(value, path, ancestors) {
   if (typeof value === 'function' || typeof value === 'symbol') {
     return invalidOption(path, 'a value BSON can encode (BSON drops functions and Symbols)', value);
+  }
+  // BSON turns these into other values silently: an invalid Date into 1970, a bigint past
+  // int64 into its low 64 bits.
+  if (typeof value === 'bigint' && BigInt.asIntN(64, value) !== value) {
+    return invalidOption(path, 'a bigint within int64 (BSON would wrap it)', value);
+  }
+  if (value instanceof Date && Number.isNaN(value.getTime())) {
+    return invalidOption(path, 'a valid Date (BSON would store 1970-01-01)', value);
   }
   if (value === null || typeof value !== 'object' || isBsonLeaf(value)) return null;
   if (ancestors.has(value)) {
