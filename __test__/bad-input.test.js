@@ -51,6 +51,8 @@ test('a function or a Symbol in any option, at any depth, is an InvalidOptionErr
     [{ checkpoint: { everyEvents: sym } }, 'checkpoint.everyEvents'],
     [{ tokenStore: { type: 'file', path: fn } }, 'tokenStore.path'],
     [{ resumeAfter: { _data: fn } }, 'resumeAfter._data'],
+    [{ db: sym }, 'db'],
+    [{ collection: sym, logger: console }, 'collection'],
   ];
   // Values BSON changes silently are refused the same way.
   assertInvalid(() => new ResilientChangeStream({ uri: URI, ...NS, comment: { at: new Date(Number.NaN) } }), /option "comment\.at" must be a valid Date/, 'invalid Date');

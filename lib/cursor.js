@@ -99,7 +99,6 @@ class ResilientCursor extends PullSource {
       spec: { ...cursorOptions, uri, db, collection, lastKey },
       decode,
       logger,
-      namespace: `${db}.${collection}`,
     });
     this._key = cursorOptions.key ?? '_id';
     /** The options state() records (everything but the connection). */

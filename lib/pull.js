@@ -61,15 +61,16 @@ class PullSource extends EventEmitter {
    * and the shared state.
    * @param {ReaderKind} kind
    * @param {{ create: (spec: Buffer, store?: any) => NativeReader, spec: Record<string, any>,
-   *   decode: Record<string, boolean>, logger: object | null, namespace: string }} setup
+   *   decode: Record<string, boolean>, logger: object | null }} setup
    */
-  constructor(kind, { create, spec, decode, logger, namespace }) {
+  constructor(kind, { create, spec, decode, logger }) {
     super();
     this._kind = kind;
     const store = tokenStoreOption(spec.tokenStore);
     /** @type {NativeReader} */
     this._native = createValidated(create, { ...spec, tokenStore: store.spec }, store.callback);
-    if (logger) this._native.setLogger(logSink(logger, namespace));
+    // Named only now: the engine has checked that db and collection are strings.
+    if (logger) this._native.setLogger(logSink(logger, namespaceOf(spec)));
     /** deserialize() options for one item; its `index` is moved along the batch. */
     this._decodeOptions = perEventOptions(eventDeserializeOptions(decode));
     this._deserialize = bson().deserialize;
@@ -667,6 +668,15 @@ class PullSource extends EventEmitter {
 
 /** Events whose listeners are part of processing besides the item event (see emit()). @type {Set<string | symbol>} */
 const PROCESSING_EVENTS = new Set(['resumeTokenChanged', 'newListener', 'removeListener']);
+
+/**
+ * `db.coll`, `db`, or `<cluster>`: what logs may name (never the URI).
+ * @param {{ db?: string, collection?: string }} spec
+ */
+function namespaceOf({ db, collection }) {
+  if (!db) return '<cluster>';
+  return collection ? `${db}.${collection}` : db;
+}
 
 /**
  * The error health() reports, as plain data.

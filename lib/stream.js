@@ -34,7 +34,7 @@ class ResilientChangeStream extends PullSource {
     // JS-only options: the headroom watch runs here, not in the engine.
     const { headroomLowFraction, headroomCheckIntervalMS, ...spec } = rest;
     const headroom = headroomOptions({ headroomLowFraction, headroomCheckIntervalMS });
-    super(STREAM_KIND, { create: (encoded, store) => nativeReader().changeStream(encoded, store), spec, decode, logger, namespace: namespaceOf(spec) });
+    super(STREAM_KIND, { create: (encoded, store) => nativeReader().changeStream(encoded, store), spec, decode, logger });
     this._headroom = headroom;
     /** Stops the headroom timer; set when the stream starts reading. @type {(() => void) | null} */
     this._stopHeadroomWatch = null;
@@ -162,15 +162,6 @@ class ResilientChangeStream extends PullSource {
   _handlerFields(event) {
     return { event, resumeToken: this._token };
   }
-}
-
-/**
- * `db.coll`, `db`, or `<cluster>`: what logs may name (never the URI).
- * @param {{ db?: string, collection?: string }} spec
- */
-function namespaceOf({ db, collection }) {
-  if (!db) return '<cluster>';
-  return collection ? `${db}.${collection}` : db;
 }
 
 module.exports = { ResilientChangeStream };
