@@ -51,6 +51,7 @@ const TRY_NEXT_WAIT_MS = 10;
  *     (resume token / last key); may throw, which closes the reader,
  *   `_applyOwn(item)` its own native items (stream: historyLost; cursor: positionLost),
  *   `_annotate(error)` what the error that closes it should carry,
+ *   `_handlerFields(item)` what a HandlerError says about the item (event / document, position),
  *   `_ownHealth(native)` its own health() fields,
  * and optionally `_onEmptyBatch(batch)`, `_afterTake(item)`, `_beforeRequest()`, `_onClosing()`.
  */
