@@ -76,7 +76,7 @@ export interface WatchOptions {
   logger?: StreamLogger;
   /** `headroomLow` fires when the position is within this fraction of the oplog window from its oldest end. @default 0.1 */
   headroomLowFraction?: number;
-  /** How often to check the oplog headroom; `0` turns the check off. @default 60000 */
+  /** How often to check the oplog headroom, at most 2^31-1 ms; `0` turns the check off. @default 60000 */
   headroomCheckIntervalMS?: number;
   /**
    * Names this consumer's position. With a name, processed positions are checkpointed to
@@ -360,7 +360,10 @@ export interface ResilientChangeStreamEvents<TChange extends Document = ChangeSt
   /**
    * Each event, in order. Switches to emitter mode and starts delivering. Async listeners are
    * awaited before the next event; a listener that throws (or rejects) closes the stream with
-   * that error, and the resume token does not move past that event.
+   * a {@link HandlerError} (`cause`: what it threw), and the resume token does not move past
+   * that event. Every other event's listeners are observers except `resumeTokenChanged`: what
+   * they throw is reported with `process.emitWarning` (type
+   * 'ResilientChangeStreamListenerWarning') and the stream goes on.
    */
   change: (change: TChange) => void | Promise<void>;
   /** A resumable failure; the engine re-opens after `info.delayMs`. */
@@ -375,12 +378,18 @@ export interface ResilientChangeStreamEvents<TChange extends Document = ChangeSt
   historyLost: (info: HistoryLostEvent) => void;
   /** The watched collection/database was dropped or renamed (after the `change` for it). */
   invalidate: (change: TChange) => void;
-  /** The resume token moved (after each event, and when the server advanced an idle stream). */
+  /**
+   * The resume token moved (after each event, and when the server advanced an idle stream).
+   * Part of processing (persist the token here): a throw closes the stream with a
+   * {@link HandlerError} and the token stays before that event.
+   */
   resumeTokenChanged: (token: ResumeToken) => void;
   /**
    * What the stream cannot survive (history lost, auth, bad pipeline, retries exhausted, a
-   * throwing listener). Emitted in emitter mode, and in iterator mode when listened for
-   * (the iterator gets it from `next()`). Followed by `close`.
+   * throwing `change`/`resumeTokenChanged` listener: {@link HandlerError}). Emitted in emitter
+   * mode, and in iterator mode when listened for (the iterator gets it from `next()`); in
+   * emitter mode without an `error` listener it is thrown, as by any EventEmitter.
+   * Followed by `close`.
    */
   error: (error: Error) => void;
   /** The stream closed (exactly once): by `close()`, by invalidation, or by an error. */
@@ -402,7 +411,7 @@ export declare function watch<
 >(target: WatchTarget<TSchema>, options?: WatchOptions): ResilientChangeStream<TSchema, TChange>;
 
 /**
- * Stable error codes (the engine's, plus 'ModeConflict', 'StreamClosed' and
+ * Stable error codes (the engine's, plus 'ModeConflict', 'StreamClosed', 'HandlerFailed' and
  * 'NativeAddonUnavailable'; lib/errors.js and lib/error-helpers.js hold the JS list). Codes without a
  * class of their own ('NetworkError', 'ClientError', codes added later) arrive as the base class.
  */
@@ -422,7 +431,8 @@ export type ErrorCode =
   | 'TokenStoreError'
   | 'PositionMismatch'
   | 'Stalled'
-  | 'NativeAddonUnavailable';
+  | 'NativeAddonUnavailable'
+  | 'HandlerFailed';
 
 export interface ErrorInfo {
   code?: string;
@@ -505,6 +515,22 @@ export declare class ModeConflictError extends ResilientChangeStreamError {
 export declare class StreamClosedError extends ResilientChangeStreamError {
   code: 'StreamClosed';
 }
+/**
+ * An item listener (`change`, cursor `data`) or a `resumeTokenChanged` listener threw or
+ * rejected: the reader closed with this error (`error` and `close` events, or from `next()`),
+ * and its position stayed before that item: a restart from the stored position delivers it again.
+ */
+export declare class HandlerError extends ResilientChangeStreamError {
+  code: 'HandlerFailed';
+  /** What the listener threw (or its promise rejected with). */
+  cause: unknown;
+  /** Change stream: the event being processed (null: a `resumeTokenChanged` of a quiet stream). */
+  event?: unknown;
+  /** Cursor: the document being processed. */
+  document?: unknown;
+  /** Change stream: the resume token before that event (where a restart continues from). */
+  resumeToken?: ResumeToken | null;
+}
 
 // --- ResilientCursor ---------------------------------------------------------------------------
 
@@ -548,7 +574,7 @@ export interface ResilientCursorOptions {
   checkpoint?: CheckpointOptions;
   /** Use a stored position even if it was written for another filter, projection or key. @default false */
   allowPositionMismatch?: boolean;
-  /** Connection string (default: the target's). */
+  /** Connection string; overrides the target's (a Collection's client, or `{ uri }`). */
   uri?: string;
   logger?: StreamLogger;
   promoteLongs?: boolean;
@@ -637,6 +663,12 @@ export declare class ResilientCursor<TSchema extends Document = Document> extend
   [Symbol.asyncIterator](): AsyncGenerator<TSchema, void, void>;
   stream(options?: { transform?: (doc: TSchema) => unknown }): Readable;
   close(): Promise<void>;
+  /**
+   * Each document, in order (emitter mode); a promise returned is awaited. A throw or a
+   * rejection closes the cursor with a {@link HandlerError} (`document`: this one) and the
+   * position stays before it. Other events' listeners are observers: their throws become
+   * process warnings ('ResilientChangeStreamListenerWarning').
+   */
   on(event: 'data', listener: (doc: TSchema) => unknown): this;
   on(event: 'end', listener: (info: { reason: 'exhausted' | 'stopped' }) => void): this;
   on(event: 'close', listener: (info: { reason: string; error?: Error }) => void): this;

@@ -22,6 +22,7 @@ const {
   InvalidOptionError,
   ModeConflictError,
   StreamClosedError,
+  HandlerError,
 } = rcs;
 const { setup, insertSeq, withTimeout, waitForEvent, nextN, seqs, range, opened, startIterating, skipWithoutFailPoints } = require('./helpers');
 
@@ -234,7 +235,7 @@ test("async 'change' listeners are awaited one event at a time, listeners in reg
 });
 
 for (const style of ['throws', 'rejects']) {
-  test(`a listener that ${style} closes the stream with that error, without moving the token past the event`, async (t) => {
+  test(`a listener that ${style} closes the stream with a HandlerError (cause: what it threw), without moving the token past the event`, async (t) => {
     const { coll, client } = await setup(t);
     const hello = await client.db('admin').command({ hello: 1 });
     // Five events exist before the stream reads, so events after the failing one are available.
@@ -269,11 +270,17 @@ for (const style of ['throws', 'rejects']) {
 
     assert.deepEqual(seqs(seen), [0, 1, 2], 'no event after the failing one');
     assert.equal(errors.length, 1, "'error' emitted once");
-    assert.equal(errors[0], boom, "'error' carries the listener's own error");
+    const [err] = errors;
+    assert.ok(err instanceof HandlerError, `a HandlerError, got ${err?.constructor?.name}`);
+    assert.equal(err.code, 'HandlerFailed');
+    assert.equal(err.cause, boom, "its cause is the listener's own error");
+    assert.match(err.message, new RegExp(`"change" listener threw: listener ${style}`));
+    assert.deepStrictEqual(err.event, seen[2], 'it names the event being processed');
+    assert.deepStrictEqual(err.resumeToken, tokenAtEntry[2], 'and the position before it');
     assert.equal(closes.length, 1, "'close' emitted once");
     assert.deepEqual(Object.keys(closes[0]).sort(), ['error', 'reason']);
     assert.equal(closes[0].reason, 'error');
-    assert.equal(closes[0].error, boom);
+    assert.equal(closes[0].error, err);
     assert.equal(stream.closed, true);
     // The token is the one after event 1: exactly what it was when the failing listener began.
     assert.deepStrictEqual(stream.resumeToken, tokenAtEntry[2]);

@@ -56,17 +56,7 @@ const DUPLICATE_BOUND = CHECKPOINT.maxUnsavedEvents + 1;
 /** The shared waitUntil, with this file's deadline. */
 const waitUntil = (predicate, what, ms = DEADLINE_MS) => helpers.waitUntil(predicate, what, ms);
 
-/** A small seeded PRNG (mulberry32): a failing run can be repeated with CRASH_SEED. */
-function prng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const { prng } = helpers;
 
 /** The consumer's output: processed seqs in processing order. */
 function readOut(file) {

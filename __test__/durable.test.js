@@ -31,6 +31,7 @@ const {
   ChangeStreamHistoryLostError,
   TokenStoreError,
   PositionMismatchError,
+  HandlerError,
 } = require('..');
 const {
   setup,
@@ -511,7 +512,7 @@ test('iterator mode on a quiet stream: asking for the next event makes the previ
   assert.equal(s.health().pendingCheckpoint, 0);
 });
 
-test('a change listener that throws: the stream closes with that error and the stored position stays before that event; a restart processes it again', async (t) => {
+test('a change listener that throws: the stream closes with a HandlerError (cause: that error) and the stored position stays before that event; a restart processes it again', async (t) => {
   const env = await fresh();
   const name = uniqueName('throws');
   const processed = new Set();
@@ -528,8 +529,14 @@ test('a change listener that throws: the stream closes with that error and the s
   await rec.until((r) => r.tokens.length > 0, 'open');
   await insertSeq(env.coll, 0, 5);
   await rec.until((r) => r.closes.length === 1, 'the stream to close', { allowClose: true });
-  assert.deepEqual(rec.errors, [boom]);
-  assert.deepEqual(rec.closes, [{ reason: 'error', error: boom }]);
+  assert.equal(rec.errors.length, 1);
+  const [err] = rec.errors;
+  assert.ok(err instanceof HandlerError, `a HandlerError, got ${err?.constructor?.name}`);
+  assert.equal(err.cause, boom);
+  assert.deepStrictEqual(err.event, seen[2]);
+  assert.deepStrictEqual(err.resumeToken, s.resumeToken, 'the position before the failing event');
+  assert.notDeepStrictEqual(err.resumeToken, seen[2]._id);
+  assert.deepEqual(rec.closes, [{ reason: 'error', error: err }]);
   assert.deepEqual(seqs(seen), [0, 1, 2]);
   assertTimestampEqual(store.saves.at(-1).record.clusterTime, seen[1].clusterTime, 'stored: seq 1, the last event processed');
   assert.deepEqual(store.violations, [], 'only processed positions were ever stored');

@@ -78,5 +78,5 @@ test('every code the engine can send has its JS mapping; the rest are the facade
   const missing = engineCodes.filter((code) => !ERROR_CODES.includes(code));
   assert.deepEqual(missing, [], 'engine codes the JS table does not know');
   const facadeOnly = ERROR_CODES.filter((code) => !engineCodes.includes(code)).sort();
-  assert.deepEqual(facadeOnly, ['ModeConflict', 'NativeAddonUnavailable', 'StreamClosed']);
+  assert.deepEqual(facadeOnly, ['HandlerFailed', 'ModeConflict', 'NativeAddonUnavailable', 'StreamClosed']);
 });

@@ -143,7 +143,20 @@ async function skipWithoutFailPoints(t, server) {
   }
 }
 
+/** A small seeded PRNG (mulberry32): a failing run can be repeated with its seed. */
+function prng(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let x = a;
+    x = Math.imul(x ^ (x >>> 15), x | 1);
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
 module.exports = {
+  prng,
   skipWithoutFailPoints,
   opened,
   startIterating,

@@ -177,7 +177,9 @@ function checkWritableDirectory(file) {
 }
 
 function isClosedOutput(err) {
-  return err?.code === 'EPIPE' || err?.code === 'ERR_STREAM_DESTROYED';
+  // The 'change' listener's write failed: the stream closed with a HandlerError around it.
+  const cause = err?.code === 'HandlerFailed' ? err.cause : err;
+  return cause?.code === 'EPIPE' || cause?.code === 'ERR_STREAM_DESTROYED';
 }
 
 /** The stored position could not be used: read when the stream started, before any event. */

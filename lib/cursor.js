@@ -5,7 +5,7 @@ const { InvalidOptionError } = require('./errors');
 const { describeType, fromNative } = require('./error-helpers');
 const { bson } = require('./decode');
 const { nativeReader } = require('./native');
-const { readerOptions } = require('./options');
+const { readerOptions, checkEncodable } = require('./options');
 const { resolveTarget, connectionString } = require('./target');
 
 /** The version of the `state()` document; `restart()` refuses others. */
@@ -31,6 +31,27 @@ function valueAt(doc, path) {
   return value;
 }
 
+/**
+ * A `state()` field holding canonical Extended JSON, decoded (undefined when null or absent).
+ * A field that is not (a cycle, `{ $numberLong: 'x' }`) is an InvalidOptionError naming it.
+ * @param {Record<string, any>} state
+ * @param {'filter' | 'projection' | 'lastKey'} field
+ */
+function fromStateEJSON(state, field) {
+  const value = state[field];
+  if (value === null || value === undefined) return undefined;
+  // Extended JSON parsing goes through JSON.stringify, which drops functions and Symbols.
+  checkEncodable(value, `state.${field}`);
+  try {
+    return bson().EJSON.deserialize({ value }, { relaxed: false }).value;
+  } catch (err) {
+    throw new InvalidOptionError(
+      `ResilientCursor.restart(): state.${field} is not canonical Extended JSON: ${String(err?.message ?? err).split('\n')[0]}`,
+      { cause: err },
+    );
+  }
+}
+
 function isObject(value) {
   return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
@@ -38,11 +59,12 @@ function isObject(value) {
 /**
  * `{ uri, db, collection }` from a driver Collection or a plain `{ uri, db, collection }`;
  * a Db or MongoClient (or a connection string) gives the connection only (restart()).
+ * The `uri` option wins over the target's, whatever the target (as in watch()).
  */
 function connectionOf(target, uriOption) {
-  if (typeof target === 'string') return { uri: target };
+  if (typeof target === 'string') return { uri: uriOption ?? target };
   if (isObject(target) && typeof target.uri === 'string' && typeof target.db !== 'function') {
-    return { uri: target.uri, db: target.db, collection: target.collection };
+    return { uri: uriOption ?? target.uri, db: target.db, collection: target.collection };
   }
   if (!isObject(target)) {
     throw new InvalidOptionError(
@@ -77,7 +99,6 @@ class ResilientCursor extends PullSource {
       spec: { ...cursorOptions, uri, db, collection, lastKey },
       decode,
       logger,
-      namespace: `${db}.${collection}`,
     });
     this._key = cursorOptions.key ?? '_id';
     /** The options state() records (everything but the connection). */
@@ -111,8 +132,6 @@ class ResilientCursor extends PullSource {
         `ResilientCursor.restart() needs a state() document of version ${STATE_VERSION}, got ${describeType(state)}`,
       );
     }
-    const { EJSON } = bson();
-    const parse = (v) => (v === null || v === undefined ? undefined : EJSON.deserialize(v, { relaxed: false }));
     const { db, collection } = state.namespace;
     const conn = connectionOf(connection, options.uri);
     if ((conn.db && conn.db !== db) || (conn.collection && conn.collection !== collection)) {
@@ -120,17 +139,14 @@ class ResilientCursor extends PullSource {
         `ResilientCursor.restart(): the connection names ${conn.db}.${conn.collection}, the state ${db}.${collection}`,
       );
     }
-    let lastKey;
-    if (state.lastKey !== null && state.lastKey !== undefined) {
-      lastKey = EJSON.deserialize({ k: state.lastKey }, { relaxed: false }).k;
-    }
+    const lastKey = fromStateEJSON(state, 'lastKey');
     return new ResilientCursor(
       { uri: conn.uri, db, collection },
       {
         ...options,
         uri: undefined,
-        filter: parse(state.filter),
-        projection: parse(state.projection),
+        filter: fromStateEJSON(state, 'filter'),
+        projection: fromStateEJSON(state, 'projection'),
         key: state.key,
         batchSize: state.batchSize ?? undefined,
         tailable: state.tailable || undefined,
@@ -206,6 +222,11 @@ class ResilientCursor extends PullSource {
     this._positionLost = { lastKey: this._lastKey, error: fromNative(/** @type {any} */ (item.error)) };
     this.emit('positionLost', this._positionLost);
     return true;
+  }
+
+  /** @param {unknown} document */
+  _handlerFields(document) {
+    return { document };
   }
 
   /** @param {any} error */

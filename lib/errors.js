@@ -74,6 +74,30 @@ exports.NativeAddonError = class NativeAddonError extends ResilientChangeStreamE
   }
 };
 
+/**
+ * An item listener (`change` / cursor `data`), or a `resumeTokenChanged` listener, threw or
+ * rejected: the reader closed with this error and its position stayed before that item (a
+ * restart from the stored position delivers it again). `cause` is what was thrown; `event`
+ * (change stream) or `document` (cursor) the item; `resumeToken` (change stream) the position
+ * before that event.
+ */
+exports.HandlerError = class HandlerError extends ResilientChangeStreamError {
+  static code = 'HandlerFailed';
+
+  /**
+   * @param {string} message
+   * @param {{ cause?: unknown, event?: unknown, document?: unknown, resumeToken?: unknown }} [info]
+   */
+  constructor(message, { cause, event, document, resumeToken } = {}) {
+    super(message);
+    // Always set, even when what was thrown is undefined: `cause` says what the listener threw.
+    this.cause = cause;
+    if (event !== undefined) this.event = event;
+    if (document !== undefined) this.document = document;
+    if (resumeToken !== undefined) this.resumeToken = resumeToken;
+  }
+};
+
 for (const [name, cls] of Object.entries(exports)) {
   if (cls.name !== name) Object.defineProperty(cls, 'name', { value: name });
 }

@@ -3,6 +3,8 @@
 const { invalidOption } = require('./error-helpers');
 
 const DEFAULTS = { fraction: 0.1, intervalMS: 60000 };
+/** setInterval's largest delay: Node runs a longer one after 1 ms (a TimeoutOverflowWarning), back to back. */
+const MAX_INTERVAL_MS = 2 ** 31 - 1;
 
 /** Validates `headroomLowFraction` and `headroomCheckIntervalMS` (JS-only options). */
 function headroomOptions({ headroomLowFraction, headroomCheckIntervalMS }) {
@@ -11,8 +13,8 @@ function headroomOptions({ headroomLowFraction, headroomCheckIntervalMS }) {
     throw invalidOption('headroomLowFraction', 'a number from 0 to 1', headroomLowFraction);
   }
   const intervalMS = headroomCheckIntervalMS ?? DEFAULTS.intervalMS;
-  if (!Number.isInteger(intervalMS) || intervalMS < 0) {
-    throw invalidOption('headroomCheckIntervalMS', 'a non-negative integer', headroomCheckIntervalMS);
+  if (!Number.isInteger(intervalMS) || intervalMS < 0 || intervalMS > MAX_INTERVAL_MS) {
+    throw invalidOption('headroomCheckIntervalMS', `an integer from 0 to ${MAX_INTERVAL_MS} (2^31-1)`, headroomCheckIntervalMS);
   }
   return { fraction, intervalMS };
 }
@@ -59,4 +61,4 @@ function startHeadroomWatch({ intervalMS }, check, onLow) {
   return () => clearInterval(timer);
 }
 
-module.exports = { headroomOptions, publicWindow, startHeadroomWatch };
+module.exports = { headroomOptions, publicWindow, startHeadroomWatch, MAX_INTERVAL_MS };

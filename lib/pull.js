@@ -2,10 +2,12 @@
 
 const { EventEmitter } = require('node:events');
 const { Readable } = require('node:stream');
-const { InvalidOptionError, ModeConflictError, StreamClosedError } = require('./errors');
+const { ModeConflictError, StreamClosedError } = require('./errors');
 const { fromNative } = require('./error-helpers');
-const { bson, checkBatch, encodeSpec, eventDeserializeOptions, perEventOptions } = require('./decode');
+const { bson, checkBatch, eventDeserializeOptions, perEventOptions } = require('./decode');
+const { createValidated } = require('./options');
 const { Checkpoints } = require('./checkpoints');
+const { emitObserved, handlerError } = require('./listeners');
 const { Lifecycle } = require('./lifecycle');
 const { logSink } = require('./logger');
 const { tokenStoreOption } = require('./store');
@@ -49,30 +51,27 @@ const TRY_NEXT_WAIT_MS = 10;
  *     (resume token / last key); may throw, which closes the reader,
  *   `_applyOwn(item)` its own native items (stream: historyLost; cursor: positionLost),
  *   `_annotate(error)` what the error that closes it should carry,
+ *   `_handlerFields(item)` what a HandlerError says about the item (event / document, position),
  *   `_ownHealth(native)` its own health() fields,
  * and optionally `_onEmptyBatch(batch)`, `_afterTake(item)`, `_beforeRequest()`, `_onClosing()`.
  */
 class PullSource extends EventEmitter {
   /**
-   * The one constructor path: builds the native reader from `spec` (what the engine
-   * validates; its 'InvalidArg' becomes InvalidOptionError) and the shared state.
+   * The one constructor path: builds the native reader from `spec` (lib/options.js
+   * createValidated: every value encodable, the engine's 'InvalidArg' an InvalidOptionError)
+   * and the shared state.
    * @param {ReaderKind} kind
    * @param {{ create: (spec: Buffer, store?: any) => NativeReader, spec: Record<string, any>,
-   *   decode: Record<string, boolean>, logger: object | null, namespace: string }} setup
+   *   decode: Record<string, boolean>, logger: object | null }} setup
    */
-  constructor(kind, { create, spec, decode, logger, namespace }) {
+  constructor(kind, { create, spec, decode, logger }) {
     super();
     this._kind = kind;
     const store = tokenStoreOption(spec.tokenStore);
-    const encoded = encodeSpec({ ...spec, tokenStore: store.spec });
-    try {
-      /** @type {NativeReader} */
-      this._native = create(encoded, store.callback);
-    } catch (err) {
-      // The engine validates the options; only the error's class is JS's business.
-      throw err?.code === 'InvalidArg' ? new InvalidOptionError(err.message, { cause: err }) : err;
-    }
-    if (logger) this._native.setLogger(logSink(logger, namespace));
+    /** @type {NativeReader} */
+    this._native = createValidated(create, { ...spec, tokenStore: store.spec }, store.callback);
+    // Named only now: the engine has checked that db and collection are strings.
+    if (logger) this._native.setLogger(logSink(logger, namespaceOf(spec)));
     /** deserialize() options for one item; its `index` is moved along the batch. */
     this._decodeOptions = perEventOptions(eventDeserializeOptions(decode));
     this._deserialize = bson().deserialize;
@@ -122,6 +121,21 @@ class PullSource extends EventEmitter {
 
   get closed() {
     return !this._lifecycle.reading;
+  }
+
+  /**
+   * The listener policy (lib/listeners.js). Processing events — the item event and
+   * `resumeTokenChanged` — throw to the caller, which closes the reader with a HandlerError;
+   * so do EventEmitter's own `newListener`/`removeListener` (a mode conflict is thrown to
+   * whoever adds the listener) and an 'error' nobody listens for (Node's way of surfacing
+   * it). Every other listener is an observer: what it throws becomes a process warning.
+   * @param {string | symbol} eventName
+   * @param {...any} args
+   */
+  emit(eventName, ...args) {
+    if (PROCESSING_EVENTS.has(eventName) || eventName === this._kind.itemEvent) return super.emit(eventName, ...args);
+    if (eventName === 'error' && this.listenerCount('error') === 0) return super.emit(eventName, ...args);
+    return emitObserved(this, eventName, args);
   }
 
   /**
@@ -271,8 +285,9 @@ class PullSource extends EventEmitter {
   /**
    * Emitter mode's pump. Each item goes to every item listener in turn; only what a listener
    * returns as a promise is awaited (sync listeners cost no tick). Only then is it handed
-   * out: the position moves past it. A listener that throws closes the reader with its
-   * error, and that item counts as not processed; so does one whose listener closed it.
+   * out: the position moves past it. A listener that throws (or rejects) closes the reader
+   * with a HandlerError, and that item counts as not processed; so does one whose listener
+   * closed it.
    */
   async _flow() {
     const eventName = this._kind.itemEvent;
@@ -291,13 +306,17 @@ class PullSource extends EventEmitter {
         // rawListeners, not listeners: once() wrappers must run so they remove themselves.
         // A listener added or removed meanwhile counts from the next item on.
         this._itemListeners ??= this.rawListeners(eventName);
-        for (const listener of this._itemListeners) {
-          const result = listener.call(this, item);
-          if (result !== null && typeof result?.then === 'function') {
-            // The listener may take long: what was processed before it is reported now.
-            this._checkpoints.report();
-            await result;
+        try {
+          for (const listener of this._itemListeners) {
+            const result = listener.call(this, item);
+            if (result !== null && typeof result?.then === 'function') {
+              // The listener may take long: what was processed before it is reported now.
+              this._checkpoints.report();
+              await result;
+            }
           }
+        } catch (thrown) {
+          throw this._handlerError(eventName, thrown, item);
         }
         if (!this._lifecycle.reading) break; // a listener closed it: the item was dropped
         this._take();
@@ -527,6 +546,27 @@ class PullSource extends EventEmitter {
   }
 
   /**
+   * The HandlerError a reader closes with when a processing listener of `eventName` threw
+   * `thrown` for `item` (its position not moved past it).
+   * @param {string} eventName
+   * @param {unknown} thrown
+   * @param {any} item
+   */
+  _handlerError(eventName, thrown, item) {
+    return handlerError(this._kind.name, eventName, thrown, this._handlerFields(item));
+  }
+
+  /**
+   * Which item a HandlerError is about, under this reader's names.
+   * @abstract
+   * @param {any} _item
+   * @returns {{ event?: unknown, document?: unknown, resumeToken?: unknown }}
+   */
+  _handlerFields(_item) {
+    throw new Error('PullSource subclasses implement _handlerFields');
+  }
+
+  /**
    * The error that closes the reader, with what this reader adds to it.
    * @param {any} error
    * @returns {any}
@@ -625,6 +665,18 @@ class PullSource extends EventEmitter {
       });
     }
   }
+}
+
+/** Events whose listeners are part of processing besides the item event (see emit()). @type {Set<string | symbol>} */
+const PROCESSING_EVENTS = new Set(['resumeTokenChanged', 'newListener', 'removeListener']);
+
+/**
+ * `db.coll`, `db`, or `<cluster>`: what logs may name (never the URI).
+ * @param {{ db?: string, collection?: string }} spec
+ */
+function namespaceOf({ db, collection }) {
+  if (!db) return '<cluster>';
+  return collection ? `${db}.${collection}` : db;
 }
 
 /**

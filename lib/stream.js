@@ -34,7 +34,7 @@ class ResilientChangeStream extends PullSource {
     // JS-only options: the headroom watch runs here, not in the engine.
     const { headroomLowFraction, headroomCheckIntervalMS, ...spec } = rest;
     const headroom = headroomOptions({ headroomLowFraction, headroomCheckIntervalMS });
-    super(STREAM_KIND, { create: (encoded, store) => nativeReader().changeStream(encoded, store), spec, decode, logger, namespace: namespaceOf(spec) });
+    super(STREAM_KIND, { create: (encoded, store) => nativeReader().changeStream(encoded, store), spec, decode, logger });
     this._headroom = headroom;
     /** Stops the headroom timer; set when the stream starts reading. @type {(() => void) | null} */
     this._stopHeadroomWatch = null;
@@ -131,7 +131,7 @@ class ResilientChangeStream extends PullSource {
    * @param {boolean} last
    */
   _keepPosition(event, batch, _offset, _length, last) {
-    this._advance(last ? batch.endToken && decodeToken(batch.endToken) : event._id);
+    this._advance(last ? batch.endToken && decodeToken(batch.endToken) : event._id, event);
   }
 
   /** @param {any} event */
@@ -140,29 +140,28 @@ class ResilientChangeStream extends PullSource {
   }
 
   /**
-   * Moves the resume token. If a 'resumeTokenChanged' listener (typically one persisting it)
-   * throws, the token stays where it was, so the event is not counted as processed.
+   * Moves the resume token past `event` (null: the server advanced a quiet stream). A
+   * 'resumeTokenChanged' listener (typically one persisting it) is part of processing: if it
+   * throws, the token stays where it was, the event is not counted as processed, and the
+   * stream closes with a HandlerError.
    * @param {unknown} token
+   * @param {unknown} [event]
    */
-  _advance(token) {
+  _advance(token, event = null) {
     const previous = this._token;
     this._token = token;
     try {
       this.emit('resumeTokenChanged', token);
-    } catch (err) {
+    } catch (thrown) {
       this._token = previous;
-      throw err;
+      throw this._handlerError('resumeTokenChanged', thrown, event);
     }
   }
-}
 
-/**
- * `db.coll`, `db`, or `<cluster>`: what logs may name (never the URI).
- * @param {{ db?: string, collection?: string }} spec
- */
-function namespaceOf({ db, collection }) {
-  if (!db) return '<cluster>';
-  return collection ? `${db}.${collection}` : db;
+  /** @param {unknown} event */
+  _handlerFields(event) {
+    return { event, resumeToken: this._token };
+  }
 }
 
 module.exports = { ResilientChangeStream };

@@ -13,6 +13,7 @@ import {
   InvalidOptionError,
   ModeConflictError,
   StreamClosedError,
+  HandlerError,
   type CloseEvent,
   type ReconnectingEvent,
   type ResumeToken,
@@ -126,6 +127,12 @@ function errors(err: unknown): void {
     console.log(code);
   }
   console.log(err instanceof ModeConflictError, err instanceof StreamClosedError);
+  if (err instanceof HandlerError) {
+    // A throwing change/data/resumeTokenChanged listener: what it threw, the item, the position before it.
+    const code: 'HandlerFailed' = err.code;
+    const before: ResumeToken | null | undefined = err.resumeToken;
+    console.log(code, err.cause, err.event, err.document, before);
+  }
 }
 
 function wrongUsage(client: MongoClient, stream: ResilientChangeStream<Order>): void {
