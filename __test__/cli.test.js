@@ -82,6 +82,9 @@ test('prints canonical Extended JSON lines and saves the position (0600, the nam
   };
   await coll.insertOne(doc);
   await coll.updateOne({ seq: 1 }, { $set: { updated: true } });
+  // updateLookup reads the document when the update event is read: delete it only after
+  // that, or fullDocument is rightly null (seen under load).
+  await run.waitFor((r) => r.lines.length >= 2, 'the insert and the update');
   await coll.deleteOne({ seq: 1 }); // filtered out by the pipeline
   await coll.insertOne({ seq: 2 });
   await run.waitFor((r) => r.lines.length >= 3, '3 events');
