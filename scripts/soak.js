@@ -3,30 +3,32 @@
 // `npm run soak -- --minutes 10 [--seed N]` — the chaos soak (issue #13, "nothing wedges it").
 //
 // A writer inserts { _id: seq, seq } at a steady rate into a SecantusDB test server (disk
-// storage, --sync-on-commit, so a kill -9 keeps every acknowledged write); a consumer child
-// process (scripts/soak/consumer.js: a named ResilientChangeStream with a file store) prints
-// every event's seq. Meanwhile faults are injected one at a time, drawn from a seeded RNG:
+// storage, --sync-on-commit, so a kill -9 keeps every acknowledged write); two consumer child
+// processes (scripts/soak/consumer.js: a named ResilientChangeStream with a file store each)
+// print every event's seq: A is SIGKILLed and restarted once a round, B is never killed (one
+// life through every server-side fault: its RSS over the whole run). Meanwhile faults are
+// injected one at a time, drawn from a seeded RNG:
 //
-//   getmore-error       a resumable error on the consumer's getMore, 1-4 times in a row
-//   closed-connection   the server closes the consumer's connection on getMore, 1-3 times
-//   blocked-connection  the consumer's getMore hangs 3-6 s (the stall watchdog must notice)
+//   getmore-error       a resumable error on A's or B's getMore, 1-4 times in a row
+//   closed-connection   the server closes A's or B's connection on getMore, 1-3 times
+//   blocked-connection  A's or B's getMore hangs 3-6 s (the stall watchdog must notice)
 //   server-kill         kill -9 of the server, down 0.5-3 s, restarted on the same data
 //   step-down           replSetStepDown for 1-3 s (writes fail meanwhile)
-//   consumer-kill       SIGKILL of the consumer, restarted 0-1 s later from its file store
+//   consumer-kill       SIGKILL of A, restarted 0-1 s later from its file store
 //
 // Every kind runs once per round, rounds in a seeded random order, until the time is up (or
-// --max-faults). Then the writer stops, the consumer drains and is stopped with SIGTERM, and
-// it prints: lost (a written seq never delivered), out of order (within one consumer life,
-// a seq that does not directly follow its predecessor), duplicates per consumer kill (seqs a
-// new life delivered again), the consumer's RSS at the start and end of its lives, and the
-// recovery time per fault kind: fault end -> the next event delivered. Exit 1 on any loss,
-// disorder, unrecovered fault or consumer failure.
+// --max-faults). Then the writer stops, the consumers drain and are stopped with SIGTERM, and
+// it prints, per consumer: lost (a written seq never delivered), out of order (within one
+// life, a seq that does not directly follow its predecessor), duplicates per consumer kill
+// (seqs a new life delivered again), RSS at the start and end of the lives; and the recovery
+// time per fault kind: fault end -> the next event delivered, for each consumer the fault hit.
+// Exit 1 on any loss, disorder, unrecovered fault or consumer failure.
 //
 // Fault end: server-kill, the restarted server listening; step-down, its period over;
 // consumer-kill, the new consumer spawned (recovery includes Node's start); getmore-error and
 // closed-connection, the consumer's last reconnect report of the fault; blocked-connection,
 // the consumer's stall report (it abandoned the hung getMore). Loopback only: everything
-// runs on 127.0.0.1, failpoints are scoped to the consumer's appName.
+// runs on 127.0.0.1, failpoints are scoped to the target consumer's appName.
 
 const fs = require('node:fs');
 const os = require('node:os');
@@ -39,10 +41,9 @@ const { SECANTUS_SPEC } = require('../harness/install');
 const { hrMs, percentile } = require('./bench/common');
 
 const CONSUMER = path.join(__dirname, 'soak', 'consumer.js');
-const CONSUMER_APP = 'rcs-soak-consumer';
 const DB = 'rcs_soak';
 const COLLECTION = 'events';
-const STREAM_NAME = 'soak';
+const FAILPOINT_KINDS = new Set(['getmore-error', 'closed-connection', 'blocked-connection']);
 const FAULT_KINDS = [
   'getmore-error',
   'closed-connection',
@@ -197,10 +198,14 @@ function startWriter(coll, rate) {
 }
 
 // ---------------------------------------------------------------------------
-// The consumer: a child process per life; every life's deliveries kept in order.
+// A consumer: a child process per life; every life's deliveries kept in order.
 
 class Consumer {
-  constructor(env) {
+  /** @param {string} label 'A', 'B'; @param {string} appName its connections' (failpoint scope) */
+  constructor(label, role, appName, env) {
+    this.label = label;
+    this.role = role;
+    this.appName = appName;
     this.env = env;
     this.lives = [];
     this.deliveryTimes = []; // every delivery's stamp, in order, over all lives
@@ -265,11 +270,11 @@ class Consumer {
         life.endedAt = hrMs();
         if (life.end === null) {
           life.end = 'died';
-          this.errors.push(`consumer life ${life.index} (pid ${life.pid}) exited by itself: ${JSON.stringify(life.exit)}${stderr ? `\n${stderr}` : ''}`);
-          log(`consumer life ${life.index} DIED (${JSON.stringify(life.exit)}); restarting it`);
+          this.errors.push(`consumer ${this.label} life ${life.index} (pid ${life.pid}) exited by itself: ${JSON.stringify(life.exit)}${stderr ? `\n${stderr}` : ''}`);
+          log(`consumer ${this.label} life ${life.index} DIED (${JSON.stringify(life.exit)}); restarting it`);
           if (!this.stopping) this.spawn();
         } else if (life.end === 'stopped' && code !== 0) {
-          this.errors.push(`consumer life ${life.index} did not stop cleanly: ${JSON.stringify(life.exit)}${stderr ? `\n${stderr}` : ''}`);
+          this.errors.push(`consumer ${this.label} life ${life.index} did not stop cleanly: ${JSON.stringify(life.exit)}${stderr ? `\n${stderr}` : ''}`);
         }
         changed();
         resolve(life.exit);
@@ -301,7 +306,7 @@ class Consumer {
         this.stalls.push({ t });
         break;
       case 'x':
-        this.errors.push(`consumer life ${life.index}: ${rest.join(' ')}`);
+        this.errors.push(`consumer ${this.label} life ${life.index}: ${rest.join(' ')}`);
         break;
       default:
         break; // 'u' resumed, 'c' closed: for the record only
@@ -322,8 +327,8 @@ class Consumer {
     if (life.exit) return;
     life.end = 'stopped';
     this.child.kill('SIGTERM');
-    await until(() => life.exit, STOP_TIMEOUT_MS, 'the consumer to stop after SIGTERM').catch((err) => {
-      this.errors.push(`consumer life ${life.index}: ${err.message}`);
+    await until(() => life.exit, STOP_TIMEOUT_MS, `consumer ${this.label} to stop after SIGTERM`).catch((err) => {
+      this.errors.push(`consumer ${this.label} life ${life.index}: ${err.message}`);
       this.child.kill('SIGKILL');
     });
   }
@@ -334,8 +339,9 @@ class Consumer {
 }
 
 // ---------------------------------------------------------------------------
-// Faults. Each injects, waits until it is over, and returns { end, detail }: end is the
-// hrMs() stamp recovery is measured from (null: it never took effect).
+// Faults. Each injects, waits until it is over, and returns { end, detail, hit }: end is the
+// hrMs() stamp recovery is measured from (null: it never took effect), hit the consumers it
+// affected. `target`: the consumer a failpoint is scoped to.
 
 async function lastReconnectOf(consumer, mark, times) {
   await until(() => consumer.reconnects.length - mark >= times, NOTICE_TIMEOUT_MS, `${times} reconnect report(s)`).catch(() => {});
@@ -344,59 +350,59 @@ async function lastReconnectOf(consumer, mark, times) {
 }
 
 const FAULTS = {
-  async 'getmore-error'({ server, consumer, rng }) {
+  async 'getmore-error'({ server, target, rng }) {
     const code = rng.pick(RESUMABLE_CODES);
     const times = rng.int(1, 4);
     const labelled = rng.next() < 0.5;
-    const mark = consumer.reconnects.length;
-    await server.failCommand({ commands: ['getMore'], errorCode: code, errorLabels: labelled ? ['ResumableChangeStreamError'] : [], times, appName: CONSUMER_APP });
-    const { end, noticed } = await lastReconnectOf(consumer, mark, times);
+    const mark = target.reconnects.length;
+    await server.failCommand({ commands: ['getMore'], errorCode: code, errorLabels: labelled ? ['ResumableChangeStreamError'] : [], times, appName: target.appName });
+    const { end, noticed } = await lastReconnectOf(target, mark, times);
     await server.failPointOff();
-    return { end, detail: `code ${code}${labelled ? ' (labelled)' : ''} x${times}, ${noticed} reconnect(s)` };
+    return { end, hit: [target], detail: `${target.label}: code ${code}${labelled ? ' (labelled)' : ''} x${times}, ${noticed} reconnect(s)` };
   },
 
-  async 'closed-connection'({ server, consumer, rng }) {
+  async 'closed-connection'({ server, target, rng }) {
     const times = rng.int(1, 3);
-    const mark = consumer.reconnects.length;
-    await server.failCommand({ commands: ['getMore'], closeConnection: true, times, appName: CONSUMER_APP });
-    const { end, noticed } = await lastReconnectOf(consumer, mark, times);
+    const mark = target.reconnects.length;
+    await server.failCommand({ commands: ['getMore'], closeConnection: true, times, appName: target.appName });
+    const { end, noticed } = await lastReconnectOf(target, mark, times);
     await server.failPointOff();
-    return { end, detail: `x${times}, ${noticed} reconnect(s)` };
+    return { end, hit: [target], detail: `${target.label}: x${times}, ${noticed} reconnect(s)` };
   },
 
-  async 'blocked-connection'({ server, consumer, rng }) {
+  async 'blocked-connection'({ server, target, rng }) {
     const blockTimeMS = rng.int(3000, 6000);
-    const mark = consumer.stalls.length;
-    await server.failCommand({ commands: ['getMore'], blockConnection: true, blockTimeMS, times: 1, appName: CONSUMER_APP });
-    const stalled = await until(() => consumer.stalls[mark], blockTimeMS + NOTICE_TIMEOUT_MS, 'a stall report').catch(() => null);
+    const mark = target.stalls.length;
+    await server.failCommand({ commands: ['getMore'], blockConnection: true, blockTimeMS, times: 1, appName: target.appName });
+    const stalled = await until(() => target.stalls[mark], blockTimeMS + NOTICE_TIMEOUT_MS, 'a stall report').catch(() => null);
     await server.failPointOff();
-    return { end: stalled ? stalled.t : null, detail: `getMore blocked ${blockTimeMS} ms, ${stalled ? 'stall noticed' : 'NO stall noticed'}` };
+    return { end: stalled ? stalled.t : null, hit: [target], detail: `${target.label}: getMore blocked ${blockTimeMS} ms, ${stalled ? 'stall noticed' : 'NO stall noticed'}` };
   },
 
-  async 'server-kill'({ server, rng }) {
+  async 'server-kill'({ server, consumers, rng }) {
     const downMs = rng.int(500, 3000);
     await server.kill();
     await sleep(downMs); // the outage itself
     await server.restart();
-    return { end: hrMs(), detail: `down ${downMs} ms + restart` };
+    return { end: hrMs(), hit: consumers, detail: `down ${downMs} ms + restart` };
   },
 
-  async 'step-down'({ server, rng }) {
+  async 'step-down'({ server, consumers, rng }) {
     const secs = rng.int(1, 3);
     const start = hrMs();
     await server.stepDown(secs);
     const end = start + secs * 1000;
     await sleep(Math.max(0, end - hrMs())); // the step-down period itself
-    return { end, detail: `${secs} s` };
+    return { end, hit: consumers, detail: `${secs} s` };
   },
 
-  async 'consumer-kill'({ consumer, rng }) {
+  async 'consumer-kill'({ killed, rng }) {
     const downMs = rng.int(0, 1000);
-    const life = consumer.life;
-    await consumer.kill();
+    const life = killed.life;
+    await killed.kill();
     await sleep(downMs); // the consumer's outage
-    const next = consumer.spawn();
-    return { end: next.startedAt, detail: `life ${life.index} (${life.seqs.length} events) killed, restarted after ${downMs} ms` };
+    const next = killed.spawn();
+    return { end: next.startedAt, hit: [killed], detail: `${killed.label}: life ${life.index} (${life.seqs.length} events) killed, restarted after ${downMs} ms` };
   },
 };
 
@@ -423,8 +429,8 @@ function table(rows) {
     .join('\n');
 }
 
-function summarize({ opts, consumer, writer, serverSeqs, faults, startedAt, finishedAt, loadBefore }) {
-  const written = writer.written;
+/** What one consumer delivered, checked against the written seqs [0, written). */
+function checkConsumer(consumer, written, finishedAt) {
   const delivered = new Set();
   let deliveries = 0;
   for (const life of consumer.lives) {
@@ -433,22 +439,30 @@ function summarize({ opts, consumer, writer, serverSeqs, faults, startedAt, fini
   }
   const lost = [];
   for (let s = 0; s < written; s++) if (!delivered.has(s)) lost.push(s);
+  const disorder = consumer.lives.flatMap((life) => life.disorder.map((d) => ({ life: life.index, ...d })));
+  // Duplicates per consumer kill: what the life after each kill delivered again.
+  const lives = consumer.lives;
+  const repeats = (life) => life.seqs.filter((s) => s <= life.maxBefore).length;
+  const dupsPerKill = lives.filter((life, i) => i > 0 && lives[i - 1].end === 'killed').map(repeats);
+  const dupsElsewhere = lives.filter((life, i) => i > 0 && lives[i - 1].end !== 'killed').reduce((n, life) => n + repeats(life), 0);
+  // RSS: the first sample (at the first event) and the last of each life.
+  const rss = lives
+    .filter((life) => life.rss.length > 0)
+    .map((life) => ({
+      minutes: ((life.endedAt ?? finishedAt) - life.startedAt) / 60000,
+      start: life.rss[0][1],
+      end: life.rss[life.rss.length - 1][1],
+      max: Math.max(...life.rss.map(([, bytes]) => bytes)),
+    }));
+  return { consumer, deliveries, distinct: delivered.size, lost, disorder, dupsPerKill, dupsElsewhere, rss };
+}
+
+function summarize({ opts, consumers, writer, serverSeqs, faults, startedAt, finishedAt, loadBefore }) {
+  const written = writer.written;
   const notOnServer = [];
   for (let s = 0; s < written; s++) if (!serverSeqs.has(s)) notOnServer.push(s);
-  const disorder = consumer.lives.flatMap((life) => life.disorder.map((d) => ({ life: life.index, ...d })));
-
-  // Duplicates per consumer kill: what the life after each kill delivered again.
-  const afterKill = consumer.lives.filter((life, i) => i > 0 && consumer.lives[i - 1].end === 'killed');
-  const dupsPerKill = afterKill.map((life) => life.seqs.filter((s) => s <= life.maxBefore).length);
-  const dupsElsewhere = consumer.lives
-    .filter((life, i) => i > 0 && consumer.lives[i - 1].end !== 'killed')
-    .reduce((n, life) => n + life.seqs.filter((s) => s <= life.maxBefore).length, 0);
-
-  // RSS: first and last sample of each life; the longest life shown on its own.
-  const lifeRss = consumer.lives
-    .filter((life) => life.rss.length > 0)
-    .map((life) => ({ index: life.index, minutes: ((life.endedAt ?? finishedAt) - life.startedAt) / 60000, start: life.rss[0][1], end: life.rss[life.rss.length - 1][1] }));
-  const longest = lifeRss.reduce((a, b) => (a === null || b.minutes > a.minutes ? b : a), null);
+  const checks = consumers.map((c) => checkConsumer(c, written, finishedAt));
+  const each = (f) => checks.map((c) => `${c.consumer.label} ${f(c)}`).join(', ');
 
   const lines = [];
   const say = (text = '') => lines.push(text);
@@ -460,38 +474,53 @@ function summarize({ opts, consumer, writer, serverSeqs, faults, startedAt, fini
   say(`run:      seed ${opts.seed}; faults for ${opts.minutes} min (${((finishedAt - startedAt) / 60000).toFixed(1)} min in all with drain); writer ${opts.rate} writes/s target`);
   say('');
   say(`written                       ${written} (server holds ${written - notOnServer.length} of them)`);
-  say(`delivered                     ${deliveries} deliveries, ${delivered.size} distinct, in ${consumer.lives.length} consumer lives`);
-  say(`lost                          ${lost.length}${lost.length ? ` (first: ${lost.slice(0, 10).join(', ')})` : ''}`);
-  say(`out of order                  ${disorder.length}${disorder.length ? ` (first: ${disorder.slice(0, 5).map((d) => `life ${d.life}: ${d.got} after ${d.after}`).join('; ')})` : ''}`);
-  const d = stats(dupsPerKill);
-  say(`duplicates per consumer kill  ${d.n} kills: min ${d.min ?? '-'}, p50 ${d.p50 ?? '-'}, max ${d.max ?? '-'} (total ${dupsPerKill.reduce((a, b) => a + b, 0)}); without a kill: ${dupsElsewhere}`);
-  if (longest) {
-    say(`consumer RSS MB               longest life (${longest.minutes.toFixed(1)} min): ${mb(longest.start)} → ${mb(longest.end)}; ` +
-      `every life: start ${mb(Math.min(...lifeRss.map((l) => l.start)))}–${mb(Math.max(...lifeRss.map((l) => l.start)))}, end ${mb(Math.min(...lifeRss.map((l) => l.end)))}–${mb(Math.max(...lifeRss.map((l) => l.end)))}`);
+  for (const c of checks) {
+    say(`consumer ${c.consumer.label} ${c.consumer.role.padEnd(19)} ${c.consumer.lives.length} ${c.consumer.lives.length === 1 ? 'life' : 'lives'}, ${c.deliveries} deliveries, ${c.distinct} distinct`);
+  }
+  say(`lost                          ${each((c) => `${c.lost.length}${c.lost.length ? ` (first: ${c.lost.slice(0, 10).join(', ')})` : ''}`)}`);
+  say(`out of order                  ${each((c) => `${c.disorder.length}${c.disorder.length ? ` (first: ${c.disorder.slice(0, 5).map((d) => `life ${d.life}: ${d.got} after ${d.after}`).join('; ')})` : ''}`)}`);
+  for (const c of checks.filter((x) => x.dupsPerKill.length > 0)) {
+    const d = stats(c.dupsPerKill);
+    say(`duplicates per consumer kill  ${c.consumer.label}: ${d.n} kills: min ${d.min}, p50 ${d.p50}, max ${d.max} (total ${c.dupsPerKill.reduce((a, b) => a + b, 0)})`);
+  }
+  say(`duplicates without a kill     ${each((c) => c.dupsElsewhere)}`);
+  for (const c of checks.filter((x) => x.rss.length > 0)) {
+    const r = c.rss;
+    const label = `consumer ${c.consumer.label} RSS MB`.padEnd(30);
+    if (r.length === 1) {
+      say(`${label}its one life (${r[0].minutes.toFixed(1)} min): ${mb(r[0].start)} → ${mb(r[0].end)} (max ${mb(r[0].max)})`);
+    } else {
+      const range = (key) => `${mb(Math.min(...r.map((l) => l[key])))}–${mb(Math.max(...r.map((l) => l[key])))}`;
+      const longest = r.reduce((a, b) => (b.minutes > a.minutes ? b : a));
+      say(`${label}${r.length} lives: start ${range('start')}, end ${range('end')}; longest (${longest.minutes.toFixed(1)} min) ${mb(longest.start)} → ${mb(longest.end)}`);
+    }
   }
   // Reconnects and stalls outside any fault's window (injection to recovery): unprovoked.
   const inFaults = (key) => faults.reduce((n, f) => n + (f[key] ?? 0), 0);
-  say(`consumer reports              ${consumer.reconnects.length} reconnects, ${consumer.stalls.length} stalls ` +
-    `(outside the faults: ${consumer.reconnects.length - inFaults('reconnects')}, ${consumer.stalls.length - inFaults('stalls')}), ` +
-    `${consumer.errors.length} errors; writer retries ${writer.failures}`);
+  const total = (key) => consumers.reduce((n, c) => n + c[key].length, 0);
+  say(`consumer reports              ${each((c) => `${c.consumer.reconnects.length} reconnects, ${c.consumer.stalls.length} stalls`)}; ` +
+    `outside the faults ${total('reconnects') - inFaults('reconnects')}, ${total('stalls') - inFaults('stalls')}; ` +
+    `errors ${total('errors')}; writer retries ${writer.failures}`);
   say('');
-  const rows = [['fault kind', 'count', 'recovered', 'p50 ms', 'p99 ms', 'max ms']];
+  const rows = [['fault kind', 'count', 'recoveries', 'p50 ms', 'p99 ms', 'max ms']];
   for (const kind of FAULT_KINDS) {
     const ofKind = faults.filter((f) => f.kind === kind);
-    const r = stats(ofKind.filter((f) => f.recoveryMs != null).map((f) => f.recoveryMs));
+    const r = stats(ofKind.flatMap((f) => f.recoveries.map((x) => x.ms)));
     rows.push([kind, ofKind.length, r.n, ms(r.p50), ms(r.p99), ms(r.max)]);
   }
   say(table(rows));
-  say('(recovery = fault end → the next event delivered; see scripts/soak.js for each fault\'s end)');
+  say('(recovery = fault end → the next event delivered, per consumer hit; see scripts/soak.js for each fault\'s end)');
 
   const failures = [];
-  if (lost.length) failures.push(`${lost.length} written events never delivered`);
-  if (disorder.length) failures.push(`${disorder.length} order breaks within a consumer life`);
-  const unrecovered = faults.filter((f) => f.recoveryMs == null);
-  if (unrecovered.length) failures.push(`${unrecovered.length} fault(s) without a recovery: ${unrecovered.map((f) => `${f.kind} (${f.detail}${f.error ? `; ${f.error}` : ''})`).join('; ')}`);
+  for (const c of checks) {
+    if (c.lost.length) failures.push(`consumer ${c.consumer.label}: ${c.lost.length} written events never delivered`);
+    if (c.disorder.length) failures.push(`consumer ${c.consumer.label}: ${c.disorder.length} order breaks within a life`);
+  }
+  const unrecovered = faults.filter((f) => f.error);
+  if (unrecovered.length) failures.push(`${unrecovered.length} fault(s) without a recovery: ${unrecovered.map((f) => `${f.kind} (${f.detail}; ${f.error})`).join('; ')}`);
   const missingKinds = FAULT_KINDS.filter((k) => !faults.some((f) => f.kind === k));
   if (missingKinds.length) failures.push(`fault kinds never exercised: ${missingKinds.join(', ')} (run longer)`);
-  for (const e of consumer.errors) failures.push(e);
+  for (const c of consumers) failures.push(...c.errors);
   if (notOnServer.length) say(`note: ${notOnServer.length} acknowledged writes are not on the server (the server lost them, not the stream)`);
   say('');
   say(failures.length ? `FAIL\n  ${failures.join('\n  ')}` : 'PASS: nothing lost, nothing out of order, every fault recovered');
@@ -520,14 +549,16 @@ async function main() {
   const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'rcs-soak-'));
   let server;
   let client;
-  let consumer;
+  const consumers = [];
+  const killAll = () => consumers.forEach((c) => c.killNow());
   const onSignal = (signal) => {
-    consumer?.killNow();
+    killAll();
     process.stderr.write(`soak: ${signal}, stopping\n`);
     process.exit(130); // the harness kills the server on exit
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  process.on('exit', killAll);
 
   try {
     log(`seed ${opts.seed}; starting the test server (disk, --sync-on-commit; first run installs it)`);
@@ -541,48 +572,58 @@ async function main() {
     });
     const coll = await client.db(DB).createCollection(COLLECTION);
 
-    consumer = new Consumer({
-      SOAK_URI: withAppName(server.uri, CONSUMER_APP),
-      SOAK_DB: DB,
-      SOAK_COLLECTION: COLLECTION,
-      SOAK_NAME: STREAM_NAME,
-      SOAK_TOKEN_FILE: path.join(workDir, 'soak.position.json'),
-    });
-    process.on('exit', () => consumer.killNow());
-    consumer.spawn();
-    // The first life has no stored position and starts at "now": write only once it is open
-    // (its first saved position), so it sees the first write.
-    await until(() => fs.existsSync(consumer.env.SOAK_TOKEN_FILE) || consumer.life.exit, 60_000, 'the consumer to open its stream');
-    if (consumer.life.exit) throw new Error(`the consumer died at start: ${consumer.errors.join('; ')}`);
+    const consumer = (label, role) => {
+      const appName = `rcs-soak-consumer-${label.toLowerCase()}`;
+      return new Consumer(label, role, appName, {
+        SOAK_URI: withAppName(server.uri, appName),
+        SOAK_DB: DB,
+        SOAK_COLLECTION: COLLECTION,
+        SOAK_NAME: `soak-${label.toLowerCase()}`,
+        SOAK_TOKEN_FILE: path.join(workDir, `soak-${label.toLowerCase()}.position.json`),
+      });
+    };
+    const killed = consumer('A', '(killed each round)');
+    const steady = consumer('B', '(never killed)');
+    consumers.push(killed, steady);
+    for (const c of consumers) c.spawn();
+    // A first life has no stored position and starts at "now": write only once both are open
+    // (their first saved positions), so they see the first write.
+    for (const c of consumers) {
+      await until(() => fs.existsSync(c.env.SOAK_TOKEN_FILE) || c.life.exit, 60_000, `consumer ${c.label} to open its stream`);
+      if (c.life.exit) throw new Error(`consumer ${c.label} died at start: ${c.errors.join('; ')}`);
+    }
 
     const startedAt = hrMs();
     const writer = startWriter(coll, opts.rate);
-    await until(() => consumer.maxDelivered >= 0, 30_000, 'the first event');
+    await until(() => consumers.every((c) => c.maxDelivered >= 0), 30_000, 'the first event');
     log(`streaming; injecting faults for ${opts.minutes} min`);
 
     const faults = [];
     const deadline = startedAt + opts.minutes * 60_000;
     let round = [];
     while (hrMs() < deadline && faults.length < opts.maxFaults) {
-      // A quiet spell between faults: the stream settles, events flow.
+      // A quiet spell between faults: the streams settle, events flow.
       await sleep(rng.int(1000, 3000));
       if (hrMs() >= deadline) break;
       if (round.length === 0) round = rng.shuffled(FAULT_KINDS);
       const kind = round.shift();
-      const fault = { kind, startedAt: hrMs(), end: null, recoveryMs: null, detail: '' };
+      const target = FAILPOINT_KINDS.has(kind) ? rng.pick(consumers) : null;
+      const fault = { kind, end: null, recoveries: [], detail: '' };
       faults.push(fault);
-      const marks = { reconnects: consumer.reconnects.length, stalls: consumer.stalls.length };
+      const marks = consumers.map((c) => ({ reconnects: c.reconnects.length, stalls: c.stalls.length }));
       try {
-        const { end, detail } = await FAULTS[kind]({ server, consumer, rng });
+        const { end, hit, detail } = await FAULTS[kind]({ server, consumers, killed, target, rng });
         fault.end = end;
         fault.detail = detail;
         if (end === null) throw new Error('the fault never took effect');
-        const delivered = await until(() => consumer.firstDeliveryAfter(end), RECOVERY_TIMEOUT_MS, `an event after the ${kind}`);
-        fault.recoveryMs = delivered - end;
-        fault.reconnects = consumer.reconnects.length - marks.reconnects;
-        fault.stalls = consumer.stalls.length - marks.stalls;
-        log(`${kind.padEnd(18)} ${detail} → next event after ${Math.round(fault.recoveryMs)} ms ` +
-          `(consumer: ${fault.reconnects} reconnects, ${fault.stalls} stalls; written ${writer.written}, delivered up to ${consumer.maxDelivered})`);
+        for (const c of hit) {
+          const delivered = await until(() => c.firstDeliveryAfter(end), RECOVERY_TIMEOUT_MS, `an event in consumer ${c.label} after the ${kind}`);
+          fault.recoveries.push({ consumer: c.label, ms: delivered - end });
+        }
+        fault.reconnects = consumers.reduce((n, c, i) => n + c.reconnects.length - marks[i].reconnects, 0);
+        fault.stalls = consumers.reduce((n, c, i) => n + c.stalls.length - marks[i].stalls, 0);
+        log(`${kind.padEnd(18)} ${detail} → next event after ${fault.recoveries.map((r) => `${Math.round(r.ms)} ms (${r.consumer})`).join(', ')} ` +
+          `[${fault.reconnects} reconnects, ${fault.stalls} stalls; written ${writer.written}, delivered up to ${consumers.map((c) => `${c.label} ${c.maxDelivered}`).join(', ')}]`);
       } catch (err) {
         fault.error = err.message;
         log(`${kind.padEnd(18)} ${fault.detail} → NOT RECOVERED: ${err.message}`);
@@ -593,16 +634,17 @@ async function main() {
     log(`faults done (${faults.length}); stopping the writer and draining`);
     writer.stop();
     await writer.done;
-    await until(() => consumer.maxDelivered >= writer.written - 1, DRAIN_TIMEOUT_MS, `seq ${writer.written - 1} delivered`).catch((err) => log(err.message));
-    await consumer.stop();
+    const last = writer.written - 1;
+    await until(() => consumers.every((c) => c.maxDelivered >= last), DRAIN_TIMEOUT_MS, `seq ${last} delivered`).catch((err) => log(err.message));
+    await Promise.all(consumers.map((c) => c.stop()));
     const finishedAt = hrMs();
     const serverSeqs = new Set((await coll.find({}, { projection: { _id: 0, seq: 1 } }).toArray()).map((doc) => doc.seq));
 
-    const { text, ok } = summarize({ opts, consumer, writer, serverSeqs, faults, startedAt, finishedAt, loadBefore });
+    const { text, ok } = summarize({ opts, consumers, writer, serverSeqs, faults, startedAt, finishedAt, loadBefore });
     process.stdout.write(`${text}\n`);
     process.exitCode = ok ? 0 : 1;
   } finally {
-    consumer?.killNow();
+    killAll();
     await client?.close().catch(() => {});
     await server?.close();
     fs.rmSync(workDir, { recursive: true, force: true });
