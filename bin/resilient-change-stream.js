@@ -32,9 +32,10 @@ Options:
 Status goes to stderr (a live line on a terminal). Ctrl-C (SIGINT), SIGTERM or SIGHUP stop
 it cleanly: the position is saved and the exit code is 0; so does its parent process exiting
 (e.g. npx, which does not pass SIGTERM on: under a supervisor run the installed bin itself,
-node_modules/.bin/resilient-change-stream, or exec it from a shell script). Exit codes: 0 stopped / stream
-invalidated / output closed, 1 the stream failed, 2 bad arguments or token file, 130 a
-second Ctrl-C (the position written last is kept: the events since are printed again).`;
+node_modules/.bin/resilient-change-stream, or exec it from a shell script).
+Exit codes: 0 stopped / stream invalidated / output closed, 1 the stream failed, 2 bad
+arguments or token file, 130 a second Ctrl-C (the position written last is kept: the events
+since are printed again).`;
 
 const PREFIX = 'resilient-change-stream: ';
 
