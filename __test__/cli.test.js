@@ -166,6 +166,41 @@ test('SIGKILL, restart, SIGINT, restart: no event missing, none repeated after a
   assert.equal(run3.seqs()[0], 240, 'a clean stop resumes exactly after the last printed event');
 });
 
+// A parent that runs the CLI (its argv) with the same stdio, says the CLI's pid on stderr and
+// waits: as npx or a shell without exec sits between a supervisor and the CLI.
+const RUN_AS_CHILD = `const { spawn } = require('node:child_process');
+const child = spawn(process.execPath, process.argv.slice(1), { stdio: 'inherit' });
+process.stderr.write('cli pid ' + child.pid + '\\n');`;
+
+test('its parent process dying (npx killed by a supervisor) stops it cleanly, position saved', async (t) => {
+  const { coll, ns, tokenFile } = await namespace();
+  const args = ['tail', server.uri, ns, '--token-file', tokenFile];
+  const parent = new CliRun(process.execPath, ['-e', RUN_AS_CHILD, BIN, ...args]);
+  const cliPid = () => Number(/cli pid (\d+)/.exec(parent.stderr)?.[1]);
+  t.after(() => {
+    // Only if the test failed before the CLI exited: never leave it running.
+    if (parent.exit === undefined && cliPid()) process.kill(cliPid(), 'SIGKILL');
+  });
+  await parent.waitFor(() => cliPid() > 0 && fs.existsSync(tokenFile), 'the CLI to start and save a position');
+  await coll.insertMany([{ seq: 0 }, { seq: 1 }, { seq: 2 }]);
+  await parent.waitFor((r) => r.lines.length >= 3, '3 events');
+
+  parent.kill('SIGKILL');
+  // The parent's pipes close once their last holder, the orphaned CLI, has exited.
+  await withTimeout(parent.exited, 10000, 'the orphaned CLI to exit by itself');
+  assert.equal(parent.exit.signal, 'SIGKILL');
+  assert.match(parent.stderr, /stopped because its parent process \(pid \d+\) exited, after 3 events; position saved in /);
+  const saved = EJSON.parse(fs.readFileSync(tokenFile, 'utf8'), { relaxed: false });
+  assert.deepEqual(saved.token, EJSON.parse(parent.lines[2], { relaxed: false })._id, 'the last printed event');
+
+  // A clean stop: the next run prints only what came after.
+  await coll.insertOne({ seq: 3 });
+  const again = cli(args);
+  await again.waitFor((r) => r.seqs().includes(3), 'seq 3');
+  assert.equal((await again.stop('SIGINT')).code, 0, again.stderr);
+  assert.deepEqual(again.seqs(), [3]);
+});
+
 test('a database stream (<db> without a collection)', async () => {
   const { db, tokenFile } = await namespace();
   const run = await startTail(['tail', server.uri, db, '--token-file', tokenFile], tokenFile);

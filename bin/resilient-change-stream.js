@@ -24,13 +24,18 @@ Options:
                                 string). Written atomically, mode 0600. A file written for
                                 another namespace, pipeline or --full-document is refused.
   --full-document <mode>        updateLookup | whenAvailable | required | default
+  --outlive-parent              keep running when the parent process exits (nohup, &);
+                                by default it then stops as on SIGTERM
   -h, --help                    this text
   -v, --version                 the package version
 
 Status goes to stderr (a live line on a terminal). Ctrl-C (SIGINT), SIGTERM or SIGHUP stop
-it cleanly: the position is saved and the exit code is 0. Exit codes: 0 stopped / stream
-invalidated / output closed, 1 the stream failed, 2 bad arguments or token file, 130 a
-second Ctrl-C (the position written last is kept: the events since are printed again).`;
+it cleanly: the position is saved and the exit code is 0; so does its parent process exiting
+(e.g. npx, which does not pass SIGTERM on: under a supervisor run the installed bin itself,
+node_modules/.bin/resilient-change-stream, or exec it from a shell script).
+Exit codes: 0 stopped / stream invalidated / output closed, 1 the stream failed, 2 bad
+arguments or token file, 130 a second Ctrl-C (the position written last is kept: the events
+since are printed again).`;
 
 const PREFIX = 'resilient-change-stream: ';
 
@@ -78,6 +83,7 @@ async function main(argv) {
         pipeline: { type: 'string' },
         'token-file': { type: 'string' },
         'full-document': { type: 'string' },
+        'outlive-parent': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'v' },
       },
@@ -122,6 +128,7 @@ async function main(argv) {
       pipeline: values.pipeline === undefined ? undefined : parsePipeline(values.pipeline),
       tokenFile: values['token-file'],
       fullDocument: values['full-document'],
+      outliveParent: values['outlive-parent'] === true,
     };
   } catch (err) {
     return fail(err.message);

@@ -22,6 +22,7 @@ const STREAM_NAME = 'cli';
 const CHECKPOINT_EVERY_MS = 100;
 const STATUS_REFRESH_MS = 1000;
 const STATUS_MIN_INTERVAL_MS = 100;
+const PARENT_CHECK_MS = 1000;
 
 // Exit codes.
 const EXIT_OK = 0; // stopped by a signal, ended by invalidation, or stdout closed
@@ -34,10 +35,10 @@ class UsageError extends Error {}
 
 /**
  * Runs `tail` until it ends; resolves with the exit code. `args`:
- * `{ uri, db, coll?, pipeline?, tokenFile?, fullDocument? }`.
+ * `{ uri, db, coll?, pipeline?, tokenFile?, fullDocument?, outliveParent? }`.
  */
 async function tail(args, io = defaultIo()) {
-  const { uri, db, coll, pipeline, tokenFile, fullDocument } = args;
+  const { uri, db, coll, pipeline, tokenFile, fullDocument, outliveParent } = args;
   const nsLabel = coll === undefined ? db : `${db}.${coll}`;
   if (tokenFile !== undefined) checkWritableDirectory(tokenFile);
 
@@ -97,8 +98,10 @@ async function tail(args, io = defaultIo()) {
 
   const closed = new Promise((resolve) => stream.once('close', resolve));
 
-  // How the run ends: the first of a signal or the stream closing by itself.
+  // How the run ends: the first of a signal, the parent process going away, or the stream
+  // closing by itself.
   let stoppedBy = null;
+  let orphanedFrom = null; // the pid of the parent that went away
   const onSignal = (signal) => {
     if (stoppedBy !== null) {
       // Second signal: do not wait for the server (or anything else). The token file keeps
@@ -114,6 +117,17 @@ async function tail(args, io = defaultIo()) {
   };
   const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'];
   for (const signal of signals) io.process.on(signal, onSignal);
+  // A wrapper that dies without passing a signal on (npx under a supervisor's SIGTERM, a
+  // shell without exec) would leave us running orphaned: stop as on SIGTERM once we are
+  // re-parented. Not when asked to outlive the parent (nohup, `&` from a login shell).
+  const parentWatch = outliveParent
+    ? null
+    : watchParent(io.process, (parentPid) => {
+        if (stoppedBy !== null) return;
+        orphanedFrom = parentPid;
+        stoppedBy = 'parent';
+        stream.close().catch(() => {});
+      });
 
   status.start();
   let info;
@@ -121,6 +135,7 @@ async function tail(args, io = defaultIo()) {
     info = await closed;
   } finally {
     status.stop();
+    clearInterval(parentWatch);
     for (const signal of signals) io.process.removeListener(signal, onSignal);
   }
   // However it closed, close() (idempotent) says whether the last position was stored.
@@ -142,7 +157,9 @@ async function tail(args, io = defaultIo()) {
     status.say(describeFailure(failure, tokenFile));
     return EXIT_FAILED;
   }
-  if (stoppedBy !== null) {
+  if (stoppedBy === 'parent') {
+    status.say(`stopped because its parent process (pid ${orphanedFrom}) exited, after ${events} events${where}`);
+  } else if (stoppedBy !== null) {
     status.say(`stopped by ${stoppedBy} after ${events} events${where}`);
   } else if (info.reason === 'invalidate' || invalidated) {
     status.say(
@@ -151,6 +168,22 @@ async function tail(args, io = defaultIo()) {
     );
   }
   return EXIT_OK;
+}
+
+/**
+ * Calls `onGone(parentPid)` once the process's parent changes: it exited and we were
+ * re-parented (to init or a subreaper). One getppid() a second on an unref'd timer: cheap, and
+ * never what keeps the process alive. (Windows keeps the creator's pid: it never fires there.)
+ */
+function watchParent(proc, onGone) {
+  const parent = proc.ppid;
+  const timer = setInterval(() => {
+    if (proc.ppid === parent) return;
+    clearInterval(timer);
+    onGone(parent);
+  }, PARENT_CHECK_MS);
+  timer.unref();
+  return timer;
 }
 
 /** Printed events whose position is not in the token file yet; null once it cannot tell. */

@@ -13,6 +13,8 @@
 // Server: secantusd-rs (built on demand into .bench/, ~8 min once) unless `--server py`;
 // BENCH_MONGODB_URI, when set, wins over both. The recovery scenario needs failpoints
 // (configureFailPoint), which secantusd-rs lacks: it runs on the Python server then.
+// The chaos soak (minutes of faults, loss and order checked) is scripts/soak.js, `npm run
+// soak`: not run from here, bench is long already.
 
 const fs = require('node:fs');
 const os = require('node:os');
@@ -52,6 +54,8 @@ function usage(exitCode) {
   --json <file>       where to write the results (default .bench/results.json)
   --profile           node --cpu-prof for every worker: .bench/profiles/<scenario>-<client>-<ms>.cpuprofile
 env BENCH_MONGODB_URI  run against that deployment instead (wins over --server)
+The chaos soak (faults for minutes, loss/order checks) is its own script, not run here:
+  npm run soak -- --minutes 10 [--seed N]
 `);
   process.exit(exitCode);
 }
@@ -1015,6 +1019,7 @@ async function main() {
   process.stdout.write(`${header.join('\n')}${table}\n\n`);
   fs.writeFileSync(opts.json, `${JSON.stringify({ env, options: opts, rows, results }, null, 2)}\n`);
   process.stdout.write(`results: ${path.relative(process.cwd(), opts.json) || opts.json}\n`);
+  process.stdout.write('chaos soak (not part of bench): npm run soak -- --minutes 10 [--seed N]\n');
   process.exit(0);
 }
 
