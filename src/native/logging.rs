@@ -1,5 +1,5 @@
 //! Routes the engine's `tracing` events to each stream's JS logger. Silent by default: an
-//! event reaches JS only when its stream (the `stream` field of the `change_stream` span
+//! event reaches JS only when its reader (the `stream` field of the `reader` span
 //! it happens in) has a logger registered.
 
 use std::collections::HashMap;

@@ -48,7 +48,7 @@ impl Recoverer {
         self.cancel.clone()
     }
 
-    /// Runs `f` unless the worker is stopped first; `None` means "stop".
+    /// Runs `f` unless the run is stopped first; `None` means "stop".
     pub(crate) async fn or_cancel<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
         tokio::select! {
             biased;
@@ -130,7 +130,7 @@ impl Recoverer {
     }
 
     /// The shared client for `uri`, retried like a re-open (a bad connection string fails
-    /// at once). `None`: the worker must stop (failed or closed).
+    /// at once). `None`: the run must stop (failed or closed).
     pub(crate) async fn client(
         &mut self,
         uri: &str,
@@ -149,7 +149,7 @@ impl Recoverer {
     }
 
     /// The stored position, retried like a re-open while the store is down (for up to
-    /// STORE_GIVE_UP_AFTER). `None`: the worker must stop (failed or closed).
+    /// STORE_GIVE_UP_AFTER). `None`: the run must stop (failed or closed).
     pub(crate) async fn restore(
         &mut self,
         ck: &Checkpointer,

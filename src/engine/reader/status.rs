@@ -13,7 +13,7 @@ use crate::engine::errors::EngineError;
 /// moves it out of a terminal state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReaderState {
-    /// Created; the worker starts on the first `next()`.
+    /// Created; the run loop starts on the first `next()`.
     #[default]
     Idle,
     Opening,

@@ -68,7 +68,7 @@ pub async fn load_record(
     }
 }
 
-/// The store a spec asks for (`tokenStore`), built lazily by the worker.
+/// The store a spec asks for (`tokenStore`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreConfig {
     Memory,
