@@ -38,9 +38,16 @@ impl JsStore {
     async fn request(&self, request: StoreRequest) -> Result<Option<Buffer>, EngineError> {
         let op = request.op.clone();
         let fail = |e: napi::Error| {
+            // A promise that never settles may be garbage-collected before the engine's
+            // deadline: napi then cancels the wait. Say what happened, not napi's words.
+            let why = if e.reason.contains("canceled") {
+                "it returned a promise that was dropped without settling".to_string()
+            } else {
+                e.reason
+            };
             EngineError::resumable(
                 ErrorCode::TokenStore,
-                format!("the custom token store's {op}() failed: {}", e.reason),
+                format!("the custom token store's {op}() failed: {why}"),
             )
         };
         let promise = self.call.call_async(request).await.map_err(&fail)?;
