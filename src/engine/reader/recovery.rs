@@ -24,6 +24,8 @@ pub(crate) struct Recoverer {
     tx: mpsc::Sender<ReaderItem>,
     /// Cancelled when the run must stop (`stop()`, and `close()`, its parent).
     cancel: CancellationToken,
+    /// The reader's `backoff` option: every retry here waits by it.
+    policy: BackoffPolicy,
     outage: OutageTracker,
 }
 
@@ -33,12 +35,14 @@ impl Recoverer {
         status: Arc<ReaderStatus>,
         tx: mpsc::Sender<ReaderItem>,
         cancel: CancellationToken,
+        policy: BackoffPolicy,
     ) -> Self {
         Recoverer {
             what,
             status,
             tx,
             cancel,
+            policy,
             outage: OutageTracker::default(),
         }
     }
@@ -69,8 +73,8 @@ impl Recoverer {
 
     /// After a failure: fail if the error is fatal or retries ran out, else announce and
     /// wait out the backoff. Returns whether to try again.
-    pub(crate) async fn recover(&mut self, error: EngineError, policy: &BackoffPolicy) -> bool {
-        let (attempt, delay, error) = match self.outage.failure(error, policy, self.what) {
+    pub(crate) async fn recover(&mut self, error: EngineError) -> bool {
+        let (attempt, delay, error) = match self.outage.failure(error, &self.policy, self.what) {
             Retry::GiveUp(error) => {
                 self.fail(error).await;
                 return false;
@@ -99,7 +103,7 @@ impl Recoverer {
 
     /// No reply (or no progress) for `silent`: announce the stall, then back off like any
     /// resumable failure. Returns whether to re-open.
-    pub(crate) async fn stalled(&mut self, silent: Duration, policy: &BackoffPolicy) -> bool {
+    pub(crate) async fn stalled(&mut self, silent: Duration) -> bool {
         tracing::warn!(
             silent_ms = silent.as_millis() as u64,
             "{} stalled",
@@ -116,7 +120,7 @@ impl Recoverer {
                 silent.as_millis()
             ),
         );
-        self.recover(error, policy).await
+        self.recover(error).await
     }
 
     /// Fails the reader with `error` (once); the consumer learns of it from the item.
@@ -131,16 +135,12 @@ impl Recoverer {
 
     /// The shared client for `uri`, retried like a re-open (a bad connection string fails
     /// at once). `None`: the run must stop (failed or closed).
-    pub(crate) async fn client(
-        &mut self,
-        uri: &str,
-        policy: &BackoffPolicy,
-    ) -> Option<ClientLease> {
+    pub(crate) async fn client(&mut self, uri: &str) -> Option<ClientLease> {
         loop {
             match self.or_cancel(client_for(uri)).await? {
                 Ok(client) => return Some(client),
                 Err(e) => {
-                    if !self.recover(e, policy).await {
+                    if !self.recover(e).await {
                         return None;
                     }
                 }
@@ -150,17 +150,13 @@ impl Recoverer {
 
     /// The stored position, retried like a re-open while the store is down (for up to
     /// STORE_GIVE_UP_AFTER). `None`: the run must stop (failed or closed).
-    pub(crate) async fn restore(
-        &mut self,
-        ck: &Checkpointer,
-        policy: &BackoffPolicy,
-    ) -> Option<Option<Position>> {
+    pub(crate) async fn restore(&mut self, ck: &Checkpointer) -> Option<Option<Position>> {
         let started = Instant::now();
         loop {
             match self.or_cancel(ck.load_position()).await? {
                 Ok(position) => return Some(position),
                 Err(e) if e.resumable && started.elapsed() < STORE_GIVE_UP_AFTER => {
-                    if !self.recover(e, policy).await {
+                    if !self.recover(e).await {
                         return None;
                     }
                 }

@@ -46,7 +46,8 @@ impl<S: Source> Run<S> {
         checkpointer: Option<Arc<Checkpointer>>,
         commits: Arc<Commits<S>>,
     ) -> Self {
-        let recovery = Recoverer::new(S::WHAT, status.clone(), tx.clone(), stop);
+        let backoff = spec.common().backoff.clone();
+        let recovery = Recoverer::new(S::WHAT, status.clone(), tx.clone(), stop, backoff);
         Run {
             source: S::new(spec.clone()),
             spec,
@@ -67,8 +68,7 @@ impl<S: Source> Run<S> {
         if self.source.has_start() {
             return true;
         }
-        let backoff = &self.spec.common().backoff;
-        match self.recovery.restore(&ck, backoff).await {
+        match self.recovery.restore(&ck).await {
             None => false,
             Some(None) => true,
             Some(Some(position)) => {
@@ -84,8 +84,7 @@ impl<S: Source> Run<S> {
             return;
         }
         let uri = self.spec.common().uri.clone();
-        let backoff = self.spec.common().backoff.clone();
-        let Some(client) = self.recovery.client(&uri, &backoff).await else {
+        let Some(client) = self.recovery.client(&uri).await else {
             return;
         };
         loop {
@@ -220,8 +219,7 @@ impl<S: Source> Run<S> {
         if self.source.is_loss(&error) {
             return self.lost(error, client).await;
         }
-        let backoff = self.spec.common().backoff.clone();
-        if self.recovery.recover(error, &backoff).await {
+        if self.recovery.recover(error).await {
             Flow::Reopen
         } else {
             Flow::Stop
@@ -255,8 +253,7 @@ impl<S: Source> Run<S> {
 
     /// Announces a stall, then re-opens like after any resumable failure.
     async fn stalled(&mut self, silent: Duration) -> Flow {
-        let backoff = self.spec.common().backoff.clone();
-        if self.recovery.stalled(silent, &backoff).await {
+        if self.recovery.stalled(silent).await {
             Flow::Reopen
         } else {
             Flow::Stop
