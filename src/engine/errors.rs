@@ -37,12 +37,14 @@ pub enum ErrorCode {
     TokenStore,
     /// A stored position belongs to another name, namespace or pipeline.
     PositionMismatch,
+    /// A consumer group's lease collection could not be read or written.
+    LeaseStore,
 }
 
 impl ErrorCode {
     /// Every code, in one list: the native layer exports it (`errorCodes()`) and the JS
     /// error classes are checked against it.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::InvalidOption,
         ErrorCode::ChangeStreamHistoryLost,
         ErrorCode::InvalidResumeToken,
@@ -56,6 +58,7 @@ impl ErrorCode {
         ErrorCode::ClientError,
         ErrorCode::TokenStore,
         ErrorCode::PositionMismatch,
+        ErrorCode::LeaseStore,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +76,7 @@ impl ErrorCode {
             ErrorCode::ClientError => "ClientError",
             ErrorCode::TokenStore => "TokenStoreError",
             ErrorCode::PositionMismatch => "PositionMismatch",
+            ErrorCode::LeaseStore => "LeaseStoreError",
         }
     }
 }
@@ -180,6 +184,21 @@ fn is_resumable_server_error(code: i32, labels: &[String]) -> bool {
         return false;
     }
     RESUMABLE_CODES.contains(&code) || labels.iter().any(|l| l == "ResumableChangeStreamError")
+}
+
+/// A write refused because a document with its `_id` exists (11000): how conditional
+/// upserts (fenced writes, lease creation) learn that another writer got there first.
+pub fn is_duplicate_key(err: &DriverError) -> bool {
+    use mongodb::error::WriteFailure;
+    match err.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == 11000,
+        ErrorKind::Command(cmd) => cmd.code == 11000,
+        ErrorKind::InsertMany(e) => e
+            .write_errors
+            .as_ref()
+            .is_some_and(|errors| errors.iter().any(|w| w.code == 11000)),
+        _ => false,
+    }
 }
 
 fn code_for_server_error(code: i32) -> ErrorCode {

@@ -5,6 +5,7 @@
 //!   `reader::Source`.
 //! - `reader/`: ONE runtime under both (open, resume, backoff, stall watchdog, outage
 //!   reporting, ordered close, the consumer's commits).
+//! - `group/`: consumer groups (leases, epochs): which member reads.
 //! - `durable/`: positions, checkpoints and token stores.
 //! - leaves: `errors` (the one classification), `options` (typed option readers),
 //!   `backoff`, `client_pool`, `redact`.
@@ -14,6 +15,7 @@ pub mod client_pool;
 pub mod cursor;
 pub mod durable;
 pub mod errors;
+pub mod group;
 pub mod options;
 pub mod reader;
 pub mod redact;

@@ -21,9 +21,15 @@ pub(crate) fn spec_document(spec: &Buffer) -> Result<Document> {
     })
 }
 
-/// The application's `{ load, save }`, for `tokenStore: { type: 'custom' }`.
-pub(crate) fn custom_store(store: Option<StoreFn>) -> Option<Arc<dyn TokenStore>> {
-    store.map(|s| Arc::new(JsStore::new(s)) as Arc<dyn TokenStore>)
+/// The application's `{ load, save }` (and `fence`: `tokenStore.fence` is true), for
+/// `tokenStore: { type: 'custom' }`.
+pub(crate) fn custom_store(store: Option<StoreFn>, spec: &Document) -> Option<Arc<dyn TokenStore>> {
+    let fencing = spec
+        .get_document("tokenStore")
+        .ok()
+        .and_then(|d| d.get_bool("fence").ok())
+        .unwrap_or(false);
+    store.map(|s| Arc::new(JsStore::new(s, fencing)) as Arc<dyn TokenStore>)
 }
 
 /// A bad option or value: the message names it.

@@ -55,8 +55,10 @@ impl NativeReader {
     /// `tokenStore.type` is "custom".
     #[napi(factory)]
     pub fn change_stream(spec: Buffer, store: Option<StoreFn>) -> Result<Self> {
-        let spec = WatchSpec::from_document(&spec_document(&spec)?).map_err(invalid_arg)?;
-        let reader = ChangeStreamEngine::new(spec, custom_store(store)).map_err(invalid_arg)?;
+        let doc = spec_document(&spec)?;
+        let store = custom_store(store, &doc);
+        let spec = WatchSpec::from_document(&doc).map_err(invalid_arg)?;
+        let reader = ChangeStreamEngine::new(spec, store).map_err(invalid_arg)?;
         Ok(NativeReader {
             reader: Arc::new(AnyReader::ChangeStream(reader)),
         })
@@ -65,8 +67,10 @@ impl NativeReader {
     /// A restartable cursor; arguments as `changeStream`.
     #[napi(factory)]
     pub fn cursor(spec: Buffer, store: Option<StoreFn>) -> Result<Self> {
-        let spec = CursorSpec::from_document(&spec_document(&spec)?).map_err(invalid_arg)?;
-        let reader = CursorEngine::new(spec, custom_store(store)).map_err(invalid_arg)?;
+        let doc = spec_document(&spec)?;
+        let store = custom_store(store, &doc);
+        let spec = CursorSpec::from_document(&doc).map_err(invalid_arg)?;
+        let reader = CursorEngine::new(spec, store).map_err(invalid_arg)?;
         Ok(NativeReader {
             reader: Arc::new(AnyReader::Cursor(reader)),
         })
@@ -111,6 +115,20 @@ impl NativeReader {
     #[napi]
     pub fn pending_checkpoint(&self) -> f64 {
         with_reader!(self.reader, r => r.pending_checkpoint()) as f64
+    }
+
+    /// A group member: how many more milliseconds it may hand out what it read (0: it does
+    /// not hold the lease; drop what is buffered). `null`: not in a group.
+    #[napi]
+    pub fn lease_valid_ms(&self) -> Option<f64> {
+        with_reader!(self.reader, r => r.lease_valid_for()).map(|d| d.as_millis() as f64)
+    }
+
+    /// The application's event loop is alive: a group member renews its lease only while
+    /// this keeps coming (call it a few times per lease).
+    #[napi]
+    pub fn heartbeat(&self) {
+        with_reader!(self.reader, r => r.heartbeat());
     }
 
     /// The engine's view of the reader, synchronously (`health()` builds on it).

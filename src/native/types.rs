@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use napi::bindgen_prelude::Buffer;
 use napi_derive::napi;
 
+use crate::engine::group::GroupHealth;
 use crate::engine::reader::{Batch, Health, Marks, ReaderItem};
 use crate::engine::stream::oplog::OplogWindow;
 use crate::engine::EngineError;
@@ -86,6 +87,16 @@ pub enum NativeItem {
     },
     /// A tailable cursor's documents after its last key were overwritten unread.
     PositionLost { error: NativeErrorInfo },
+    /// A group member took the lease at `epoch` (`sinceMs`: epoch milliseconds): it
+    /// reads from the stored position now.
+    LeaseAcquired {
+        epoch: f64,
+        member: String,
+        since_ms: f64,
+    },
+    /// A group member stopped holding the lease ('takenOver' | 'fenced' | 'renewFailed' |
+    /// 'unresponsive'): nothing read under it is handed out any more.
+    LeaseLost { epoch: f64, reason: String },
     /// Fatal: the reader is closed; later calls resolve `end`.
     Error { error: NativeErrorInfo },
     /// The reader ended: 'closed' | 'invalidate' | 'exhausted' | 'stopped'.
@@ -136,6 +147,19 @@ impl From<ReaderItem> for NativeItem {
             ReaderItem::PositionLost { error } => NativeItem::PositionLost {
                 error: error.into(),
             },
+            ReaderItem::LeaseAcquired {
+                epoch,
+                member,
+                since,
+            } => NativeItem::LeaseAcquired {
+                epoch: epoch as f64,
+                member,
+                since_ms: epoch_ms(since),
+            },
+            ReaderItem::LeaseLost { epoch, reason } => NativeItem::LeaseLost {
+                epoch: epoch as f64,
+                reason: reason.as_str().to_string(),
+            },
             ReaderItem::Failed(error) => NativeItem::Error {
                 error: error.into(),
             },
@@ -178,6 +202,35 @@ pub struct NativeHealth {
     pub current_backoff_ms: Option<f64>,
     pub last_error: Option<NativeErrorInfo>,
     pub events_read: f64,
+    /// A consumer group member's role and lease.
+    pub group: Option<NativeGroupHealth>,
+}
+
+/// A group member, for `health().group`; times are epoch milliseconds.
+#[napi(object)]
+pub struct NativeGroupHealth {
+    pub member: String,
+    /// 'holder' | 'standby' | 'stopped'.
+    pub role: String,
+    pub holder: Option<String>,
+    pub epoch: Option<f64>,
+    pub since_ms: Option<f64>,
+    pub lease_ms: f64,
+    pub takeovers: f64,
+}
+
+impl From<GroupHealth> for NativeGroupHealth {
+    fn from(g: GroupHealth) -> Self {
+        NativeGroupHealth {
+            member: g.member,
+            role: g.role.as_str().to_string(),
+            holder: g.holder,
+            epoch: g.epoch.map(|e| e as f64),
+            since_ms: g.since.map(epoch_ms),
+            lease_ms: ms(g.lease),
+            takeovers: g.takeovers as f64,
+        }
+    }
 }
 
 fn epoch_ms(t: SystemTime) -> f64 {
@@ -198,6 +251,7 @@ impl From<Health> for NativeHealth {
             current_backoff_ms: h.current_backoff.map(ms),
             last_error: h.last_error.map(Into::into),
             events_read: h.events_read as f64,
+            group: h.group.map(Into::into),
         }
     }
 }

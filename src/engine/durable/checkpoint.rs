@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::position::{Owner, Position, PositionRecord};
 use super::store::{load_record, within, TokenStore, STORE_CALL_DEADLINE};
 use crate::engine::backoff::BackoffPolicy;
-use crate::engine::errors::EngineError;
+use crate::engine::errors::{EngineError, ErrorCode};
 
 /// When to write positions.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +67,27 @@ struct Pending {
     save_failure: Option<EngineError>,
     /// Saving failed for good: the reader fails with this.
     failed: Option<EngineError>,
+    /// A group member's epoch while it holds the lease: every save is fenced by it.
+    epoch: Option<u64>,
+}
+
+/// Why the checkpoint task stopped without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointEnd {
+    /// The reader closed.
+    Cancelled,
+    /// The store refused a save of the tenure at this epoch: a later holder fenced it.
+    /// What was unsaved is dropped (the next holder reads it again).
+    Fenced { epoch: u64 },
+}
+
+/// How one save went.
+enum Saved {
+    /// Stored, or nothing to store.
+    Done,
+    Fenced {
+        epoch: u64,
+    },
 }
 
 pub struct Checkpointer {
@@ -78,6 +99,8 @@ pub struct Checkpointer {
     pending: Mutex<Pending>,
     changed: Notify,
     room: Notify,
+    /// A consumer group's: saves are fenced, and dropped outside a tenure.
+    grouped: bool,
 }
 
 impl Checkpointer {
@@ -95,7 +118,53 @@ impl Checkpointer {
             pending: Mutex::new(Pending::default()),
             changed: Notify::new(),
             room: Notify::new(),
+            grouped: false,
         }
+    }
+
+    /// Fences every save by the holder's epoch (a consumer group). Refused when the store
+    /// cannot.
+    pub fn grouped(mut self) -> Result<Self, EngineError> {
+        if !self.store.fencing() {
+            return Err(EngineError::new(
+                ErrorCode::InvalidOption,
+                format!(
+                    "option \"group\" needs a token store that every member shares and that \
+                     fences writes: tokenStore {{ type: 'mongodb', … }}, or a custom store with \
+                     fence(name, epoch); {} cannot",
+                    self.store.describe()
+                ),
+            ));
+        }
+        self.grouped = true;
+        Ok(self)
+    }
+
+    /// A group member took the lease at `epoch`: fences the stored record by it, so no
+    /// earlier holder can write any more, and starts saving under it. `Some(stored)`: the
+    /// record holds a higher epoch already (nothing changed).
+    pub async fn begin_tenure(&self, epoch: u64) -> Result<Option<u64>, EngineError> {
+        let fence = self.store.fence(self.name(), epoch);
+        let refused = within(STORE_CALL_DEADLINE, self.store.as_ref(), "fence", fence).await?;
+        if refused.is_none() {
+            self.end_tenure();
+            self.lock().epoch = Some(epoch);
+        }
+        Ok(refused)
+    }
+
+    /// The tenure ended: what was processed and not saved is dropped (the next holder
+    /// reads it again from the stored position), and nothing is saved until the next one.
+    pub fn end_tenure(&self) {
+        {
+            let mut pending = self.lock();
+            pending.epoch = None;
+            pending.processed = None;
+            pending.saved_generation = pending.generation;
+            pending.unsaved_events = 0;
+            pending.save_failure = None;
+        }
+        self.room.notify_waiters();
     }
 
     fn name(&self) -> &str {
@@ -175,12 +244,13 @@ impl Checkpointer {
         }
     }
 
-    /// Writes on the policy until cancelled. Returns the error of a store that stayed down.
-    pub async fn run(&self, cancel: &CancellationToken) -> Result<(), EngineError> {
+    /// Writes on the policy until cancelled (or fenced). Returns the error of a store that
+    /// stayed down.
+    pub async fn run(&self, cancel: &CancellationToken) -> Result<CheckpointEnd, EngineError> {
         let mut last_save = Instant::now();
         loop {
             if cancel.is_cancelled() {
-                return Ok(());
+                return Ok(CheckpointEnd::Cancelled);
             }
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -201,25 +271,38 @@ impl Checkpointer {
             };
             if let Some(wait) = wait {
                 tokio::select! {
-                    _ = cancel.cancelled() => return Ok(()),
+                    _ = cancel.cancelled() => return Ok(CheckpointEnd::Cancelled),
                     _ = &mut changed => {},
                     _ = tokio::time::sleep(wait) => {},
                 }
                 continue;
             }
-            if let Err(e) = self.save_until(cancel, STORE_GIVE_UP_AFTER).await {
-                self.lock().failed = Some(e.clone());
-                self.room.notify_waiters();
-                return Err(e);
+            match self.save_until(cancel, STORE_GIVE_UP_AFTER).await {
+                Ok(Saved::Done) => {}
+                Ok(Saved::Fenced { epoch }) => return Ok(CheckpointEnd::Fenced { epoch }),
+                Err(e) => {
+                    self.lock().failed = Some(e.clone());
+                    self.room.notify_waiters();
+                    return Err(e);
+                }
             }
             last_save = Instant::now();
         }
     }
 
-    /// Saves what is processed and unsaved, if anything (`close()`); a few tries.
+    /// Saves what is processed and unsaved, if anything (`close()`); a few tries. A fenced
+    /// group member saves nothing: its successor reads those events again.
     pub async fn flush(&self) -> Result<(), EngineError> {
-        self.save_until(&CancellationToken::new(), Duration::from_secs(5))
-            .await
+        let saved = self
+            .save_until(&CancellationToken::new(), Duration::from_secs(5))
+            .await?;
+        if let Saved::Fenced { epoch } = saved {
+            tracing::info!(
+                epoch,
+                "the last position was not saved: a later group member fenced it"
+            );
+        }
+        Ok(())
     }
 
     /// Saves the newest processed position, retrying with backoff for up to `limit`.
@@ -227,18 +310,22 @@ impl Checkpointer {
         &self,
         cancel: &CancellationToken,
         limit: Duration,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Saved, EngineError> {
         let started = Instant::now();
         let backoff = store_backoff();
         let mut attempt = 0;
         loop {
-            let (generation, events, record) = {
+            let (generation, events, record, epoch) = {
                 let pending = self.lock();
                 let Some(position) = &pending.processed else {
-                    return Ok(());
+                    return Ok(Saved::Done);
                 };
                 if pending.generation == pending.saved_generation {
-                    return Ok(());
+                    return Ok(Saved::Done);
+                }
+                // A group member saves only while it holds the lease.
+                if self.grouped && pending.epoch.is_none() {
+                    return Ok(Saved::Done);
                 }
                 let mut position = position.clone();
                 // A token-only advance has no time of its own: keep the latest known.
@@ -250,27 +337,54 @@ impl Checkpointer {
                     position,
                     written_at: DateTime::now(),
                 };
-                (pending.generation, pending.unsaved_events, record)
+                (
+                    pending.generation,
+                    pending.unsaved_events,
+                    record,
+                    pending.epoch,
+                )
             };
             // One call may take the store's deadline at most, and not much past `limit` (the
             // last try still gets a moment, so a store that fails says how); a close abandons
             // it (its own flush saves what is processed).
             let left = limit.saturating_sub(started.elapsed());
             let deadline = STORE_CALL_DEADLINE.min(left.max(LAST_CALL_AT_LEAST));
-            let save = self.store.save(self.name(), record.to_document());
+            let save = async {
+                match epoch {
+                    None => self
+                        .store
+                        .save(self.name(), record.to_document())
+                        .await
+                        .map(|()| true),
+                    Some(epoch) => {
+                        self.store
+                            .save_fenced(self.name(), record.to_document(), epoch)
+                            .await
+                    }
+                }
+            };
             let saved = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
+                _ = cancel.cancelled() => return Ok(Saved::Done),
                 saved = within(deadline, self.store.as_ref(), "save", save) => saved,
             };
             match saved {
-                Ok(()) => {
+                Ok(false) => {
+                    let epoch = epoch.unwrap_or(0);
+                    tracing::warn!(
+                        epoch,
+                        "the token store refused a position: a later group member fenced this one"
+                    );
+                    self.end_tenure();
+                    return Ok(Saved::Fenced { epoch });
+                }
+                Ok(true) => {
                     let mut pending = self.lock();
                     pending.saved_generation = generation;
                     pending.unsaved_events = pending.unsaved_events.saturating_sub(events);
                     pending.save_failure = None;
                     drop(pending);
                     self.room.notify_waiters();
-                    return Ok(());
+                    return Ok(Saved::Done);
                 }
                 Err(e) => {
                     attempt += 1;
@@ -291,7 +405,7 @@ impl Checkpointer {
                         .delay(attempt)
                         .min(limit.saturating_sub(started.elapsed()));
                     tokio::select! {
-                        _ = cancel.cancelled() => return Ok(()),
+                        _ = cancel.cancelled() => return Ok(Saved::Done),
                         _ = tokio::time::sleep(pause) => {},
                     }
                 }
@@ -384,7 +498,7 @@ mod tests {
             1,
         );
         cancel.cancel();
-        runner.await.unwrap().unwrap();
+        assert_eq!(runner.await.unwrap().unwrap(), CheckpointEnd::Cancelled);
         ck.flush().await.unwrap();
         let stored = MemoryStore.load(&name).await.unwrap().unwrap();
         assert_eq!(stored.get_document("token").unwrap(), &doc! {"_data": "03"});
@@ -431,6 +545,6 @@ mod tests {
         assert!(blocked.is_err(), "no room while 3 events are unsaved");
         assert!(store.0.load(Ordering::SeqCst) >= 1, "the store was retried");
         cancel.cancel();
-        runner.await.unwrap().unwrap();
+        assert_eq!(runner.await.unwrap().unwrap(), CheckpointEnd::Cancelled);
     }
 }

@@ -104,6 +104,8 @@ fn parse_store(d: &Document) -> Result<StoreConfig, EngineError> {
     let fields: &[&str] = match kind.as_deref() {
         Some("file") => &["type", "path"],
         Some("mongodb") => &["type", "uri", "db", "collection"],
+        // The facade says whether the application's store has fence() (groups need it).
+        Some("custom") => &["type", "fence"],
         _ => &["type"],
     };
     reject_unknown(d, &[fields], "tokenStore.")?;

@@ -2,5 +2,6 @@
 //! an integration-test binary cannot link the napi symbols the cdylib leaves to Node.
 
 mod cursor;
+mod group;
 mod stream;
 mod support;

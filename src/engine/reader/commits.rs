@@ -45,6 +45,9 @@ struct Numbering {
     /// Documents numbered below this are committed.
     committed: u64,
     kept: VecDeque<Kept>,
+    /// Batches numbered below this belong to a group member's earlier tenure: never
+    /// handed out, never committed.
+    stale_below: u64,
 }
 
 pub(crate) struct Commits<S: Source> {
@@ -139,6 +142,24 @@ impl<S: Source> Commits<S> {
         };
         numbering.kept.drain(..done);
         Ok(self.marks_of(&numbering, ck))
+    }
+
+    /// A group member's tenure ended: what was handed out and not committed is forgotten
+    /// (its successor reads it again), with what the checkpointer held unsaved. Under the
+    /// one lock, so no commit of that tenure lands after it.
+    pub(crate) fn end_tenure(&self) {
+        let mut numbering = self.lock();
+        numbering.kept.clear();
+        numbering.committed = numbering.next_ordinal;
+        numbering.stale_below = numbering.next_seq;
+        if let Some(ck) = &self.checkpointer {
+            ck.end_tenure();
+        }
+    }
+
+    /// Whether batch `seq` belongs to an ended tenure.
+    pub(crate) fn is_stale(&self, seq: u64) -> bool {
+        seq < self.lock().stale_below
     }
 
     /// The current marks.

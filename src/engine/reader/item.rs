@@ -1,11 +1,12 @@
 //! What a reader hands its consumer, one item at a time: the same items for a change
 //! stream and a cursor (each uses the ones that apply to it).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use mongodb::bson::{RawDocumentBuf, Timestamp};
 
 use crate::engine::errors::EngineError;
+use crate::engine::group::LossReason;
 
 /// Why a reader ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +90,18 @@ pub enum ReaderItem {
     /// after the last key (policy "restartFromOldest").
     PositionLost {
         error: EngineError,
+    },
+    /// A group member took the lease: it reads from the stored position now.
+    LeaseAcquired {
+        epoch: u64,
+        member: String,
+        since: SystemTime,
+    },
+    /// A group member stopped holding the lease: nothing more of that tenure is handed
+    /// out; it waits as a standby.
+    LeaseLost {
+        epoch: u64,
+        reason: LossReason,
     },
     /// Fatal: the reader is closed.
     Failed(EngineError),

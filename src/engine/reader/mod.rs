@@ -23,9 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::engine::client_pool;
-use crate::engine::durable::checkpoint::Checkpointer;
-use crate::engine::durable::store::TokenStore;
+use crate::engine::durable::checkpoint::{CheckpointEnd, Checkpointer};
+use crate::engine::durable::position::ReaderKind;
+use crate::engine::durable::store::{StoreConfig, TokenStore};
 use crate::engine::errors::{EngineError, ErrorCode};
+use crate::engine::group::{LossReason, Membership};
 use commits::Commits;
 pub use commits::Marks;
 pub use item::{Batch, EndReason, ReaderItem};
@@ -52,6 +54,8 @@ pub struct Reader<S: Source> {
     checkpointer: Option<Arc<Checkpointer>>,
     checkpoint_task: Mutex<Option<JoinHandle<()>>>,
     commits: Arc<Commits<S>>,
+    /// Present for a consumer group's member.
+    membership: Option<Arc<Membership>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -67,11 +71,30 @@ impl<S: Source> Reader<S> {
         let common = spec.common();
         let checkpointer = match &common.durability {
             None => None,
-            Some(d) => Some(Arc::new(d.checkpointer(
-                spec.owner(&d.name),
-                &common.uri,
-                custom_store,
-            )?)),
+            Some(d) => {
+                let ck = d.checkpointer(spec.owner(&d.name), &common.uri, custom_store)?;
+                Some(Arc::new(match common.group {
+                    None => ck,
+                    Some(_) => ck.grouped()?,
+                }))
+            }
+        };
+        let membership = match (&common.group, &common.durability) {
+            (Some(group), Some(d)) => {
+                if S::Spec::KIND != ReaderKind::ChangeStream {
+                    return Err(EngineError::new(
+                        ErrorCode::InvalidOption,
+                        "option \"group\" is for change streams; a cursor cannot join a group",
+                    ));
+                }
+                // The leases live with the positions unless the group says otherwise.
+                let uri = match &d.store {
+                    StoreConfig::MongoDb { uri: Some(uri), .. } => uri,
+                    _ => &common.uri,
+                };
+                Some(Arc::new(Membership::new(&d.name, group.clone(), uri)))
+            }
+            _ => None,
         };
         let spec = Arc::new(spec);
         let (tx, rx) = mpsc::channel(1);
@@ -87,6 +110,7 @@ impl<S: Source> Reader<S> {
             run_task: Mutex::new(None),
             checkpointer,
             checkpoint_task: Mutex::new(None),
+            membership,
         })
     }
 
@@ -104,7 +128,21 @@ impl<S: Source> Reader<S> {
         if let Some(failure) = self.checkpointer.as_ref().and_then(|c| c.save_failure()) {
             health.last_error = Some(failure);
         }
+        health.group = self.membership.as_ref().map(|m| m.health());
         health
+    }
+
+    /// A group member: how much longer it may hand out what it read (zero: it does not
+    /// hold the lease). `None`: not in a group.
+    pub fn lease_valid_for(&self) -> Option<std::time::Duration> {
+        self.membership.as_ref().map(|m| m.valid_for())
+    }
+
+    /// The application is alive: a group member renews its lease only while it hears this.
+    pub fn heartbeat(&self) {
+        if let Some(m) = &self.membership {
+            m.heartbeat();
+        }
     }
 
     /// The next item. Must run inside a Tokio runtime (the run loop is spawned on it).
@@ -117,12 +155,23 @@ impl<S: Source> Reader<S> {
         let _ = self.wait_for_room().await;
         let received = {
             let mut rx = self.rx.lock().await;
-            // Closed while waiting, or before: what is queued no longer matters. (A reader
-            // that ended by itself, or was stopped, still hands out what it received.)
-            if self.status.cancel.is_cancelled() {
-                return ReaderItem::Ended(EndReason::Closed);
+            loop {
+                // Closed while waiting, or before: what is queued no longer matters. (A
+                // reader that ended by itself, or was stopped, still hands out what it
+                // received.)
+                if self.status.cancel.is_cancelled() {
+                    return ReaderItem::Ended(EndReason::Closed);
+                }
+                let item = rx.recv().await;
+                // A group member hands out nothing read under a lease it no longer holds.
+                if let Some(ReaderItem::Batch(batch)) = &item {
+                    let holding = self.membership.as_ref().map(|m| m.holding().is_some());
+                    if holding == Some(false) || self.commits.is_stale(batch.seq) {
+                        continue;
+                    }
+                }
+                break item;
             }
-            rx.recv().await
         };
         match received {
             Some(item) => item,
@@ -154,7 +203,12 @@ impl<S: Source> Reader<S> {
         }
         let span = tracing::info_span!("reader", stream = self.id, ns = %self.spec.namespace());
         if let Some(ck) = &self.checkpointer {
-            let task = checkpoint_task(ck.clone(), self.status.clone(), tx.clone());
+            let task = checkpoint_task(
+                ck.clone(),
+                self.membership.clone(),
+                self.status.clone(),
+                tx.clone(),
+            );
             *lock(&self.checkpoint_task) = Some(tokio::spawn(task.instrument(span.clone())));
         }
         let run = Run::<S>::new(
@@ -164,6 +218,7 @@ impl<S: Source> Reader<S> {
             tx,
             self.checkpointer.clone(),
             self.commits.clone(),
+            self.membership.clone(),
         );
         *lock(&self.run_task) = Some(tokio::spawn(run.run().instrument(span)));
     }
@@ -231,6 +286,10 @@ impl<S: Source> Reader<S> {
             Some(ck) => ck.flush().await,
             None => Ok(()),
         };
+        // After the last save under it: a standby takes over from that position at once.
+        if let Some(m) = &self.membership {
+            m.release().await;
+        }
         client_pool::settle().await;
         flushed
     }
@@ -245,16 +304,28 @@ impl<S: Source> Drop for Reader<S> {
 }
 
 /// Writes positions on the policy until the reader closes; a store that stays down fails
-/// the reader with that error.
+/// the reader with that error. A fenced save ends the group member's tenure.
 async fn checkpoint_task(
     ck: Arc<Checkpointer>,
+    membership: Option<Arc<Membership>>,
     status: Arc<ReaderStatus>,
     tx: mpsc::Sender<ReaderItem>,
 ) {
-    if let Err(e) = ck.run(&status.cancel).await {
-        tracing::error!(error = %e, "the token store stayed down");
-        if status.fail(&e) {
-            let _ = tx.send(ReaderItem::Failed(e)).await;
+    loop {
+        match ck.run(&status.cancel).await {
+            Ok(CheckpointEnd::Cancelled) => return,
+            Ok(CheckpointEnd::Fenced { epoch }) => {
+                if let Some(m) = &membership {
+                    m.lose(epoch, LossReason::Fenced);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the token store stayed down");
+                if status.fail(&e) {
+                    let _ = tx.send(ReaderItem::Failed(e)).await;
+                }
+                return;
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ use mongodb::bson::{Bson, Document};
 use crate::engine::backoff::BackoffPolicy;
 use crate::engine::durable::Durability;
 use crate::engine::errors::EngineError;
+use crate::engine::group::GroupSpec;
 use crate::engine::options::{optional_whole, reject_unknown, type_name};
 
 /// Default `stallTimeoutMS`: well above mongod's 10 s idle no-op interval.
@@ -23,10 +24,13 @@ pub struct ReaderOptions {
     /// this long). `None`: off.
     pub stall_timeout: Option<Duration>,
     pub durability: Option<Durability>,
+    /// A consumer group this reader is a member of (needs `durability`).
+    pub group: Option<GroupSpec>,
 }
 
 impl ReaderOptions {
-    const OWN_FIELDS: &'static [&'static str] = &["uri", "backoff", "stallTimeoutMS"];
+    const OWN_FIELDS: &'static [&'static str] =
+        &["uri", "backoff", "stallTimeoutMS", GroupSpec::FIELD];
 
     /// Parses the shared options of `doc`, and refuses any key that is neither one of them
     /// nor in `reader_fields` (the reader's own options).
@@ -45,11 +49,21 @@ impl ReaderOptions {
                 .filter(|ms| *ms > 0)
                 .map(Duration::from_millis),
         };
+        let durability = Durability::parse(doc)?;
+        let group = GroupSpec::parse(doc)?;
+        if group.is_some() && durability.is_none() {
+            return Err(EngineError::invalid_option(
+                "name",
+                "a string naming the group's position when \"group\" is given (with a shared \"tokenStore\")",
+                "nothing",
+            ));
+        }
         Ok(ReaderOptions {
             uri,
             backoff,
             stall_timeout,
-            durability: Durability::parse(doc)?,
+            durability,
+            group,
         })
     }
 }

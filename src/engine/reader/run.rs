@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use mongodb::raw_batch_cursor::RawBatchCursor;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::commits::Commits;
 use super::item::ReaderItem;
@@ -19,6 +20,7 @@ use super::status::{ReaderState, ReaderStatus};
 use crate::engine::client_pool::ClientLease;
 use crate::engine::durable::checkpoint::Checkpointer;
 use crate::engine::errors::EngineError;
+use crate::engine::group::{LossReason, Membership};
 
 /// What the loop does next.
 enum Flow {
@@ -35,6 +37,8 @@ pub(crate) struct Run<S: Source> {
     checkpointer: Option<Arc<Checkpointer>>,
     /// Numbers the batches sent, and keeps what a commit needs (a named reader).
     commits: Arc<Commits<S>>,
+    /// A consumer group's member reads only while it holds the lease.
+    membership: Option<Arc<Membership>>,
 }
 
 impl<S: Source> Run<S> {
@@ -45,6 +49,7 @@ impl<S: Source> Run<S> {
         tx: mpsc::Sender<ReaderItem>,
         checkpointer: Option<Arc<Checkpointer>>,
         commits: Arc<Commits<S>>,
+        membership: Option<Arc<Membership>>,
     ) -> Self {
         let backoff = spec.common().backoff.clone();
         let recovery = Recoverer::new(S::WHAT, status.clone(), tx.clone(), stop, backoff);
@@ -56,16 +61,18 @@ impl<S: Source> Run<S> {
             recovery,
             checkpointer,
             commits,
+            membership,
         }
     }
 
     /// Continues from the token store's record, unless the user gave a start position
-    /// (that wins). Returns false when the reader must stop.
+    /// (that wins, except in a group: every member has the same options, and a takeover
+    /// continues where the last holder stopped). Returns false when the reader must stop.
     async fn restore_position(&mut self) -> bool {
         let Some(ck) = self.checkpointer.clone() else {
             return true;
         };
-        if self.source.has_start() {
+        if self.source.has_start() && self.membership.is_none() {
             return true;
         }
         match self.recovery.restore(&ck).await {
@@ -80,6 +87,87 @@ impl<S: Source> Run<S> {
     }
 
     pub(crate) async fn run(mut self) {
+        let Some(membership) = self.membership.clone() else {
+            return self.serve().await;
+        };
+        loop {
+            let Some(epoch) = self.take_lease(&membership).await else {
+                return;
+            };
+            let reason = tokio::select! {
+                () = self.serve() => return,
+                reason = membership.ended(epoch) => reason,
+            };
+            // Whatever was read under the lost lease is dropped, with the cursor; the next
+            // tenure (of whichever member) starts from the stored position.
+            self.commits.end_tenure();
+            self.source = S::new(self.spec.clone());
+            if !self
+                .recovery
+                .send(ReaderItem::LeaseLost { epoch, reason })
+                .await
+            {
+                return;
+            }
+        }
+    }
+
+    /// Waits as a standby until this member holds the lease and has fenced the token
+    /// store by its epoch, then starts renewing. `None`: the reader stops.
+    async fn take_lease(&mut self, membership: &Arc<Membership>) -> Option<u64> {
+        let ck = self.checkpointer.clone()?;
+        loop {
+            if !self.status.transition(ReaderState::Standby) {
+                return None;
+            }
+            let mut epoch = self.or_cancel(membership.acquire()).await?;
+            // A store holding a higher epoch (the lease collection was reset) lifts ours
+            // above it; a few rounds at most.
+            let mut fenced = false;
+            for _ in 0..3 {
+                match self.or_cancel(ck.begin_tenure(epoch)).await? {
+                    Ok(None) => {
+                        fenced = true;
+                        break;
+                    }
+                    Ok(Some(stored)) => match membership.raise(epoch, stored + 1).await {
+                        Ok(true) => epoch = stored + 1,
+                        _ => break,
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot fence the token store; giving the lease up");
+                        break;
+                    }
+                }
+            }
+            if !fenced {
+                membership.lose(epoch, LossReason::RenewFailed);
+                self.or_cancel(tokio::time::sleep(membership.poll_interval()))
+                    .await?;
+                continue;
+            }
+            let keep = {
+                let (membership, cancel) = (membership.clone(), self.status.cancel.clone());
+                async move { membership.keep(epoch, cancel).await }
+            };
+            tokio::spawn(keep.in_current_span());
+            let since = membership
+                .since(epoch)
+                .unwrap_or_else(std::time::SystemTime::now);
+            let acquired = ReaderItem::LeaseAcquired {
+                epoch,
+                member: membership.member().to_string(),
+                since,
+            };
+            if !self.recovery.send(acquired).await {
+                return None;
+            }
+            return Some(epoch);
+        }
+    }
+
+    /// Restores the position, then opens and reads until the reader stops.
+    async fn serve(&mut self) {
         if !self.restore_position().await {
             return;
         }

@@ -8,6 +8,7 @@ use mongodb::bson::Timestamp;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::errors::EngineError;
+use crate::engine::group::GroupHealth;
 
 /// The stream's lifecycle. Only `close()` moves it to `Closing`/`Closed`, and nothing
 /// moves it out of a terminal state.
@@ -16,6 +17,8 @@ pub enum ReaderState {
     /// Created; the run loop starts on the first `next()`.
     #[default]
     Idle,
+    /// A consumer group's standby: waits for the lease, reads nothing.
+    Standby,
     Opening,
     Streaming,
     Reconnecting {
@@ -38,6 +41,7 @@ impl ReaderState {
     pub fn as_str(self) -> &'static str {
         match self {
             ReaderState::Idle | ReaderState::Opening => "starting",
+            ReaderState::Standby => "standby",
             ReaderState::Streaming => "streaming",
             ReaderState::Reconnecting { .. } => "reconnecting",
             ReaderState::Closing | ReaderState::Closed => "closed",
@@ -65,6 +69,8 @@ pub struct Health {
     /// Events read from the server (handed to the consumer or waiting in the one-batch
     /// prefetch slot).
     pub events_read: u64,
+    /// A consumer group member's role and lease.
+    pub group: Option<GroupHealth>,
 }
 
 impl Health {

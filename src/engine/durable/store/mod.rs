@@ -30,7 +30,44 @@ pub trait TokenStore: Send + Sync {
     ) -> BoxFuture<'a, Result<(), EngineError>>;
     /// Where it stores, for messages ("file /path", "mongodb db.coll"); no credentials.
     fn describe(&self) -> String;
+
+    /// Whether it can fence (a consumer group needs `fence` and `save_fenced`).
+    fn fencing(&self) -> bool {
+        false
+    }
+
+    /// Raises the epoch of `name`'s record to `epoch` (creating a record holding only the
+    /// epoch if there is none), atomically, unless it holds a higher one. `None`: done;
+    /// `Some(stored)`: refused, the record's epoch is `stored`.
+    fn fence<'a>(
+        &'a self,
+        _name: &'a str,
+        _epoch: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, EngineError>> {
+        Box::pin(async move { Err(self.no_fencing()) })
+    }
+
+    /// Replaces `name`'s record (with `epoch` in it) only if the stored epoch is at most
+    /// `epoch`, atomically. False: refused (a later holder fenced this one).
+    fn save_fenced<'a>(
+        &'a self,
+        _name: &'a str,
+        _record: Document,
+        _epoch: u64,
+    ) -> BoxFuture<'a, Result<bool, EngineError>> {
+        Box::pin(async move { Err(self.no_fencing()) })
+    }
+
+    fn no_fencing(&self) -> EngineError {
+        EngineError::new(
+            ErrorCode::InvalidOption,
+            format!("{} cannot fence writes", self.describe()),
+        )
+    }
 }
+
+/// The field of a stored record that holds the epoch of the group member that wrote it.
+pub const EPOCH_FIELD: &str = "epoch";
 
 /// How long one call into a store may take before it counts as failed (and is retried like
 /// any failure): a store that never answers must not hang a start, the saves or a close.
@@ -64,6 +101,8 @@ pub async fn load_record(
     let loaded = within(STORE_CALL_DEADLINE, store, "load", store.load(name)).await?;
     match loaded {
         None => Ok(None),
+        // Fenced by a group member before any position was written.
+        Some(doc) if !doc.contains_key("version") && doc.contains_key(EPOCH_FIELD) => Ok(None),
         Some(doc) => PositionRecord::from_document(&doc, &store.describe()).map(Some),
     }
 }
@@ -80,7 +119,8 @@ pub enum StoreConfig {
         db: String,
         collection: String,
     },
-    /// The application's own `{ load, save }`, supplied by the native layer.
+    /// The application's own `{ load, save }` (and `fence`, for groups), supplied by the
+    /// native layer.
     Custom,
 }
 

@@ -5,9 +5,16 @@ use futures_util::future::BoxFuture;
 use mongodb::bson::{doc, Document};
 use mongodb::options::ReplaceOptions;
 
-use super::TokenStore;
+use super::{TokenStore, EPOCH_FIELD};
 use crate::engine::client_pool::{client_for, ClientLease};
-use crate::engine::errors::{EngineError, ErrorCode};
+use crate::engine::errors::{is_duplicate_key, EngineError, ErrorCode};
+
+/// `name`'s record, if its epoch is at most `epoch` (or it has none). An upsert with this
+/// filter fails with a duplicate key when the record holds a higher epoch: that is the fence.
+fn at_most(name: &str, epoch: u64) -> Document {
+    let epoch = epoch.min(i64::MAX as u64) as i64;
+    doc! {"_id": name, "$or": [{EPOCH_FIELD: {"$lte": epoch}}, {EPOCH_FIELD: {"$exists": false}}]}
+}
 
 pub struct MongoStore {
     uri: String,
@@ -82,5 +89,67 @@ impl TokenStore for MongoStore {
 
     fn describe(&self) -> String {
         format!("mongodb {}.{}", self.db, self.collection)
+    }
+
+    fn fencing(&self) -> bool {
+        true
+    }
+
+    fn fence<'a>(
+        &'a self,
+        name: &'a str,
+        epoch: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, EngineError>> {
+        Box::pin(async move {
+            let collection = self.collection().await?;
+            let stored_epoch = epoch.min(i64::MAX as u64) as i64;
+            let fenced = collection
+                .update_one(
+                    at_most(name, epoch),
+                    doc! {"$set": {EPOCH_FIELD: stored_epoch}},
+                )
+                .upsert(true)
+                .await;
+            match fenced {
+                Ok(_) => Ok(None),
+                Err(e) if is_duplicate_key(&e) => {
+                    let found = collection
+                        .find_one(doc! {"_id": name})
+                        .await
+                        .map_err(|e| self.error("cannot read", &e))?;
+                    let stored = found
+                        .as_ref()
+                        .and_then(|d| d.get(EPOCH_FIELD))
+                        .and_then(crate::engine::options::as_f64)
+                        .map_or(epoch, |e| e.max(0.0) as u64);
+                    Ok(Some(stored))
+                }
+                Err(e) => Err(self.error("cannot fence", &e)),
+            }
+        })
+    }
+
+    fn save_fenced<'a>(
+        &'a self,
+        name: &'a str,
+        record: Document,
+        epoch: u64,
+    ) -> BoxFuture<'a, Result<bool, EngineError>> {
+        Box::pin(async move {
+            let mut stored = doc! {"_id": name};
+            stored.extend(record);
+            stored.insert(EPOCH_FIELD, epoch.min(i64::MAX as u64) as i64);
+            let saved = self
+                .collection()
+                .await?
+                .replace_one(at_most(name, epoch), stored)
+                .with_options(ReplaceOptions::builder().upsert(true).build())
+                .await;
+            match saved {
+                Ok(_) => Ok(true),
+                Err(e) if is_duplicate_key(&e) => Ok(false),
+                Err(e) => Err(self.error("cannot write", &e)),
+            }
+        })
     }
 }

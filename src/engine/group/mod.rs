@@ -1,0 +1,122 @@
+//! Consumer groups: several processes share one named reader's position. Exactly one
+//! member (the lease holder) reads; the others wait as standbys and take over when the
+//! holder's lease lapses or is released. Leases live in a MongoDB collection (`lease.rs`);
+//! each acquisition has a higher epoch, which fences the holder's position writes
+//! (`durable::checkpoint`). `member.rs` is the state machine of one member.
+
+mod lease;
+mod member;
+
+use std::time::Duration;
+
+use mongodb::bson::{Bson, Document};
+
+use crate::engine::errors::EngineError;
+use crate::engine::options::{optional_string, optional_whole, prefix, reject_unknown, type_name};
+
+pub use member::{GroupHealth, LossReason, Membership};
+
+/// The default lease: a holder that stops renewing is replaced within about this long.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+/// Shorter leases would renew more often than a loaded server answers reliably.
+const MIN_LEASE_MS: u64 = 200;
+
+/// Where the leases are kept, by default: on the token store's deployment.
+pub const DEFAULT_DB: &str = "resilient_change_stream";
+pub const DEFAULT_COLLECTION: &str = "leases";
+
+/// `group: { leaseMs, member, uri, db, collection }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupSpec {
+    pub lease: Duration,
+    /// This process's name in the group (the facade defaults it to host:pid:random).
+    pub member: String,
+    /// The coordination deployment; `None`: the token store's (or the reader's).
+    pub uri: Option<String>,
+    pub db: String,
+    pub collection: String,
+}
+
+impl GroupSpec {
+    pub const FIELD: &'static str = "group";
+
+    /// Parses `group` of a reader's options (`None`: not in a group).
+    pub fn parse(doc: &Document) -> Result<Option<Self>, EngineError> {
+        let d = match doc.get(Self::FIELD) {
+            None | Some(Bson::Null) => return Ok(None),
+            Some(Bson::Document(d)) => d,
+            Some(other) => {
+                return Err(EngineError::invalid_option(
+                    "group",
+                    "an object ({ leaseMs?, member?, uri?, db?, collection? })",
+                    type_name(other),
+                ))
+            }
+        };
+        const FIELDS: &[&str] = &["leaseMs", "member", "uri", "db", "collection"];
+        reject_unknown(d, &[FIELDS], "group.")?;
+        let string = |n: &str| optional_string(d, n).map_err(|e| prefix(e, "group."));
+        let lease_ms = optional_whole(d, "leaseMs", u32::MAX as u64)
+            .map_err(|e| prefix(e, "group."))?
+            .unwrap_or(DEFAULT_LEASE.as_millis() as u64);
+        if lease_ms < MIN_LEASE_MS {
+            return Err(EngineError::invalid_option(
+                "group.leaseMs",
+                &format!("at least {MIN_LEASE_MS}"),
+                &lease_ms.to_string(),
+            ));
+        }
+        let uri = string("uri")?;
+        if let Some(uri) = &uri {
+            if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
+                return Err(EngineError::invalid_option(
+                    "group.uri",
+                    "a connection string starting with mongodb:// or mongodb+srv://",
+                    "another string",
+                ));
+            }
+        }
+        Ok(Some(GroupSpec {
+            lease: Duration::from_millis(lease_ms),
+            member: string("member")?.unwrap_or_else(default_member),
+            uri,
+            db: string("db")?.unwrap_or_else(|| DEFAULT_DB.into()),
+            collection: string("collection")?.unwrap_or_else(|| DEFAULT_COLLECTION.into()),
+        }))
+    }
+}
+
+/// A member name unique enough without help from the facade: the process and a nonce.
+fn default_member() -> String {
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("pid{}-{nonce:08x}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::doc;
+
+    #[test]
+    fn parses_defaults_and_refuses_bad_values() {
+        assert_eq!(GroupSpec::parse(&doc! {}).unwrap(), None);
+        let g = GroupSpec::parse(&doc! {"group": {"member": "a"}})
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.lease, DEFAULT_LEASE);
+        assert_eq!(
+            (g.db.as_str(), g.collection.as_str()),
+            (DEFAULT_DB, DEFAULT_COLLECTION)
+        );
+        let err = |d: Document| GroupSpec::parse(&d).unwrap_err().message;
+        assert!(err(doc! {"group": 1}).contains("\"group\" must be an object"));
+        assert!(
+            err(doc! {"group": {"leaseMs": 10}}).contains("\"group.leaseMs\" must be at least 200")
+        );
+        assert!(err(doc! {"group": {"lease": 10}}).contains("unknown option \"group.lease\""));
+        assert!(err(doc! {"group": {"uri": "x"}}).contains("\"group.uri\""));
+    }
+}

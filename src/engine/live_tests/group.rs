@@ -1,0 +1,234 @@
+//! Consumer groups against a live server: one member reads, a release hands over at once,
+//! a fenced holder cannot write and steps down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::support::*;
+use crate::engine::group::LossReason;
+use crate::engine::reader::{ReaderItem, ReaderState};
+use crate::engine::stream::ChangeStreamEngine;
+use mongodb::bson::{doc, Document};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn member(fx: &Fixture, name: &str, member: &str) -> ChangeStreamEngine {
+    engine(
+        &fx.server.uri,
+        &fx.db,
+        fx.coll,
+        doc! {
+            "name": name,
+            "tokenStore": {"type": "mongodb", "db": fx.db.as_str(), "collection": "positions"},
+            "checkpoint": {"everyEvents": 1, "everyMs": 50},
+            "group": {"member": member, "leaseMs": 1000, "db": fx.db.as_str()},
+        },
+    )
+}
+
+/// Pumps a member's items into a channel, so a test can look at them while it waits.
+fn pump(engine: Arc<ChangeStreamEngine>) -> mpsc::UnboundedReceiver<ReaderItem> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let item = engine.next().await;
+            let end = matches!(item, ReaderItem::Failed(_) | ReaderItem::Ended(_));
+            if tx.send(item).is_err() || end {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Items until `want` events arrived (committing each batch), or an item matches `stop`.
+async fn take_events(
+    engine: &ChangeStreamEngine,
+    rx: &mut mpsc::UnboundedReceiver<ReaderItem>,
+    want: usize,
+) -> (Vec<i32>, Vec<ReaderItem>) {
+    let mut seqs = Vec::new();
+    let mut others = Vec::new();
+    while seqs.len() < want {
+        let item = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out with {seqs:?}; {others:?}"))
+            .expect("pump ended");
+        match item {
+            ReaderItem::Batch(b) => {
+                seqs.extend(event_seqs(&b.docs));
+                engine.commit(b.seq, b.count).expect("commit");
+            }
+            other => others.push(other),
+        }
+    }
+    (seqs, others)
+}
+
+async fn until_item(
+    rx: &mut mpsc::UnboundedReceiver<ReaderItem>,
+    stop: impl Fn(&ReaderItem) -> bool,
+) -> Vec<ReaderItem> {
+    let mut items = Vec::new();
+    loop {
+        let item = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out; got {items:?}"))
+            .expect("pump ended");
+        let done = stop(&item);
+        items.push(item);
+        if done {
+            return items;
+        }
+    }
+}
+
+/// Waits until the holder's change stream answered its open: later writes are seen.
+async fn streaming(engine: &ChangeStreamEngine) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while engine.health().state != ReaderState::Streaming {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn stored(fx: &Fixture, name: &str) -> Document {
+    fx.client
+        .database(&fx.db)
+        .collection::<Document>("positions")
+        .find_one(doc! {"_id": name})
+        .await
+        .expect("read")
+        .expect("a record")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_member_reads_and_a_release_hands_over_at_once() {
+    let fx = Fixture::start().await;
+    let name = unique_name("group");
+    let a = Arc::new(member(&fx, &name, "a"));
+    let mut a_items = pump(a.clone());
+    let acquired = until_item(&mut a_items, |i| {
+        matches!(i, ReaderItem::LeaseAcquired { .. })
+    })
+    .await;
+    assert!(matches!(
+        acquired.last(),
+        Some(ReaderItem::LeaseAcquired { epoch: 1, member, .. }) if member == "a"
+    ));
+    let b = Arc::new(member(&fx, &name, "b"));
+    let mut b_items = pump(b.clone());
+    streaming(&a).await;
+    fx.insert(1..11).await;
+    let (seqs, _) = take_events(&a, &mut a_items, 10).await;
+    assert_eq!(seqs, (1..11).collect::<Vec<_>>());
+    let health = b.health();
+    let group = health.group.expect("a member");
+    assert_eq!(group.holder.as_deref(), Some("a"), "b sees who holds it");
+    assert!(b_items.try_recv().is_err(), "the standby hands out nothing");
+
+    let released = std::time::Instant::now();
+    a.close().await.expect("close");
+    let acquired = until_item(&mut b_items, |i| {
+        matches!(i, ReaderItem::LeaseAcquired { .. })
+    })
+    .await;
+    assert!(
+        released.elapsed() < Duration::from_millis(900),
+        "a released lease is taken before it would lapse: {:?}",
+        released.elapsed()
+    );
+    assert!(matches!(
+        acquired.last(),
+        Some(ReaderItem::LeaseAcquired { epoch: 2, .. })
+    ));
+    fx.insert(11..21).await;
+    let (seqs, _) = take_events(&b, &mut b_items, 10).await;
+    assert_eq!(
+        seqs,
+        (11..21).collect::<Vec<_>>(),
+        "b continues after what a stored on close: nothing lost, nothing repeated"
+    );
+    b.close().await.expect("close");
+    assert_eq!(stored(&fx, &name).await.get_i64("epoch"), Ok(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_holder_cannot_write_and_takes_a_higher_epoch_later() {
+    let fx = Fixture::start().await;
+    let name = unique_name("group");
+    let a = Arc::new(member(&fx, &name, "a"));
+    let mut items = pump(a.clone());
+    until_item(&mut items, |i| {
+        matches!(i, ReaderItem::LeaseAcquired { .. })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fx.insert(1..4).await;
+    take_events(&a, &mut items, 3).await;
+    let positions = fx
+        .client
+        .database(&fx.db)
+        .collection::<Document>("positions");
+    let deadline = std::time::Instant::now() + WAIT;
+    // Every commit saved: the record holds the third event's position.
+    while a.pending_checkpoint() > 0 || stored(&fx, &name).await.get_i64("epoch") != Ok(1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the position is saved under epoch 1"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = stored(&fx, &name).await;
+
+    // Another holder fenced the record (as a takeover does).
+    positions
+        .update_one(doc! {"_id": &name}, doc! {"$set": {"epoch": 5i64}})
+        .await
+        .expect("fence");
+    fx.insert(4..6).await;
+    let (_, others) = take_events(&a, &mut items, 2).await;
+    let lost = until_item(&mut items, |i| matches!(i, ReaderItem::LeaseLost { .. })).await;
+    let all: Vec<_> = others.iter().chain(lost.iter()).collect();
+    assert!(
+        all.iter().any(|i| matches!(
+            i,
+            ReaderItem::LeaseLost {
+                epoch: 1,
+                reason: LossReason::Fenced
+            }
+        )),
+        "the refused save ends the tenure: {all:?}"
+    );
+    let after = stored(&fx, &name).await;
+    assert_eq!(
+        after.get_document("token"),
+        before.get_document("token"),
+        "the zombie's write was refused"
+    );
+
+    // Its own lapsed lease is taken again, lifted above the store's epoch.
+    let acquired = until_item(&mut items, |i| {
+        matches!(i, ReaderItem::LeaseAcquired { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            acquired.last(),
+            Some(ReaderItem::LeaseAcquired { epoch: 6, .. })
+        ),
+        "{acquired:?}"
+    );
+    let (seqs, _) = take_events(&a, &mut items, 2).await;
+    assert_eq!(
+        seqs,
+        vec![4, 5],
+        "the new tenure reads again from the stored position"
+    );
+    a.close().await.expect("close");
+    assert_eq!(stored(&fx, &name).await.get_i64("epoch"), Ok(6));
+}
