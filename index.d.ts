@@ -94,6 +94,15 @@ export interface WatchOptions {
   /** Use a stored position even if it was written for another namespace or pipeline. @default false */
   allowPositionMismatch?: boolean;
   /**
+   * Join a consumer group: every process opening this `name` with a `group` shares one
+   * position, and exactly one of them (the lease holder) reads and hands out events; the
+   * others wait as standbys and take over when it dies, stops renewing, or closes. Needs a
+   * `tokenStore` every member shares that fences writes: `{ type: 'mongodb', … }` or a custom
+   * store with `fence()`. In a group, a stored position wins over `resumeAfter`/`startAfter`/
+   * `startAtOperationTime` (those apply only when nothing is stored yet).
+   */
+  group?: GroupOptions;
+  /**
    * The position fell off the oplog (286): `'error'` closes the stream with a
    * {@link ChangeStreamHistoryLostError}; `'resumeFromNow'` continues from the present.
    * Either way `historyLost` is emitted first. @default 'error'
@@ -159,7 +168,75 @@ export interface PositionRecord {
 /** Your own store (Redis, Postgres, …); methods may be async. */
 export interface CustomTokenStore {
   load(name: string): PositionRecord | null | undefined | Promise<PositionRecord | null | undefined>;
-  save(name: string, record: PositionRecord): void | Promise<void>;
+  /**
+   * Stores `record` under `name`. With `epoch` (a consumer group's member writes): store it
+   * only if the stored record's `epoch` is at most `epoch` (or it has none), in one atomic
+   * step, and return `false` when refused.
+   */
+  save(name: string, record: PositionRecord, epoch?: number): void | boolean | Promise<void | boolean>;
+  /**
+   * Consumer groups only: atomically raise the stored record's `epoch` to `epoch` (creating
+   * `{ epoch }` if there is no record), unless it already holds `epoch` or a higher one;
+   * `true` when raised. After this, saves with a lower epoch must be refused.
+   */
+  fence?(name: string, epoch: number): boolean | Promise<boolean>;
+}
+
+/** The `group` option: see {@link WatchOptions.group}. */
+export interface GroupOptions {
+  /**
+   * How long a holder that stops renewing keeps the lease. A dead, partitioned or blocked
+   * holder is replaced after about this long; it renews every `leaseMs / 4`. At least 200.
+   * @default 10000
+   */
+  leaseMs?: number;
+  /** This process's name in the group (`health().group`, the lease document). @default `${hostname}:${pid}:${random}` */
+  member?: string;
+  /** The deployment holding the leases. @default the token store's `uri`, else the stream's */
+  uri?: string;
+  /** @default 'resilient_change_stream' */
+  db?: string;
+  /** One document per group (`_id`: the stream's name). @default 'leases' */
+  collection?: string;
+}
+
+/** What a group member holds while it reads ({@link ResilientChangeStream.lease}, `leaseAcquired`). */
+export interface Lease {
+  /** Higher for every acquisition; fences the stored position (and can fence your writes). */
+  epoch: number;
+  member: string;
+  since: Date;
+}
+
+/** Payload of `leaseLost`: this member stopped reading; what it had not handed out is dropped. */
+export interface LeaseLostEvent {
+  epoch: number;
+  /**
+   * `'takenOver'`: another member holds it (this one's lapsed); `'fenced'`: the token store
+   * refused a position write (a later holder fenced it); `'renewFailed'`: the lease collection
+   * could not be reached before the lease ran out; `'unresponsive'`: this process's event
+   * loop did not run for half a lease, so renewals stopped.
+   */
+  reason: 'takenOver' | 'fenced' | 'renewFailed' | 'unresponsive';
+}
+
+/** The second argument of `change` listeners in a group: the tenure the event was read under. */
+export interface ChangeContext {
+  epoch: number;
+}
+
+/** A group member's part of `health()`. */
+export interface GroupHealth {
+  member: string;
+  role: 'holder' | 'standby' | 'stopped';
+  /** Who holds the lease, as last seen (null: nobody, or it was released). */
+  holder: string | null;
+  epoch: number | null;
+  /** Since when the holder holds it. */
+  since: Date | null;
+  leaseMs: number;
+  /** Leases this member acquired. */
+  takeovers: number;
 }
 
 export type TokenStoreOption =
@@ -234,7 +311,8 @@ export interface HealthError {
 
 /** What {@link ResilientChangeStream.health} reports. */
 export interface StreamHealth {
-  state: 'starting' | 'streaming' | 'reconnecting' | 'closed' | 'failed';
+  /** `'standby'`: a consumer group's member waiting for the lease. */
+  state: 'starting' | 'standby' | 'streaming' | 'reconnecting' | 'closed' | 'failed';
   /** When the last event was handed to the application. */
   lastEventAt: Date | null;
   /** When the position last advanced (an event, or the server's postBatchResumeToken). */
@@ -251,6 +329,8 @@ export interface StreamHealth {
   eventsDelivered: number;
   /** Events processed but whose position is not yet stored. */
   pendingCheckpoint: number;
+  /** Present for a consumer group's member. */
+  group?: GroupHealth;
 }
 
 /** Payload of the `resumed` event: the stream delivers again after an outage. */
@@ -296,6 +376,8 @@ export declare class ResilientChangeStream<
   readonly closed: boolean;
   /** What the stream is doing, synchronously. */
   health(): StreamHealth;
+  /** A consumer group's member: the lease it holds, or null (a standby, or not in a group). */
+  readonly lease: Lease | null;
   /**
    * Iterator mode with a token store: the event last handed out is processed (otherwise that
    * is assumed when the next event is asked for, or at `close()`).
@@ -365,7 +447,11 @@ export interface ResilientChangeStreamEvents<TChange extends Document = ChangeSt
    * they throw is reported with `process.emitWarning` (type
    * 'ResilientChangeStreamListenerWarning') and the stream goes on.
    */
-  change: (change: TChange) => void | Promise<void>;
+  change: (change: TChange, context?: ChangeContext) => void | Promise<void>;
+  /** A consumer group's member took the lease: it reads from the stored position now. */
+  leaseAcquired: (lease: Lease) => void;
+  /** A consumer group's member stopped reading (it waits as a standby). */
+  leaseLost: (info: LeaseLostEvent) => void;
   /** A resumable failure; the engine re-opens after `info.delayMs`. */
   reconnecting: (info: ReconnectingEvent) => void;
   /** Events flow again after an outage. */
@@ -430,6 +516,7 @@ export type ErrorCode =
   | 'StreamClosed'
   | 'TokenStoreError'
   | 'PositionMismatch'
+  | 'LeaseStoreError'
   | 'Stalled'
   | 'NativeAddonUnavailable'
   | 'HandlerFailed';
@@ -465,6 +552,10 @@ export declare class ChangeStreamHistoryLostError extends ResilientChangeStreamE
 /** A token store failed for longer than the stream can wait, or holds an unreadable record. */
 export declare class TokenStoreError extends ResilientChangeStreamError {
   code: 'TokenStoreError';
+}
+/** A consumer group's lease collection could not be read or written. */
+export declare class LeaseStoreError extends ResilientChangeStreamError {
+  code: 'LeaseStoreError';
 }
 /** The stored position belongs to another name, namespace or pipeline (see `allowPositionMismatch`). */
 export declare class PositionMismatchError extends ResilientChangeStreamError {

@@ -128,6 +128,16 @@ class Checkpoints {
     this._marks = this._native.marks();
   }
 
+  /**
+   * A group member's tenure ended: what it handed out will be read again by the next holder;
+   * nothing of it is reported (the engine forgot those batches too).
+   */
+  endTenure() {
+    this._processed = null;
+    this._handed = null;
+    if (this.durable) this._marks = this._native.marks();
+  }
+
   /** Processed items not stored yet: what the engine holds plus what it was not told. */
   pending() {
     if (!this.durable) return 0;

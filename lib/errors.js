@@ -54,6 +54,7 @@ exports.ModeConflictError = coded('ModeConflict');
 exports.StreamClosedError = coded('StreamClosed');
 exports.TokenStoreError = coded('TokenStoreError');
 exports.PositionMismatchError = coded('PositionMismatch');
+exports.LeaseStoreError = coded('LeaseStoreError');
 
 /**
  * Thrown (by the first stream or cursor constructed, from lib/native.js) when no usable

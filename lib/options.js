@@ -19,7 +19,19 @@ function readerOptions(className, options) {
   }
   const { decode, rest: withLogger } = takeDecodeOptions(options);
   const { logger, ...rest } = withLogger;
+  if (rest.group !== null && typeof rest.group === 'object' && !Array.isArray(rest.group) && rest.group.member == null) {
+    // What only this side knows names the member best: the host and the process.
+    rest.group = { ...rest.group, member: defaultMember() };
+  }
   return { decode, logger: checkLogger(logger), rest };
+}
+
+/** `host:pid:nonce`: unique per process, readable in health() and the lease collection. */
+function defaultMember() {
+  const nonce = Math.floor(Math.random() * 0x10000)
+    .toString(16)
+    .padStart(4, '0');
+  return `${require('node:os').hostname()}:${process.pid}:${nonce}`;
 }
 
 /**

@@ -12,6 +12,9 @@ const { Lifecycle } = require('./lifecycle');
 const { logSink } = require('./logger');
 const { tokenStoreOption } = require('./store');
 
+// The engine's default group.leaseMs (src/engine/group/mod.rs): paces the heartbeat.
+const DEFAULT_LEASE_MS = 10000;
+
 // How long tryNext() waits for the engine before answering null. It only has to cover a batch
 // the engine already holds (a hop through the event loop), not a server round trip.
 const TRY_NEXT_WAIT_MS = 10;
@@ -109,6 +112,26 @@ class PullSource extends EventEmitter {
 
     this._checkpoints = new Checkpoints(this._native, (error) => this._terminate(error));
 
+    /**
+     * A consumer group's member (`group` option): what it holds, and until when (on
+     * performance.now()'s clock) it may hand out what it read without asking the engine
+     * again. Without a group it always may.
+     * @type {{ epoch: number, member: string, since: Date } | null}
+     */
+    this._lease = null;
+    this._grouped = spec.group != null;
+    this._leaseDeadline = this._grouped ? 0 : Infinity;
+    /** The second argument of item listeners in a group: `{ epoch }` of the tenure. */
+    this._eventContext = undefined;
+    /** Tells the engine this event loop runs: a blocked one lets the lease lapse. */
+    this._heartbeat = null;
+    if (this._grouped) {
+      const leaseMs = typeof spec.group.leaseMs === 'number' ? spec.group.leaseMs : DEFAULT_LEASE_MS;
+      this._native.heartbeat();
+      this._heartbeat = setInterval(() => this._native.heartbeat(), Math.max(25, leaseMs / 4));
+      this._heartbeat.unref();
+    }
+
     this.on('newListener', (name) => {
       if (name !== kind.itemEvent) return;
       this._itemListeners = null;
@@ -152,7 +175,16 @@ class PullSource extends EventEmitter {
       lastError: healthError(error ?? (native.lastError ? fromNative(native.lastError) : null)),
       ...this._ownHealth(native),
       pendingCheckpoint: this._checkpoints.pending(),
+      ...(native.group ? { group: groupHealth(native.group) } : {}),
     };
+  }
+
+  /**
+   * A consumer group's member: the lease it holds (`epoch` fences the position; handlers can
+   * fence their own writes with it), or null while it is a standby (or not in a group).
+   */
+  get lease() {
+    return this._lease;
   }
 
   /** Resolves with the next item; null once it ended (or, a stream: was closed while waiting). */
@@ -189,7 +221,7 @@ class PullSource extends EventEmitter {
         clearTimeout(timer);
       }
     }
-    if (this._available() && this._checkpoints.mayHandOut(this._ordinal())) return this._take();
+    if (this._available() && this._checkpoints.mayHandOut(this._ordinal()) && this._holdsLease()) return this._take();
     if (!this._lifecycle.reading) this._throwIfFailed();
     return null;
   }
@@ -302,13 +334,14 @@ class PullSource extends EventEmitter {
           await this._checkpoints.admit(this._ordinal());
           continue;
         }
+        if (!this._holdsLease()) continue; // what it read is dropped; the engine says why next
         const item = this._peek();
         // rawListeners, not listeners: once() wrappers must run so they remove themselves.
         // A listener added or removed meanwhile counts from the next item on.
         this._itemListeners ??= this.rawListeners(eventName);
         try {
           for (const listener of this._itemListeners) {
-            const result = listener.call(this, item);
+            const result = listener.call(this, item, this._eventContext);
             if (result !== null && typeof result?.then === 'function') {
               // The listener may take long: what was processed before it is reported now.
               this._checkpoints.report();
@@ -350,8 +383,8 @@ class PullSource extends EventEmitter {
     for (;;) {
       if (this._available()) {
         if (!checkpoints.mayHandOut(this._ordinal())) await checkpoints.admit(this._ordinal());
-        // Closed while waiting for room: what was buffered is gone.
-        if (this._available()) return this._take();
+        // Closed while waiting for room (or the lease is gone): what was buffered is gone.
+        if (this._available() && this._holdsLease()) return this._take();
         continue;
       }
       if (!this._lifecycle.reading) {
@@ -449,6 +482,16 @@ class PullSource extends EventEmitter {
       case 'stalled': // a re-open follows
         this.emit('stalled', { silentMs: item.silentMs });
         return;
+      case 'leaseAcquired':
+        this._lease = Object.freeze({ epoch: item.epoch, member: item.member, since: new Date(item.sinceMs) });
+        this._eventContext = Object.freeze({ epoch: item.epoch });
+        this._leaseDeadline = 0; // asked on the first hand-out
+        this.emit('leaseAcquired', this._lease);
+        return;
+      case 'leaseLost':
+        this._dropTenure();
+        this.emit('leaseLost', { epoch: item.epoch, reason: item.reason });
+        return;
       case 'error':
         return this._terminate(this._annotate(fromNative(/** @type {any} */ (item.error))));
       case 'end': // the engine ended by itself, after everything it sent was handed out
@@ -456,6 +499,38 @@ class PullSource extends EventEmitter {
       default:
         if (!this._applyOwn(item)) throw new Error(`unknown native item kind "${item.kind}"`);
     }
+  }
+
+  /**
+   * A group member may hand out what it read only while it holds the lease: checked
+   * against a deadline on the local clock, the engine asked again once it passed (a paused
+   * process finds it passed when it wakes, before it hands out anything). When the lease is
+   * gone, what is buffered is dropped and false returned.
+   */
+  _holdsLease() {
+    if (!this._grouped || performance.now() < this._leaseDeadline) return true;
+    const validMs = this._native.leaseValidMs();
+    if (validMs === null || validMs === undefined) {
+      this._leaseDeadline = Infinity;
+      return true;
+    }
+    if (validMs > 0) {
+      this._leaseDeadline = performance.now() + validMs;
+      return true;
+    }
+    this._dropTenure();
+    return false;
+  }
+
+  /** The tenure ended: nothing read under it is handed out, or counted as processed. */
+  _dropTenure() {
+    this._lease = null;
+    this._eventContext = undefined;
+    this._leaseDeadline = 0;
+    this._head = null;
+    this._peeked = null;
+    this._queue = this._queue.filter((queued) => queued.kind !== 'batch');
+    this._checkpoints.endTenure();
   }
 
   /** @param {NativeItem} item */
@@ -626,6 +701,7 @@ class PullSource extends EventEmitter {
       // a position the engine rejects cannot be stored; close anyway
     }
     this._lifecycle.close(error ?? null, reason);
+    if (this._heartbeat !== null) clearInterval(this._heartbeat);
     this._head = null;
     this._queue = [];
     this._peeked = null;
@@ -677,6 +753,22 @@ const PROCESSING_EVENTS = new Set(['resumeTokenChanged', 'newListener', 'removeL
 function namespaceOf({ db, collection }) {
   if (!db) return '<cluster>';
   return collection ? `${db}.${collection}` : db;
+}
+
+/**
+ * A group member's part of health(), as plain data.
+ * @param {import('../native/binding').NativeGroupHealth} g
+ */
+function groupHealth(g) {
+  return {
+    member: g.member,
+    role: g.role,
+    holder: g.holder ?? null,
+    epoch: g.epoch ?? null,
+    since: g.sinceMs == null ? null : new Date(g.sinceMs),
+    leaseMs: g.leaseMs,
+    takeovers: g.takeovers,
+  };
 }
 
 /**

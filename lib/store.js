@@ -18,7 +18,12 @@ function tokenStoreOption(tokenStore) {
   if (typeof tokenStore.load !== 'function' || typeof tokenStore.save !== 'function') {
     throw invalidOption('tokenStore', 'an object with both load(name) and save(name, record) methods', tokenStore);
   }
-  return { spec: { type: 'custom' }, callback: customStoreCallback(tokenStore) };
+  if (tokenStore.fence !== undefined && typeof tokenStore.fence !== 'function') {
+    throw invalidOption('tokenStore.fence', 'a function fence(name, epoch) (consumer groups)', tokenStore.fence);
+  }
+  // A store with fence() can serve a consumer group (the engine checks that it has one).
+  const fence = typeof tokenStore.fence === 'function';
+  return { spec: { type: 'custom', fence }, callback: customStoreCallback(tokenStore) };
 }
 
 /**
@@ -27,15 +32,20 @@ function tokenStoreOption(tokenStore) {
  * may answer synchronously or with a promise.
  */
 function customStoreCallback(store) {
-  return async ({ op, name, record }) => {
+  return async ({ op, name, record, epoch }) => {
     const { serialize, deserialize } = bson();
     if (op === 'load') {
       const loaded = await store.load(name);
       return loaded == null ? null : serialize(loaded);
     }
+    if (op === 'fence') {
+      // A group member's fence: true when the record's epoch is now `epoch`.
+      return serialize({ ok: (await store.fence(name, epoch)) === true });
+    }
     // Longs stay Longs: a cursor's Int64 key must come back exactly (not as a lossy number).
-    await store.save(name, deserialize(record, { promoteLongs: false }));
-    return null;
+    const saved = await store.save(name, deserialize(record, { promoteLongs: false }), epoch ?? undefined);
+    // A fenced save (a group member's) answers whether it was written: false = refused.
+    return epoch == null ? null : serialize({ ok: saved !== false });
   };
 }
 

@@ -37,8 +37,8 @@ pub trait TokenStore: Send + Sync {
     }
 
     /// Raises the epoch of `name`'s record to `epoch` (creating a record holding only the
-    /// epoch if there is none), atomically, unless it holds a higher one. `None`: done;
-    /// `Some(stored)`: refused, the record's epoch is `stored`.
+    /// epoch if there is none), atomically, unless it holds `epoch` or a higher one. `None`:
+    /// done; `Some(stored)`: refused, the record's epoch is `stored`.
     fn fence<'a>(
         &'a self,
         _name: &'a str,

@@ -9,11 +9,11 @@ use super::{TokenStore, EPOCH_FIELD};
 use crate::engine::client_pool::{client_for, ClientLease};
 use crate::engine::errors::{is_duplicate_key, EngineError, ErrorCode};
 
-/// `name`'s record, if its epoch is at most `epoch` (or it has none). An upsert with this
-/// filter fails with a duplicate key when the record holds a higher epoch: that is the fence.
-fn at_most(name: &str, epoch: u64) -> Document {
+/// `name`'s record, if its epoch is `op` (`$lte`, `$lt`) `epoch`, or it has none. An upsert
+/// with this filter fails with a duplicate key when the record holds another: the fence.
+fn epoch_filter(name: &str, op: &str, epoch: u64) -> Document {
     let epoch = epoch.min(i64::MAX as u64) as i64;
-    doc! {"_id": name, "$or": [{EPOCH_FIELD: {"$lte": epoch}}, {EPOCH_FIELD: {"$exists": false}}]}
+    doc! {"_id": name, "$or": [{EPOCH_FIELD: {op: epoch}}, {EPOCH_FIELD: {"$exists": false}}]}
 }
 
 pub struct MongoStore {
@@ -142,7 +142,7 @@ impl TokenStore for MongoStore {
             let saved = self
                 .collection()
                 .await?
-                .replace_one(at_most(name, epoch), stored)
+                .replace_one(epoch_filter(name, "$lte", epoch), stored)
                 .with_options(ReplaceOptions::builder().upsert(true).build())
                 .await;
             match saved {

@@ -1,0 +1,244 @@
+'use strict';
+// Consumer groups: several processes share one named stream's position. One member (the
+// lease holder) reads; the others wait and take over when it is killed, paused past its lease,
+// or closed; a paused holder's writes are fenced. Real processes, real signals, a real server.
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const path = require('node:path');
+const fs = require('node:fs');
+const os = require('node:os');
+const { spawn } = require('node:child_process');
+const { EventEmitter } = require('node:events');
+const { ResilientChangeStream, InvalidOptionError } = require('..');
+const { setup, waitUntil, waitForEvent, insertSeq, uniqueDb } = require('./helpers');
+const { startServer, skipIfExternal } = require('../harness');
+const { CHECKPOINT } = require('./fixtures/group-member');
+
+const FIXTURE = path.join(__dirname, 'fixtures', 'group-member.js');
+const LEASE_MS = 1000;
+
+/** One member process; its control lines become events ('acquired', 'lost', 'error'). */
+class Member extends EventEmitter {
+  constructor(config, dir) {
+    super();
+    this.id = config.member;
+    this.out = path.join(dir, `${this.id}.log`);
+    this.lines = [];
+    this.proc = spawn(process.execPath, [FIXTURE, JSON.stringify(config), this.out], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    this.exited = new Promise((resolve) => this.proc.once('exit', resolve));
+    let buffered = '';
+    this.proc.stdout.on('data', (chunk) => {
+      buffered += chunk;
+      let nl;
+      while ((nl = buffered.indexOf('\n')) >= 0) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        this.lines.push(line);
+        const [kind, ...rest] = line.split(' ');
+        if (kind === 'acquired') this.emit('acquired', { epoch: Number(rest[0]), at: Number(rest[1]), member: this });
+        else if (kind === 'lost') this.emit('lost', { epoch: Number(rest[0]), reason: rest[1], at: Number(rest[2]) });
+        else if (kind === 'error') this.emit('failed', line);
+      }
+    });
+  }
+
+  /** Every event it handed out: `{ member, epoch, seq, at }`, in order. */
+  deliveries() {
+    if (!fs.existsSync(this.out)) return [];
+    return fs
+      .readFileSync(this.out, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => {
+        const [epoch, seq, at] = line.split(' ').map(Number);
+        return { member: this.id, epoch, seq, at };
+      });
+  }
+
+  signal(name) {
+    this.proc.kill(name);
+  }
+}
+
+/** Starts a group of members on `ctx`'s collection; `t.after` kills what is left. */
+function groupOf(t, ctx, { tokenStore, groupUri, name = 'indexer' }) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rcs-group-'));
+  const members = [];
+  let next = 0;
+  const config = () => ({
+    uri: ctx.server.uri,
+    db: ctx.dbName,
+    collection: ctx.collName,
+    name,
+    member: `m${next++}`,
+    leaseMs: LEASE_MS,
+    tokenStore,
+    groupUri,
+  });
+  const start = () => {
+    const member = new Member(config(), dir);
+    member.on('failed', (line) => assert.fail(`${member.id}: ${line}`));
+    members.push(member);
+    return member;
+  };
+  t.after(async () => {
+    for (const m of members) m.signal('SIGKILL');
+    await Promise.all(members.map((m) => m.exited));
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return { members, start };
+}
+
+/** The next acquisition by any of `members` with an epoch above `above`. */
+function nextAcquisition(members, above, ms = 20000) {
+  return Promise.race(
+    members.map((m) => waitForEvent(m, 'acquired', (a) => a.epoch > above, ms).catch(() => new Promise(() => {}))),
+  ).then((a) => a, () => null);
+}
+
+/** Writes `{ seq }` documents at ~300/s until stopped; resolves with the last seq written. */
+function writer(coll) {
+  let stop = false;
+  let seq = 0;
+  const done = (async () => {
+    while (!stop) {
+      await insertSeq(coll, seq + 1, seq + 4);
+      seq += 3;
+      await new Promise((resolve) => setTimeout(resolve, 10)); // pacing, not synchronisation
+    }
+    return seq;
+  })();
+  return { stop: () => ((stop = true), done), written: () => seq };
+}
+
+/** Every write to the token store's record, in order: `{ epoch, time }` (time: its clusterTime). */
+async function recordWrites(t, positions) {
+  const writes = [];
+  const changes = positions.watch([], { fullDocument: 'updateLookup' });
+  changes.on('change', (c) => {
+    const doc = c.operationType === 'update' ? null : c.fullDocument;
+    const epoch = doc ? doc.epoch : c.updateDescription?.updatedFields?.epoch;
+    const time = doc?.clusterTime ?? null;
+    writes.push({ op: c.operationType, epoch: Number(epoch), time: time ? time.toString() : null, timeValue: time });
+  });
+  changes.on('error', () => {}); // the client closes first at teardown
+  t.after(() => changes.close());
+  // Open before anything is written.
+  await changes.tryNext().catch(() => {});
+  return writes;
+}
+
+test('3 members: kill -9 the holder twice, pause one past its lease, close one — nothing lost, order kept, writes fenced', async (t) => {
+  const ctx = await setup(t);
+  const tokenStore = { type: 'mongodb', db: ctx.dbName, collection: 'positions' };
+  const writes = await recordWrites(t, ctx.db.collection('positions'));
+  const group = groupOf(t, ctx, { tokenStore });
+  const live = () => group.members.filter((m) => m.proc.exitCode === null && m.proc.signalCode === null);
+  for (let i = 0; i < 3; i++) group.start();
+
+  let current = await nextAcquisition(group.members, 0);
+  assert.ok(current, 'a member took the lease');
+  const w = writer(ctx.coll);
+  const deliveredBy = (m, epoch) => m.deliveries().filter((d) => d.epoch === epoch).length;
+  const failovers = [];
+
+  // Twice: kill -9 the holder once it delivers; a standby takes over; a new member replaces it.
+  for (let round = 0; round < 2; round++) {
+    const holder = current.member;
+    await waitUntil(() => deliveredBy(holder, current.epoch) >= 100, `${holder.id} delivering`);
+    const killedAt = Date.now();
+    holder.signal('SIGKILL');
+    await holder.exited;
+    const next = await nextAcquisition(live(), current.epoch);
+    assert.ok(next, 'a standby took over');
+    failovers.push(next.at - killedAt);
+    assert.ok(next.at - killedAt < LEASE_MS + 3000, `taken over ${next.at - killedAt} ms after the kill`);
+    group.start();
+    current = next;
+  }
+
+  // SIGSTOP the holder past its lease: a standby takes over; after SIGCONT the zombie's
+  // writes are refused and it hands out nothing more.
+  const zombie = current.member;
+  const zombieEpoch = current.epoch;
+  await waitUntil(() => deliveredBy(zombie, zombieEpoch) >= 100, `${zombie.id} delivering`);
+  zombie.signal('SIGSTOP');
+  const stoppedAt = Date.now();
+  const successor = await nextAcquisition(live().filter((m) => m !== zombie), zombieEpoch);
+  assert.ok(successor, 'a standby took over from the paused holder');
+  assert.ok(successor.at - stoppedAt >= LEASE_MS * 0.8, 'not before the paused holder could have lapsed');
+  await waitUntil(() => deliveredBy(successor.member, successor.epoch) >= 50, 'the successor delivering');
+  const lost = waitForEvent(zombie, 'lost', (l) => l.epoch === zombieEpoch, 20000);
+  zombie.signal('SIGCONT');
+  const loss = await lost;
+  assert.ok(['takenOver', 'fenced', 'unresponsive', 'renewFailed'].includes(loss.reason), loss.reason);
+  current = successor;
+
+  // Close the holder gracefully: its lease is released and taken at once.
+  const closing = current.member;
+  await waitUntil(() => deliveredBy(closing, current.epoch) >= 50, `${closing.id} delivering`);
+  const closedAt = Date.now();
+  closing.signal('SIGTERM');
+  const afterClose = await nextAcquisition(live().filter((m) => m !== closing), current.epoch);
+  assert.ok(afterClose, 'a standby took over after the close');
+  assert.ok(afterClose.at - closedAt < LEASE_MS, `a released lease is taken at once (${afterClose.at - closedAt} ms)`);
+  assert.equal(await closing.exited, 0);
+
+  const last = await w.stop();
+  const everything = () => group.members.flatMap((m) => m.deliveries());
+  await waitUntil(() => new Set(everything().map((d) => d.seq)).size >= last, `all ${last} events delivered`, 30000);
+  for (const m of live()) m.signal('SIGTERM');
+  await Promise.all(group.members.map((m) => m.exited));
+
+  const all = everything();
+  // 0 lost.
+  const seen = new Set(all.map((d) => d.seq));
+  for (let seq = 1; seq <= last; seq++) assert.ok(seen.has(seq), `seq ${seq} was delivered`);
+
+  // Per tenure: consecutive, in order. Across tenures (by epoch): the next continues at or
+  // before where the last stopped (a repeated prefix), never after (a gap).
+  const byEpoch = new Map();
+  for (const d of all) {
+    if (!byEpoch.has(d.epoch)) byEpoch.set(d.epoch, []);
+    byEpoch.get(d.epoch).push(d);
+  }
+  const epochs = [...byEpoch.keys()].sort((a, b) => a - b);
+  let previous = null;
+  const duplicates = [];
+  for (const epoch of epochs) {
+    const run = byEpoch.get(epoch);
+    assert.equal(new Set(run.map((d) => d.member)).size, 1, `epoch ${epoch} has one member`);
+    for (let i = 1; i < run.length; i++) assert.equal(run[i].seq, run[i - 1].seq + 1, `epoch ${epoch} in order`);
+    if (previous) {
+      const lastSeq = previous[previous.length - 1].seq;
+      assert.ok(run[0].seq <= lastSeq + 1, `epoch ${epoch} starts at ${run[0].seq}, after a gap from ${lastSeq}`);
+      const repeated = lastSeq + 1 - run[0].seq;
+      duplicates.push(repeated);
+      // The checkpoint window (maxUnsavedEvents) plus the one in flight.
+      assert.ok(repeated <= CHECKPOINT.maxUnsavedEvents + 1, `epoch ${epoch} repeats ${repeated} events`);
+      // Never two members delivering at once: the next tenure starts after the last one's
+      // last hand-out (allowing the one hand-out a pause may catch in flight).
+      const overlapping = previous.filter((d) => d.at > run[0].at).length;
+      assert.ok(overlapping <= 1, `epoch ${epoch - 1} handed out ${overlapping} events after epoch ${epoch} began`);
+    }
+    previous = run;
+  }
+  // The zombie handed out nothing after it woke.
+  const zombieLate = byEpoch.get(zombieEpoch).filter((d) => d.at > successor.at);
+  assert.ok(zombieLate.length <= 1, `the paused holder handed out ${zombieLate.length} events after its successor began`);
+
+  // The stored position never moved backwards, and its epoch never went down.
+  const saved = writes.filter((x) => x.epoch > 0);
+  assert.ok(saved.length > 10, 'the store was written');
+  for (let i = 1; i < saved.length; i++) {
+    assert.ok(saved[i].epoch >= saved[i - 1].epoch, `epoch went down at write ${i}: ${JSON.stringify(saved.slice(i - 1, i + 1))}`);
+  }
+  const times = saved.filter((x) => x.timeValue).map((x) => x.timeValue);
+  for (let i = 1; i < times.length; i++) {
+    assert.ok(times[i].compare(times[i - 1]) >= 0, `the stored position moved backwards at write ${i}`);
+  }
+  t.diagnostic(`failover ms: ${failovers.join(', ')}; repeated per takeover: ${duplicates.join(', ')}`);
+});
