@@ -193,13 +193,32 @@ test('3 members: kill -9 the holder twice, pause one past its lease, close one â
   for (const m of live()) m.signal('SIGTERM');
   await Promise.all(group.members.map((m) => m.exited));
 
-  const all = everything();
-  // 0 lost.
+  const { byEpoch, duplicates } = checkDeliveries(everything(), last);
+  // The zombie handed out nothing after it woke.
+  const zombieLate = byEpoch.get(zombieEpoch).filter((d) => d.at > successor.at);
+  assert.ok(zombieLate.length <= 1, `the paused holder handed out ${zombieLate.length} events after its successor began`);
+
+  // The stored position never moved backwards, and its epoch never went down.
+  const saved = writes.filter((x) => x.epoch > 0);
+  assert.ok(saved.length > 10, 'the store was written');
+  for (let i = 1; i < saved.length; i++) {
+    assert.ok(saved[i].epoch >= saved[i - 1].epoch, `epoch went down at write ${i}: ${JSON.stringify(saved.slice(i - 1, i + 1))}`);
+  }
+  const times = saved.filter((x) => x.timeValue).map((x) => x.timeValue);
+  for (let i = 1; i < times.length; i++) {
+    assert.ok(times[i].compare(times[i - 1]) >= 0, `the stored position moved backwards at write ${i}`);
+  }
+  t.diagnostic(`failover ms: ${failovers.join(', ')}; repeated per takeover: ${duplicates.join(', ')}`);
+});
+
+/**
+ * 0 lost; per tenure consecutive and in order; across tenures (by epoch) the next continues at
+ * or before where the last stopped (a repeated prefix, bounded by the checkpoint window), never
+ * after (a gap); never two members handing out at once.
+ */
+function checkDeliveries(all, last) {
   const seen = new Set(all.map((d) => d.seq));
   for (let seq = 1; seq <= last; seq++) assert.ok(seen.has(seq), `seq ${seq} was delivered`);
-
-  // Per tenure: consecutive, in order. Across tenures (by epoch): the next continues at or
-  // before where the last stopped (a repeated prefix), never after (a gap).
   const byEpoch = new Map();
   for (const d of all) {
     if (!byEpoch.has(d.epoch)) byEpoch.set(d.epoch, []);
@@ -226,19 +245,119 @@ test('3 members: kill -9 the holder twice, pause one past its lease, close one â
     }
     previous = run;
   }
-  // The zombie handed out nothing after it woke.
-  const zombieLate = byEpoch.get(zombieEpoch).filter((d) => d.at > successor.at);
-  assert.ok(zombieLate.length <= 1, `the paused holder handed out ${zombieLate.length} events after its successor began`);
+  return { byEpoch, duplicates };
+}
 
-  // The stored position never moved backwards, and its epoch never went down.
-  const saved = writes.filter((x) => x.epoch > 0);
-  assert.ok(saved.length > 10, 'the store was written');
-  for (let i = 1; i < saved.length; i++) {
-    assert.ok(saved[i].epoch >= saved[i - 1].epoch, `epoch went down at write ${i}: ${JSON.stringify(saved.slice(i - 1, i + 1))}`);
+test('lease store outages (fail points, then its server killed and restarted empty): the holder stops at its lease, nothing is lost', async (t) => {
+  const ctx = await setup(t);
+  if (skipIfExternal(t, 'kill and restart the coordination server')) return;
+  const coordination = await startServer();
+  t.after(() => coordination.close());
+  const tokenStore = { type: 'mongodb', db: ctx.dbName, collection: 'positions' };
+  const group = groupOf(t, ctx, { tokenStore, groupUri: coordination.uri });
+  group.start();
+  group.start();
+  let current = await nextAcquisition(group.members, 0);
+  assert.ok(current, 'a member took the lease');
+  const w = writer(ctx.coll);
+  const deliveredBy = (m, epoch) => m.deliveries().filter((d) => d.epoch === epoch).length;
+  /** The holder's tenure ends by renewFailed; nothing of it is handed out after that. */
+  const expectStop = async (what) => {
+    const holder = current.member;
+    const loss = await waitForEvent(holder, 'lost', (l) => l.epoch === current.epoch, 20000);
+    assert.equal(loss.reason, 'renewFailed', what);
+    const late = holder.deliveries().filter((d) => d.epoch === current.epoch && d.at > loss.at);
+    assert.equal(late.length, 0, `${what}: nothing handed out after the lease ran out`);
+  };
+
+  // 1. Every lease command fails: the holder cannot renew and stops within its lease.
+  await waitUntil(() => deliveredBy(current.member, current.epoch) >= 50, 'the holder delivering');
+  await coordination.failCommand({
+    commands: ['update', 'find', 'findAndModify', 'insert'],
+    mode: 'alwaysOn',
+    errorCode: 91,
+  });
+  await expectStop('fail points on the lease collection');
+  await coordination.failPointOff();
+  current = await nextAcquisition(group.members, current.epoch);
+  assert.ok(current, 'taken again once the lease collection answers');
+
+  // 2. The coordination server dies, and comes back empty (epochs restart at 1): the holder
+  // stops; the next holder's epoch is lifted above what the token store holds.
+  await waitUntil(() => deliveredBy(current.member, current.epoch) >= 50, 'the holder delivering');
+  const before = current.epoch;
+  await coordination.kill();
+  await expectStop('the coordination server killed');
+  await coordination.restart();
+  // A later epoch than any before (a member may take one and lose it again while the server
+  // comes back), delivering.
+  const later = () => group.members.flatMap((m) => m.deliveries()).filter((d) => d.epoch > before);
+  await waitUntil(() => later().length >= 20, 'a later epoch delivering').catch((err) => {
+    for (const m of group.members) t.diagnostic(`${m.id}: ${m.lines.join(' | ')} (delivered ${m.deliveries().length})`);
+    throw err;
+  });
+  const last = await w.stop();
+  const everything = () => group.members.flatMap((m) => m.deliveries());
+  await waitUntil(() => new Set(everything().map((d) => d.seq)).size >= last, `all ${last} events delivered`, 30000);
+  checkDeliveries(everything(), last);
+});
+
+test('a group is refused over stores that cannot fence; a custom store with fence() serves one (close hands over at once)', async (t) => {
+  const ctx = await setup(t);
+  const base = { uri: ctx.server.uri, db: ctx.dbName, collection: ctx.collName, name: 'g' };
+  for (const tokenStore of [{ type: 'memory' }, { type: 'file', path: path.join(os.tmpdir(), 'rcs-g.json') }, { load() {}, save() {} }]) {
+    assert.throws(
+      () => new ResilientChangeStream({ ...base, tokenStore, group: {} }),
+      (err) => err instanceof InvalidOptionError && /option "group" needs a token store .* fences writes/.test(err.message),
+    );
   }
-  const times = saved.filter((x) => x.timeValue).map((x) => x.timeValue);
-  for (let i = 1; i < times.length; i++) {
-    assert.ok(times[i].compare(times[i - 1]) >= 0, `the stored position moved backwards at write ${i}`);
-  }
-  t.diagnostic(`failover ms: ${failovers.join(', ')}; repeated per takeover: ${duplicates.join(', ')}`);
+  assert.throws(() => new ResilientChangeStream({ ...base, group: { leaseMs: 'x' } }), /group\.leaseMs/);
+  assert.throws(() => new ResilientChangeStream({ ...base, name: undefined, group: {} }), /"name"/);
+
+  // An in-process store: conditional writes by epoch.
+  const records = new Map();
+  const store = {
+    load: (name) => records.get(name) ?? null,
+    save: (name, record, epoch) => {
+      if (epoch !== undefined && (records.get(name)?.epoch ?? 0) > epoch) return false;
+      records.set(name, record);
+      return true;
+    },
+    fence: (name, epoch) => {
+      const record = records.get(name);
+      if ((record?.epoch ?? 0) >= epoch) return false;
+      records.set(name, { ...record, epoch });
+      return true;
+    },
+  };
+  const group = { leaseMs: 1000, db: uniqueDb('leases') };
+  const a = new ResilientChangeStream({ ...base, tokenStore: store, group: { ...group, member: 'a' }, maxAwaitTimeMS: 100 });
+  const b = new ResilientChangeStream({ ...base, tokenStore: store, group: { ...group, member: 'b' }, maxAwaitTimeMS: 100 });
+  t.after(() => Promise.all([a.close(), b.close()]));
+  const got = { a: [], b: [] };
+  const acquiredA = waitForEvent(a, 'leaseAcquired');
+  a.on('change', (e, context) => got.a.push([e.fullDocument.seq, context.epoch]));
+  assert.equal((await acquiredA).epoch, 1);
+  b.on('change', (e, context) => got.b.push([e.fullDocument.seq, context.epoch]));
+  await waitUntil(
+    () => b.health().group.holder === 'a' && a.health().state === 'streaming',
+    'a streaming, b standing by and seeing a hold the lease',
+  );
+  assert.equal(b.health().state, 'standby');
+  assert.deepEqual(a.lease, { epoch: 1, member: 'a', since: a.lease.since });
+  assert.equal(b.lease, null);
+  assert.equal(b.health().group.holder, 'a');
+  await insertSeq(ctx.coll, 1, 11);
+  await waitUntil(() => got.a.length === 10, 'a handed out 10 events');
+  const acquiredB = waitForEvent(b, 'leaseAcquired');
+  const closedAt = Date.now();
+  await a.close();
+  assert.equal((await acquiredB).epoch, 2);
+  assert.ok(Date.now() - closedAt < 1000, 'a released lease is taken before it would lapse');
+  await insertSeq(ctx.coll, 11, 21);
+  await waitUntil(() => got.b.length === 10, 'b handed out 10 events');
+  assert.deepEqual(got.a, Array.from({ length: 10 }, (_, i) => [i + 1, 1]));
+  assert.deepEqual(got.b, Array.from({ length: 10 }, (_, i) => [i + 11, 2]), 'b continues after what a stored: no loss, no repeat');
+  assert.equal(records.get('g').epoch, 2);
+  assert.deepEqual(b.health().group.role, 'holder');
 });

@@ -188,9 +188,11 @@ impl Membership {
         &self,
         watched: &mut Option<(LeaseState, Instant)>,
     ) -> Result<Option<u64>, EngineError> {
-        let started = Instant::now();
         let lease_ms = self.spec.lease.as_millis() as u64;
         let seen = self.leases.read(&self.name).await?;
+        // The lease counts from when the write that takes it is sent: no standby can see
+        // that state (and start timing it) earlier.
+        let started = Instant::now();
         self.lock().seen = seen.clone();
         let taken = match seen {
             None => {
@@ -324,6 +326,7 @@ impl Membership {
     /// Lifts the lease held at `epoch` to `to` (above an epoch the token store already
     /// holds). False: the lease is no longer this member's (the tenure ended).
     pub async fn raise(&self, epoch: u64, to: u64) -> Result<bool, EngineError> {
+        let started = Instant::now();
         if !self
             .leases
             .raise(&self.name, self.member(), epoch, to)
@@ -334,7 +337,11 @@ impl Membership {
         }
         let mut state = self.lock();
         match &mut state.role {
-            RoleState::Holder(t) if t.epoch == epoch => t.epoch = to,
+            // A new state of the lease: standbys time it from now, like a renewal.
+            RoleState::Holder(t) if t.epoch == epoch => {
+                t.epoch = to;
+                t.valid_until = started + self.validity();
+            }
             _ => return Ok(false),
         }
         if let Some(seen) = &mut state.seen {

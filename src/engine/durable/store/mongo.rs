@@ -104,8 +104,10 @@ impl TokenStore for MongoStore {
             let collection = self.collection().await?;
             let stored_epoch = epoch.min(i64::MAX as u64) as i64;
             let fenced = collection
+                // Strictly below: a tenure never shares its epoch with an earlier one (a lease
+                // collection that was reset starts again at 1, and is lifted above the store).
                 .update_one(
-                    at_most(name, epoch),
+                    epoch_filter(name, "$lt", epoch),
                     doc! {"$set": {EPOCH_FIELD: stored_epoch}},
                 )
                 .upsert(true)
