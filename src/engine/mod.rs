@@ -6,6 +6,8 @@
 //! - `reader/`: ONE runtime under both (open, resume, backoff, stall watchdog, outage
 //!   reporting, ordered close, the consumer's commits).
 //! - `durable/`: positions, checkpoints and token stores.
+//! - `position_tools`: the `positions` CLI's list / rewind / reset of stored positions
+//!   (uses `durable/` and the stream's oplog window).
 //! - leaves: `errors` (the one classification), `options` (typed option readers),
 //!   `backoff`, `client_pool`, `redact`.
 
@@ -15,6 +17,7 @@ pub mod cursor;
 pub mod durable;
 pub mod errors;
 pub mod options;
+pub mod position_tools;
 pub mod reader;
 pub mod redact;
 pub mod stream;
