@@ -175,3 +175,35 @@ test('healthCheck(): healthy while streaming, unhealthy with the reason past the
   assert.equal(liveness.check().streams[0].reason, 'closed');
   assert.throws(() => healthCheck(stream, { maxReconnectingMs: -1 }), /"maxReconnectingMs" must be a number ≥ 0/);
 });
+
+test('without @opentelemetry/api installed: the package loads, metrics() works, instrument() says what to install', () => {
+  const { spawnSync } = require('node:child_process');
+  const script = `
+    const Module = require('node:module');
+    const resolve = Module._resolveFilename;
+    Module._resolveFilename = function (request, ...rest) {
+      if (request.startsWith('@opentelemetry/')) throw Object.assign(new Error('Cannot find module ' + request), { code: 'MODULE_NOT_FOUND' });
+      return resolve.call(this, request, ...rest);
+    };
+    const rcs = require(${JSON.stringify(require.resolve('..'))});
+    const stream = new rcs.ResilientChangeStream({ uri: 'mongodb://127.0.0.1:9', db: 'd', collection: 'c' });
+    const m = stream.metrics();
+    let message = null;
+    try { rcs.instrument(stream); } catch (err) { message = err.message; }
+    const viaProvider = rcs.instrument(stream, { meterProvider: { getMeter: () => ({
+      createObservableCounter: () => ({}), createObservableGauge: () => ({}), createCounter: () => ({ add() {} }),
+      addBatchObservableCallback() {},
+    }) } });
+    viaProvider.remove();
+    process.stdout.write(JSON.stringify({ state: m.state, namespace: m.namespace, message }));
+    stream.close();
+  `;
+  const result = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 30000 });
+  assert.equal(result.status, 0, result.stderr);
+  assert.deepEqual(JSON.parse(result.stdout), {
+    state: 'starting',
+    namespace: 'd.c',
+    message:
+      'resilient-change-stream: instrument() needs @opentelemetry/api (npm install @opentelemetry/api), or pass { meterProvider } or { meter }; metrics() needs nothing',
+  });
+});
