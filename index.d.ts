@@ -309,8 +309,59 @@ export interface HealthError {
   serverCode?: number;
 }
 
+/**
+ * The engine's counters, in every reader's `health()` (what {@link ResilientChangeStream.metrics}
+ * and {@link instrument} report).
+ */
+export interface ReaderCounters {
+  /** Batches read from the server. */
+  batches: number;
+  /** Outages begun (a first failed attempt after progress). */
+  outages: number;
+  /** Time spent down in all outages, the one under way included. */
+  downtimeMs: number;
+  /** How long the outage under way has lasted; null when not reconnecting. */
+  currentOutageMs: number | null;
+  /** Times the stall watchdog fired. */
+  stalls: number;
+  /** Positions written to the token store (0 without a `name`). */
+  checkpointsSaved: number;
+  /** Failed position writes (every try counts). */
+  checkpointFailures: number;
+  /** When a position was last written. */
+  lastCheckpointAt: Date | null;
+}
+
+/** What `metrics()` reports: a plain, synchronous snapshot (no OpenTelemetry needed). */
+export interface MetricsSnapshot {
+  /** The reader's `name` (null: unnamed). */
+  stream: string | null;
+  /** `db.coll`, `db` or `<cluster>`; never the connection string. */
+  namespace: string;
+  state: 'starting' | 'streaming' | 'reconnecting' | 'closed' | 'failed';
+  eventsDelivered: number;
+  batches: number;
+  reconnects: number;
+  outages: number;
+  downtimeMs: number;
+  currentOutageMs: number | null;
+  stalls: number;
+  lagMs: number | null;
+  backoffMs: number | null;
+  checkpointWrites: number;
+  checkpointFailures: number;
+  unsavedEvents: number;
+  /** Since the position was last written (null: never). */
+  checkpointAgeMs: number | null;
+  /** From the last oplog window check (`oplogWindow()`, the headroom watch); null: none yet. */
+  headroomMs: number | null;
+  headroomCheckedAt: Date | null;
+  /** A consumer group member's role, epoch and takeovers; null without a group. */
+  group: { role: string; epoch: number | null; takeovers: number; holder: string | null } | null;
+}
+
 /** What {@link ResilientChangeStream.health} reports. */
-export interface StreamHealth {
+export interface StreamHealth extends ReaderCounters {
   /** `'standby'`: a consumer group's member waiting for the lease. */
   state: 'starting' | 'standby' | 'streaming' | 'reconnecting' | 'closed' | 'failed';
   /** When the last event was handed to the application. */
@@ -378,6 +429,8 @@ export declare class ResilientChangeStream<
   health(): StreamHealth;
   /** A consumer group's member: the lease it holds, or null (a standby, or not in a group). */
   readonly lease: Lease | null;
+  /** Its metrics now, as plain data (what {@link instrument} reports through OpenTelemetry). */
+  metrics(): MetricsSnapshot;
   /**
    * Iterator mode with a token store: the event last handed out is processed (otherwise that
    * is assumed when the next event is asked for, or at `close()`).
@@ -487,6 +540,51 @@ export interface ResilientChangeStreamEvents<TChange extends Document = ChangeSt
  * cluster (MongoClient) through its connection string, and keeps resuming.
  * @throws InvalidOptionError for a bad option or an unrecognised target.
  */
+/** Where {@link instrument} creates its instruments (structural: no dependency on @opentelemetry/api's types). */
+export interface InstrumentOptions {
+  /** A Meter (`@opentelemetry/api`'s). */
+  meter?: unknown;
+  /** A MeterProvider; default: the global one (`@opentelemetry/api` must be installed). */
+  meterProvider?: { getMeter(name: string, version?: string): unknown };
+}
+
+/**
+ * Reports readers through OpenTelemetry instruments (`rcs.*`, attributes `stream` and
+ * `namespace`): observable ones read `health()` when the exporter collects; `rcs.reconnects`
+ * and `rcs.outages` count `reconnecting` events by `error.kind`. A reader closed on purpose
+ * stops being reported; a failed one stays until `remove()`.
+ */
+export declare function instrument(
+  readers: ResilientChangeStream<any, any> | ResilientCursor<any> | Array<ResilientChangeStream<any, any> | ResilientCursor<any>>,
+  options?: InstrumentOptions,
+): { remove(): void };
+
+export interface HealthCheckOptions {
+  /** 'readiness' also counts a reader still starting as not ready. Default 'liveness'. */
+  probe?: 'liveness' | 'readiness';
+  /** An outage longer than this is unhealthy. Default 60000. */
+  maxReconnectingMs?: number;
+  /** The position not moving for this long while streaming is unhealthy. Default 0 (off). */
+  maxSilentMs?: number;
+  /** Oplog headroom (last check) below this is unhealthy. Default 0 (off). */
+  minHeadroomMs?: number;
+}
+
+export interface HealthReport {
+  healthy: boolean;
+  status: 200 | 503;
+  streams: Array<{ stream: string | null; namespace: string; state: string; healthy: boolean; reason: string | null }>;
+}
+
+/** A readiness / liveness check for HTTP health endpoints; the reason is in the report. */
+export declare function healthCheck(
+  readers: ResilientChangeStream<any, any> | ResilientCursor<any> | Array<ResilientChangeStream<any, any> | ResilientCursor<any>>,
+  options?: HealthCheckOptions,
+): {
+  check(): HealthReport;
+  handle(req: unknown, res: { writeHead(status: number, headers: Record<string, string>): unknown; end(body: string): unknown }): void;
+};
+
 export declare function watch<
   TSchema extends Document = Document,
   TChange extends Document = ChangeStreamDocument<TSchema>,
@@ -703,7 +801,7 @@ export interface PositionLostEvent {
   error: ResilientChangeStreamError;
 }
 
-export interface ResilientCursorHealth {
+export interface ResilientCursorHealth extends ReaderCounters {
   state: 'starting' | 'streaming' | 'reconnecting' | 'closed' | 'failed';
   reconnects: number;
   currentBackoffMs: number | null;
@@ -744,6 +842,8 @@ export declare class ResilientCursor<TSchema extends Document = Document> extend
   readonly closed: boolean;
   state(): ResilientCursorState;
   health(): ResilientCursorHealth;
+  /** Its metrics now, as plain data (`eventsDelivered`: documents). */
+  metrics(): MetricsSnapshot;
   /** No further batches; received documents are still handed out, then the read ends. */
   stop(): void;
   /** Iterator mode with a `name`: the document last handed out is processed now. */

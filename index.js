@@ -8,10 +8,14 @@
 const { ResilientChangeStream } = require('./lib/stream');
 const { watch } = require('./lib/watch');
 const { ResilientCursor } = require('./lib/cursor');
+const { instrument } = require('./lib/metrics');
+const { healthCheck } = require('./lib/health-check');
 
 module.exports = {
   ResilientChangeStream,
   ResilientCursor,
   watch,
+  instrument,
+  healthCheck,
   ...require('./lib/errors'),
 };

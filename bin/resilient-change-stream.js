@@ -10,6 +10,7 @@ const { EJSON } = require('bson');
 const USAGE = `Usage:
   resilient-change-stream tail <uri> <db>[.<coll>] [options]
   resilient-change-stream tail <db>[.<coll>] [options]        (uri from $MONGODB_URI)
+  resilient-change-stream positions --help                    list, rewind, reset stored positions
 
 Prints each change event of a collection (or of a whole database) as one line of canonical
 Extended JSON on stdout, and keeps going through outages. With --token-file, the position is
@@ -147,7 +148,9 @@ async function main(argv) {
   process.stdout.write('', () => process.exit());
 }
 
-main(process.argv.slice(2)).catch((err) => {
+const argv = process.argv.slice(2);
+const run = argv[0] === 'positions' ? require('./positions').main(argv.slice(1)) : main(argv);
+run.catch((err) => {
   process.stderr.write(`${PREFIX}unexpected error: ${err?.stack ?? err}\n`);
   process.exit(1);
 });

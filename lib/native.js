@@ -195,8 +195,24 @@ function nativeReader() {
   return binding.NativeReader;
 }
 
+/**
+ * The addon's position tools (the `positions` CLI: src/native/positions.rs), loaded on first use.
+ * @returns {typeof import('../native/binding').NativePositions}
+ */
+function nativePositions() {
+  binding ??= loadBinding();
+  if (typeof binding?.NativePositions?.list !== 'function') {
+    throw new NativeAddonError(
+      `resilient-change-stream: the loaded native addon does not export NativePositions ` +
+        `(expected version ${PACKAGE_VERSION}). Reinstall ${platformPackageName(currentPlatform())}.`,
+    );
+  }
+  return binding.NativePositions;
+}
+
 module.exports = {
   nativeReader,
+  nativePositions,
   currentPlatform,
   platformPackageName,
   SUPPORTED_PLATFORMS,

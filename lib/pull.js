@@ -11,6 +11,7 @@ const { emitObserved, handlerError } = require('./listeners');
 const { Lifecycle } = require('./lifecycle');
 const { logSink } = require('./logger');
 const { tokenStoreOption } = require('./store');
+const { metricsSnapshot } = require('./metrics');
 
 // The engine's default group.leaseMs (src/engine/group/mod.rs): paces the heartbeat.
 const DEFAULT_LEASE_MS = 10000;
@@ -75,6 +76,8 @@ class PullSource extends EventEmitter {
     this._native = createValidated(create, { ...spec, tokenStore: store.spec }, store.callback);
     // Named only now: the engine has checked that db and collection are strings.
     if (logger) this._native.setLogger(logSink(logger, namespaceOf(spec)));
+    /** What metrics and health checks name it by (never the URI). */
+    this._identity = { name: typeof spec.name === 'string' ? spec.name : null, namespace: namespaceOf(spec) };
     /** deserialize() options for one item; its `index` is moved along the batch. */
     this._decodeOptions = perEventOptions(eventDeserializeOptions(decode));
     this._deserialize = bson().deserialize;
@@ -176,6 +179,14 @@ class PullSource extends EventEmitter {
       ...this._ownHealth(native),
       pendingCheckpoint: this._checkpoints.pending(),
       ...(native.group ? { group: groupHealth(native.group) } : {}),
+      batches: native.batchesRead,
+      outages: native.outages,
+      downtimeMs: native.downtimeMs,
+      currentOutageMs: native.currentOutageMs ?? null,
+      stalls: native.stalls,
+      checkpointsSaved: native.checkpointsSaved,
+      checkpointFailures: native.checkpointFailures,
+      lastCheckpointAt: native.lastCheckpointAt == null ? null : new Date(native.lastCheckpointAt),
     };
   }
 
@@ -185,6 +196,14 @@ class PullSource extends EventEmitter {
    */
   get lease() {
     return this._lease;
+  }
+
+  /**
+   * The reader's metrics now, as plain data (lib/metrics.js): what `instrument()` reports
+   * through OpenTelemetry, without it.
+   */
+  metrics() {
+    return metricsSnapshot(this);
   }
 
   /** Resolves with the next item; null once it ended (or, a stream: was closed while waiting). */

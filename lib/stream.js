@@ -36,6 +36,8 @@ class ResilientChangeStream extends PullSource {
     const headroom = headroomOptions({ headroomLowFraction, headroomCheckIntervalMS });
     super(STREAM_KIND, { create: (encoded, store) => nativeReader().changeStream(encoded, store), spec, decode, logger });
     this._headroom = headroom;
+    /** The last oplog window read (metrics()): `{ headroomMs, at }`. @type {{ headroomMs: number | null, at: number } | null} */
+    this._lastOplogWindow = null;
     /** Stops the headroom timer; set when the stream starts reading. @type {(() => void) | null} */
     this._stopHeadroomWatch = null;
     /** Resume token after the last event handed out (driver: startAfter wins over resumeAfter). */
@@ -63,7 +65,10 @@ class ResilientChangeStream extends PullSource {
   async oplogWindow() {
     const window = await this._native.oplogWindow(this._headroom.fraction);
     if (window.error) throw fromNative(window.error);
-    return publicWindow(window);
+    const report = publicWindow(window);
+    /** The last window read, for metrics() (the headroom watch reads it on its interval). */
+    this._lastOplogWindow = { headroomMs: report.headroomMs, at: Date.now() };
+    return report;
   }
 
   // --- PullSource hooks --------------------------------------------------------------------

@@ -30,7 +30,7 @@ const DB = 'rcs_bench';
 const RECOVERY_APP = 'rcs-bench-recovery';
 let packageRoot = null;
 const PACKAGE_ROOT = () => packageRoot || REPO_ROOT;
-const ALL_SCENARIOS = ['catchup', 'decode', 'live', 'recovery', 'checkpoint', 'slow', 'fanout'];
+const ALL_SCENARIOS = ['catchup', 'decode', 'live', 'recovery', 'checkpoint', 'metrics', 'slow', 'fanout'];
 
 // ---------------------------------------------------------------------------
 // Options
@@ -634,6 +634,34 @@ async function scenarioCheckpoint(outer) {
   });
 }
 
+/**
+ * Metrics cost (issue #17): our catch-up without and with `instrument()` on an OpenTelemetry
+ * SDK MeterProvider whose reader collects every 100 ms (an exporter far more eager than a
+ * Prometheus scrape). The instruments are observable, so the cost is the collections.
+ */
+const METRICS_VARIANTS = [
+  { name: 'without metrics', metrics: false },
+  { name: 'with metrics', metrics: true },
+];
+
+async function scenarioMetrics(outer) {
+  return withServer(outer, {}, async (ctx) => {
+    ctx.catchupStartAt = await queueEvents(ctx.client, 'catchup', ctx.opts.events);
+    const runs = Object.fromEntries(METRICS_VARIANTS.map((v) => [v.name, []]));
+    for (let rep = 0; rep < ctx.opts.reps; rep++) {
+      for (const v of alternate(METRICS_VARIANTS, rep)) {
+        const r = await runWorker(ctx, {
+          scenario: 'metrics', client: 'ours', db: DB, collection: 'catchup', startAt: ctx.catchupStartAt,
+          events: ctx.opts.events, metrics: v.metrics, timeoutMs: 600_000,
+        });
+        runs[v.name].push(r);
+        log(`  metrics rep ${rep + 1} ${v.name.padEnd(16)}: ${fmt(r.eventsPerSec, 0)} ev/s, ${fmt(r.cpuMsPer1k, 1)} CPU ms/1k${r.collections ? ` (${r.collections} collections)` : ''}`);
+      }
+    }
+    return { scenario: 'metrics', runs };
+  });
+}
+
 async function scenarioSlow(outer) {
   return withServer(outer, {}, async (ctx) => {
     const { opts } = ctx;
@@ -802,6 +830,16 @@ function buildRows(results, opts) {
         rows.push([S, `client CPU ms/1k: memory | ${v.name}`, fmt(memCpu, 1), fmt(cpu, 1), diff, '', '']);
       }
     }
+  }
+  if (results.metrics) {
+    const S = 'metrics';
+    const [off, on] = METRICS_VARIANTS.map((v) => pick(results, 'metrics', v.name, (r) => r.eventsPerSec));
+    const slower = off && on !== null ? (1 - on / off) * 100 : null;
+    const diff = slower === null ? '—' : slower >= 0 ? `${fmt(slower, 1)}% slower` : `${fmt(-slower, 1)}% faster`;
+    rows.push([S, 'catch-up ev/s: without | with instrument()', fmt(off, 0), fmt(on, 0), diff, '< 3% slower', slower === null ? '' : slower < 3 ? 'PASS' : 'MISS']);
+    const [offCpu, onCpu] = METRICS_VARIANTS.map((v) => pick(results, 'metrics', v.name, (r) => r.cpuMsPer1k));
+    const more = offCpu && onCpu !== null ? (onCpu / offCpu - 1) * 100 : null;
+    rows.push([S, 'client CPU ms/1k: without | with', fmt(offCpu, 1), fmt(onCpu, 1), more === null ? '—' : `${fmt(more, 1)}% ${more >= 0 ? 'more' : 'less'}`, '', '']);
   }
   if (results.slow) {
     const S = 'slow consumer';
@@ -978,6 +1016,7 @@ async function main() {
       live: scenarioLive,
       recovery: scenarioRecovery,
       checkpoint: scenarioCheckpoint,
+      metrics: scenarioMetrics,
       slow: scenarioSlow,
       fanout: scenarioFanout,
     };

@@ -190,3 +190,17 @@ async function namedCursor(client: MongoClient): Promise<void> {
 }
 
 export { iterate, emitter, explicitForm, reshaped, errors, wrongUsage, namedCursor };
+
+// Metrics and health checks (no @opentelemetry/api types needed).
+import { instrument, healthCheck, type MetricsSnapshot, type HealthReport } from 'resilient-change-stream';
+declare const observed: ResilientChangeStream;
+const snapshot: MetricsSnapshot = observed.metrics();
+const lagNow: number | null = snapshot.lagMs;
+const role: string | undefined = snapshot.group?.role;
+const outages: number = observed.health().outages;
+const handle: { remove(): void } = instrument([observed], { meterProvider: { getMeter: () => ({}) } });
+handle.remove();
+const probe = healthCheck(observed, { probe: 'readiness', maxReconnectingMs: 30000, minHeadroomMs: 3600000 });
+const report: HealthReport = probe.check();
+const code: 200 | 503 = report.status;
+void [lagNow, role, outages, code];

@@ -101,6 +101,7 @@ async function catchUp() {
   const t0 = hrMs();
   const m = meter();
   const stream = open(coll, streamOptions({ startAtOperationTime: ts(params.startAt) }));
+  const metrics = params.metrics ? withMetrics(stream) : null;
   await new Promise((resolve, reject) => {
     stream.on('error', reject);
     stream.on('change', (event) => {
@@ -114,9 +115,37 @@ async function catchUp() {
   });
   const r = m.stop();
   const firstEventMs = firstMs - t0;
+  const collections = metrics ? await metrics.stop() : undefined;
   await stream.close();
   await client.close();
-  finish({ ...throughput(count, r), lastI, firstEventMs });
+  finish({ ...throughput(count, r), lastI, firstEventMs, collections });
+}
+
+/**
+ * instrument() on an OpenTelemetry SDK MeterProvider whose reader collects every 100 ms
+ * (the metrics scenario); stop() resolves with the number of collections.
+ */
+function withMetrics(stream) {
+  const { MeterProvider, MetricReader } = require('@opentelemetry/sdk-metrics');
+  class Reader extends MetricReader {
+    async onForceFlush() {}
+    async onShutdown() {}
+  }
+  const reader = new Reader();
+  const provider = new MeterProvider({ readers: [reader] });
+  const handle = loadOurs().instrument(stream, { meterProvider: provider });
+  let collections = 0;
+  const timer = setInterval(() => {
+    reader.collect().then(() => (collections += 1));
+  }, 100);
+  return {
+    async stop() {
+      clearInterval(timer);
+      handle.remove();
+      await provider.shutdown();
+      return collections;
+    },
+  };
 }
 
 /**
@@ -506,6 +535,7 @@ async function fanOut() {
 const SCENARIOS = {
   catchup: catchUp,
   checkpoint: catchUp,
+  metrics: catchUp,
   decode: () => (params.client === 'decode' ? decodeLimit() : facadeLimit()),
   live,
   recovery,

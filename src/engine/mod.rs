@@ -7,6 +7,8 @@
 //!   reporting, ordered close, the consumer's commits).
 //! - `group/`: consumer groups (leases, epochs): which member reads.
 //! - `durable/`: positions, checkpoints and token stores.
+//! - `position_tools`: the `positions` CLI's list / rewind / reset of stored positions
+//!   (uses `durable/` and the stream's oplog window).
 //! - leaves: `errors` (the one classification), `options` (typed option readers),
 //!   `backoff`, `client_pool`, `redact`.
 
@@ -17,6 +19,7 @@ pub mod durable;
 pub mod errors;
 pub mod group;
 pub mod options;
+pub mod position_tools;
 pub mod reader;
 pub mod redact;
 pub mod stream;

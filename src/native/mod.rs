@@ -2,6 +2,7 @@
 
 mod args;
 mod logging;
+mod positions;
 mod reader;
 mod store;
 mod types;

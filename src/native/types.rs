@@ -204,6 +204,17 @@ pub struct NativeHealth {
     pub events_read: f64,
     /// A consumer group member's role and lease.
     pub group: Option<NativeGroupHealth>,
+    pub batches_read: f64,
+    /// Outages begun, and the time spent down in all of them (the current one included).
+    pub outages: f64,
+    pub downtime_ms: f64,
+    /// How long the outage under way has lasted; null when not reconnecting.
+    pub current_outage_ms: Option<f64>,
+    pub stalls: f64,
+    /// Positions written to the token store, failed tries, when one was last written.
+    pub checkpoints_saved: f64,
+    pub checkpoint_failures: f64,
+    pub last_checkpoint_at: Option<f64>,
 }
 
 /// A group member, for `health().group`; times are epoch milliseconds.
@@ -252,6 +263,14 @@ impl From<Health> for NativeHealth {
             last_error: h.last_error.map(Into::into),
             events_read: h.events_read as f64,
             group: h.group.map(Into::into),
+            batches_read: h.batches_read as f64,
+            outages: h.outages as f64,
+            downtime_ms: ms(h.downtime),
+            current_outage_ms: h.current_outage.map(ms),
+            stalls: h.stalls as f64,
+            checkpoints_saved: h.checkpoints_saved as f64,
+            checkpoint_failures: h.checkpoint_failures as f64,
+            last_checkpoint_at: h.last_checkpoint_at.map(epoch_ms),
         }
     }
 }

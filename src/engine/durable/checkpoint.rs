@@ -4,7 +4,7 @@
 //! waits for a store that is down.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use mongodb::bson::{DateTime, Timestamp};
 use tokio::sync::Notify;
@@ -69,6 +69,15 @@ struct Pending {
     failed: Option<EngineError>,
     /// A group member's epoch while it holds the lease: every save is fenced by it.
     epoch: Option<u64>,
+    stats: SaveStats,
+}
+
+/// What the checkpointer wrote: positions saved, failed tries, when it last saved.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SaveStats {
+    pub saved: u64,
+    pub failed: u64,
+    pub last_saved_at: Option<SystemTime>,
 }
 
 /// Why the checkpoint task stopped without an error.
@@ -220,6 +229,11 @@ impl Checkpointer {
         self.policy
             .max_unsaved_events
             .saturating_sub(self.lock().unsaved_events)
+    }
+
+    /// How many positions were saved and how many tries failed.
+    pub fn save_stats(&self) -> SaveStats {
+        self.lock().stats
     }
 
     /// Why the last save failed, while saves are failing.
@@ -382,6 +396,8 @@ impl Checkpointer {
                     pending.saved_generation = generation;
                     pending.unsaved_events = pending.unsaved_events.saturating_sub(events);
                     pending.save_failure = None;
+                    pending.stats.saved += 1;
+                    pending.stats.last_saved_at = Some(SystemTime::now());
                     drop(pending);
                     self.room.notify_waiters();
                     return Ok(Saved::Done);
@@ -389,7 +405,11 @@ impl Checkpointer {
                 Err(e) => {
                     attempt += 1;
                     tracing::warn!(attempt, error = %e, "saving the position failed");
-                    self.lock().save_failure = Some(e.clone());
+                    {
+                        let mut pending = self.lock();
+                        pending.save_failure = Some(e.clone());
+                        pending.stats.failed += 1;
+                    }
                     if started.elapsed() >= limit {
                         return Err(EngineError {
                             message: format!(

@@ -44,6 +44,10 @@ pub enum Position {
         /// Must be re-opened with `startAfter` (an invalidate token).
         start_after: bool,
     },
+    /// A change stream that opens with `startAtOperationTime` at `cluster_time`: a position
+    /// moved back to a time (`positions rewind --to <time>`), before any event gave it a
+    /// token. Stored as a change stream record whose `token` is null.
+    StreamAt { cluster_time: Timestamp },
     /// A restartable cursor: the key of the last document processed, exactly as stored in
     /// the collection (an Int64 stays an Int64).
     Cursor { last_key: Bson },
@@ -107,6 +111,11 @@ impl PositionRecord {
                 );
                 doc.insert("startAfter", *start_after);
             }
+            Position::StreamAt { cluster_time } => {
+                doc.insert("token", Bson::Null);
+                doc.insert("clusterTime", *cluster_time);
+                doc.insert("startAfter", false);
+            }
             Position::Cursor { last_key } => {
                 doc.insert("lastKey", last_key.clone());
             }
@@ -137,6 +146,13 @@ impl PositionRecord {
             Ok(other) => return Err(corrupt(&format!("unknown kind \"{other}\""))),
         };
         let position = match kind {
+            ReaderKind::ChangeStream if doc.get("token") == Some(&Bson::Null) => {
+                Position::StreamAt {
+                    cluster_time: doc
+                        .get_timestamp("clusterTime")
+                        .map_err(|_| corrupt("no token and no clusterTime"))?,
+                }
+            }
             ReaderKind::ChangeStream => Position::Stream {
                 token: doc
                     .get_document("token")
@@ -304,6 +320,31 @@ mod tests {
         assert_eq!(
             PositionRecord::from_document(&r.to_document(), "x").unwrap(),
             r
+        );
+    }
+
+    #[test]
+    fn a_position_at_a_time_has_a_null_token_and_its_cluster_time() {
+        let s = spec(doc! {});
+        let at = Timestamp {
+            time: 77,
+            increment: 0,
+        };
+        let r = PositionRecord {
+            position: Position::StreamAt { cluster_time: at },
+            ..record(&s)
+        };
+        let stored = r.to_document();
+        assert_eq!(stored.get("token"), Some(&Bson::Null));
+        assert_eq!(stored.get_timestamp("clusterTime"), Ok(at));
+        assert_eq!(PositionRecord::from_document(&stored, "x").unwrap(), r);
+        let mut timeless = stored.clone();
+        timeless.insert("clusterTime", Bson::Null);
+        let e = PositionRecord::from_document(&timeless, "x").unwrap_err();
+        assert!(
+            e.message.contains("no token and no clusterTime"),
+            "{}",
+            e.message
         );
     }
 

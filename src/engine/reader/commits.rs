@@ -99,6 +99,11 @@ impl<S: Source> Commits<S> {
         }
     }
 
+    /// How many batches were numbered (handed out or about to be).
+    pub(crate) fn batches_numbered(&self) -> u64 {
+        self.lock().next_seq
+    }
+
     /// The consumer processed every document handed out before batch `seq` and the first
     /// `n` of it (`n` = its count: the whole batch, and for a change stream the position
     /// after it, even with no document). Returns the new marks. No-op without a store.

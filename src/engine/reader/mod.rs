@@ -125,6 +125,13 @@ impl<S: Source> Reader<S> {
     /// What the reader is doing now; while saves of its position fail, their error.
     pub fn health(&self) -> Health {
         let mut health = self.status.snapshot();
+        health.batches_read = self.commits.batches_numbered();
+        if let Some(ck) = &self.checkpointer {
+            let saves = ck.save_stats();
+            health.checkpoints_saved = saves.saved;
+            health.checkpoint_failures = saves.failed;
+            health.last_checkpoint_at = saves.last_saved_at;
+        }
         if let Some(failure) = self.checkpointer.as_ref().and_then(|c| c.save_failure()) {
             health.last_error = Some(failure);
         }

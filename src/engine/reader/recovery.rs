@@ -68,7 +68,11 @@ impl Recoverer {
 
     /// Real progress reached the consumer: ends the outage, if one was in progress.
     pub(crate) fn progress(&mut self) -> Option<Recovery> {
-        self.outage.progress()
+        let recovery = self.outage.progress();
+        if let Some(r) = &recovery {
+            self.status.record_recovery(r.downtime);
+        }
+        recovery
     }
 
     /// After a failure: fail if the error is fatal or retries ran out, else announce and
@@ -109,6 +113,7 @@ impl Recoverer {
             "{} stalled",
             self.what
         );
+        self.status.record_stall();
         if !self.send(ReaderItem::Stalled { silent }).await {
             return false;
         }

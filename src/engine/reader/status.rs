@@ -71,6 +71,21 @@ pub struct Health {
     pub events_read: u64,
     /// A consumer group member's role and lease.
     pub group: Option<GroupHealth>,
+    /// Batches handed to the consumer (`Reader::health` fills it in: the commits number them).
+    pub batches_read: u64,
+    /// Outages begun (a first failed attempt after progress), and how long the reader was
+    /// down in all of them, the one under way included.
+    pub outages: u64,
+    pub downtime: Duration,
+    /// How long the outage under way has lasted (`None` when not reconnecting).
+    pub current_outage: Option<Duration>,
+    /// Times the stall watchdog fired.
+    pub stalls: u64,
+    /// Positions written to the token store, failed writes (every failed try counts), and
+    /// when one was last written (`Reader::health` fills them in: the checkpointer counts).
+    pub checkpoints_saved: u64,
+    pub checkpoint_failures: u64,
+    pub last_checkpoint_at: Option<SystemTime>,
 }
 
 impl Health {
@@ -86,6 +101,8 @@ pub(crate) struct ReaderStatus {
     health: Mutex<Health>,
     /// When the backoff being waited out ends (`current_backoff` is derived from it).
     retry_at: Mutex<Option<Instant>>,
+    /// When the outage under way began (`downtime` adds it while it lasts).
+    down_since: Mutex<Option<Instant>>,
     pub(crate) cancel: CancellationToken,
 }
 
@@ -94,6 +111,7 @@ impl ReaderStatus {
         ReaderStatus {
             health: Mutex::new(Health::default()),
             retry_at: Mutex::new(None),
+            down_since: Mutex::new(None),
             cancel: CancellationToken::new(),
         }
     }
@@ -114,6 +132,11 @@ impl ReaderStatus {
         health.current_backoff = retry_at
             .and_then(|at| at.checked_duration_since(Instant::now()))
             .filter(|left| !left.is_zero());
+        let down_since = *self.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(since), ReaderState::Reconnecting { .. }) = (down_since, health.state) {
+            health.current_outage = Some(since.elapsed());
+            health.downtime += since.elapsed();
+        }
         health
     }
 
@@ -179,9 +202,25 @@ impl ReaderStatus {
         }
         health.state = ReaderState::Reconnecting { attempt };
         health.reconnects += 1;
+        if attempt == 1 {
+            health.outages += 1;
+            *self.down_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
         self.set_retry_at(Some(Instant::now() + delay));
         health.last_error = Some(error.clone());
         true
+    }
+
+    /// An outage ended after `downtime` (the first real progress after it).
+    pub(crate) fn record_recovery(&self, downtime: Duration) {
+        let mut health = self.lock();
+        *self.down_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        health.downtime += downtime;
+    }
+
+    /// The stall watchdog fired.
+    pub(crate) fn record_stall(&self) {
+        self.lock().stalls += 1;
     }
 
     pub(crate) fn record_reply(&self) {
@@ -237,6 +276,25 @@ mod tests {
             status.snapshot().state,
             ReaderState::Reconnecting { attempt: 2 }
         );
+    }
+
+    #[test]
+    fn outages_count_from_their_first_attempt_and_add_up_their_downtime() {
+        let status = ReaderStatus::new();
+        let error = EngineError::new(crate::engine::ErrorCode::Network, "x");
+        assert!(status.record_failure(&error, 1, Duration::ZERO));
+        assert!(status.record_failure(&error, 2, Duration::ZERO));
+        let during = status.snapshot();
+        assert_eq!((during.outages, during.reconnects), (1, 2));
+        status.record_recovery(Duration::from_millis(250));
+        assert!(status.transition(ReaderState::Streaming));
+        assert_eq!(status.snapshot().downtime, Duration::from_millis(250));
+        assert!(status.record_failure(&error, 1, Duration::ZERO));
+        let second = status.snapshot();
+        assert_eq!(second.outages, 2);
+        assert!(second.downtime >= Duration::from_millis(250));
+        status.record_stall();
+        assert_eq!(status.snapshot().stalls, 1);
     }
 
     #[test]

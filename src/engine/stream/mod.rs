@@ -91,6 +91,10 @@ impl Source for StreamSource {
                 self.resume.restore(token, start_after);
                 cluster_time
             }
+            Position::StreamAt { cluster_time } => {
+                self.resume.restore_time(cluster_time);
+                Some(cluster_time)
+            }
             // load_position refuses a cursor's record.
             Position::Cursor { .. } => None,
         }

@@ -15,7 +15,8 @@ pub struct ResumeState {
     /// stream restarts after.
     start_after_pending: bool,
     /// `operationTime` of the first `aggregate` reply, kept only when the user gave no
-    /// start option: without a token, a re-open starts there instead of "now".
+    /// start option (or a stored time, `restore_time`): without a token, a re-open starts
+    /// there instead of "now".
     initial_operation_time: Option<Timestamp>,
 }
 
@@ -39,6 +40,14 @@ impl ResumeState {
     pub fn restore(&mut self, token: RawDocumentBuf, start_after: bool) {
         self.token = Some(token);
         self.start_after_pending = start_after;
+    }
+
+    /// Continues from a stored time (a position rewound to a time): without a token, the
+    /// stream opens with `startAtOperationTime` there, as after a first reply's time.
+    pub fn restore_time(&mut self, time: Timestamp) {
+        self.token = None;
+        self.start_after_pending = false;
+        self.initial_operation_time = Some(time);
     }
 
     /// After an `invalidate` event: only `startAfter` its token continues the stream.
@@ -204,6 +213,32 @@ mod tests {
         assert_eq!(
             choose_start(&s, &st),
             StartPoint::ResumeAfter(doc! {"_data": "02"})
+        );
+    }
+
+    #[test]
+    fn a_restored_time_opens_at_that_time_until_a_token_comes() {
+        let s = spec(doc! {});
+        let mut st = ResumeState::new(&s);
+        let at = Timestamp {
+            time: 42,
+            increment: 0,
+        };
+        st.restore_time(at);
+        assert_eq!(choose_start(&s, &st), StartPoint::StartAtOperationTime(at));
+        // The first reply's operationTime does not replace it.
+        st.record_open(
+            &s,
+            Some(Timestamp {
+                time: 99,
+                increment: 1,
+            }),
+        );
+        assert_eq!(choose_start(&s, &st), StartPoint::StartAtOperationTime(at));
+        st.record_batch(0, None, Some(raw(doc! {"_data": "t"})));
+        assert_eq!(
+            choose_start(&s, &st),
+            StartPoint::ResumeAfter(doc! {"_data": "t"})
         );
     }
 
