@@ -11,7 +11,7 @@ use mongodb::bson::{doc, Bson, DateTime, Document, RawDocumentBuf, Timestamp};
 
 use crate::engine::client_pool::client_for;
 use crate::engine::durable::position::{Position, PositionRecord, ReaderKind};
-use crate::engine::durable::store::{FileStore, MongoStore, TokenStore};
+use crate::engine::durable::store::{FileStore, MongoStore, TokenStore, EPOCH_FIELD};
 use crate::engine::errors::{EngineError, ErrorCode};
 use crate::engine::stream::oplog::{read_window, OplogWindow};
 use crate::engine::stream::token_time::keystring_token_time;
@@ -446,7 +446,9 @@ pub async fn rewind(
 }
 
 /// Deletes a stored position: the consumer starts afresh (from "now", or its start
-/// option). Forced under a live lease, the lease's epoch is raised: the holder is fenced.
+/// option). Forced under a live lease, the lease's epoch is raised and the record keeps only
+/// that epoch (a record without a position): the holder is fenced, and cannot write a
+/// position back into a deleted record.
 pub async fn reset(request: &MoveRequest) -> Result<PositionChange, EngineError> {
     let before = stored(request).await?;
     let (lease, fenced_epoch) = check_lease(request).await?;
@@ -454,7 +456,7 @@ pub async fn reset(request: &MoveRequest) -> Result<PositionChange, EngineError>
         if let (Some(epoch), Some(at)) = (fenced_epoch, request.lease_location()) {
             fence_lease(&at, &request.name, epoch).await?;
         }
-        delete(&request.store, &request.name).await?;
+        delete(&request.store, &request.name, fenced_epoch).await?;
     }
     Ok(PositionChange {
         before: Some(before),
@@ -464,7 +466,8 @@ pub async fn reset(request: &MoveRequest) -> Result<PositionChange, EngineError>
     })
 }
 
-async fn delete(store: &StoreLocation, name: &str) -> Result<(), EngineError> {
+/// Deletes `name`'s record; with `fence`, leaves `{ epoch: fence }` in its place.
+async fn delete(store: &StoreLocation, name: &str, fence: Option<i64>) -> Result<(), EngineError> {
     match store {
         StoreLocation::File { path } => std::fs::remove_file(path).map_err(|e| {
             EngineError::new(
@@ -478,17 +481,20 @@ async fn delete(store: &StoreLocation, name: &str) -> Result<(), EngineError> {
             collection,
         } => {
             let client = client_for(uri).await?;
-            client
-                .database(db)
-                .collection::<Document>(collection)
-                .delete_one(doc! {"_id": name})
-                .await
-                .map_err(|e| {
-                    prefixed(
-                        EngineError::from_driver(&e),
-                        &format!("cannot delete from {}: ", store.describe()),
-                    )
-                })?;
+            let records = client.database(db).collection::<Document>(collection);
+            let deleted = match fence {
+                None => records.delete_one(doc! {"_id": name}).await.map(|_| ()),
+                Some(epoch) => records
+                    .replace_one(doc! {"_id": name}, doc! {"_id": name, EPOCH_FIELD: epoch})
+                    .await
+                    .map(|_| ()),
+            };
+            deleted.map_err(|e| {
+                prefixed(
+                    EngineError::from_driver(&e),
+                    &format!("cannot delete from {}: ", store.describe()),
+                )
+            })?;
             Ok(())
         }
     }
