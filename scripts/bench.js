@@ -30,7 +30,7 @@ const DB = 'rcs_bench';
 const RECOVERY_APP = 'rcs-bench-recovery';
 let packageRoot = null;
 const PACKAGE_ROOT = () => packageRoot || REPO_ROOT;
-const ALL_SCENARIOS = ['catchup', 'decode', 'live', 'recovery', 'checkpoint', 'metrics', 'slow', 'fanout'];
+const ALL_SCENARIOS = ['catchup', 'decode', 'live', 'recovery', 'checkpoint', 'metrics', 'group', 'slow', 'fanout'];
 
 // ---------------------------------------------------------------------------
 // Options
@@ -662,6 +662,101 @@ async function scenarioMetrics(outer) {
   });
 }
 
+/**
+ * Consumer groups (issue #11). The cost of membership on catch-up: a named stream with a
+ * MongoDB token store, without and with `group` (lease renewals, fenced saves, the lease
+ * check before each hand-out). And failover: the holder is killed (SIGKILL) while a writer
+ * runs; the time until the standby's first handled event (the member fixture of the tests
+ * logs each handled event with its epoch and Date.now()).
+ */
+const GROUP_VARIANTS = [
+  { name: 'named', group: false },
+  { name: 'group member', group: true },
+];
+const GROUP_LEASE_MS = 2000;
+
+async function scenarioGroup(outer) {
+  return withServer(outer, {}, async (ctx) => {
+    ctx.catchupStartAt = await queueEvents(ctx.client, 'catchup', ctx.opts.events);
+    const runs = Object.fromEntries(GROUP_VARIANTS.map((v) => [v.name, []]));
+    for (let rep = 0; rep < ctx.opts.reps; rep++) {
+      for (const v of alternate(GROUP_VARIANTS, rep)) {
+        const name = `bench-group-${rep}-${v.group ? 'g' : 'n'}`;
+        const extraOptions = {
+          name,
+          tokenStore: { type: 'mongodb', db: `${DB}_positions`, collection: 'positions' },
+          ...(v.group ? { group: { leaseMs: GROUP_LEASE_MS, db: `${DB}_positions` } } : {}),
+        };
+        const r = await runWorker(ctx, {
+          scenario: 'group', client: 'ours', db: DB, collection: 'catchup', startAt: ctx.catchupStartAt,
+          events: ctx.opts.events, extraOptions, timeoutMs: 600_000,
+        });
+        runs[v.name].push(r);
+        log(`  group rep ${rep + 1} ${v.name.padEnd(12)}: ${fmt(r.eventsPerSec, 0)} ev/s, ${fmt(r.cpuMsPer1k, 1)} CPU ms/1k`);
+      }
+    }
+    const failovers = [];
+    for (let rep = 0; rep < ctx.opts.reps; rep++) {
+      const ms = await measureFailover(ctx, rep);
+      failovers.push(ms);
+      log(`  group failover rep ${rep + 1}: ${fmt(ms, 0)} ms (leaseMs ${GROUP_LEASE_MS})`);
+    }
+    runs.failover = [{ failover: { ...latencyStats(failovers), samples: failovers } }];
+    return { scenario: 'group', runs };
+  });
+}
+
+/** Two members; the holder killed mid-stream; ms from the kill to the standby's first handled event. */
+async function measureFailover(ctx, rep) {
+  const fixture = path.join(PACKAGE_ROOT(), '__test__', 'fixtures', 'group-member.js');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rcs-bench-group-'));
+  const collection = `failover_${rep}`;
+  const coll = ctx.client.db(DB).collection(collection);
+  await coll.insertOne({ seq: 0 });
+  const members = ['a', 'b'].map((member) => {
+    const config = {
+      uri: ctx.server.uri, db: DB, collection, name: `bench-failover-${rep}`, member, leaseMs: GROUP_LEASE_MS,
+      tokenStore: { type: 'mongodb', db: `${DB}_positions`, collection: 'positions' },
+    };
+    const out = path.join(dir, `${member}.log`);
+    const proc = spawn(process.execPath, [fixture, JSON.stringify(config), out], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const lines = [];
+    proc.stdout.on('data', (chunk) => lines.push(...String(chunk).split('\n').filter(Boolean)));
+    const handled = () => (fs.existsSync(out) ? fs.readFileSync(out, 'utf8').split('\n').filter(Boolean).map((l) => l.split(' ').map(Number)) : []);
+    return { member, proc, lines, handled };
+  });
+  let seq = 0;
+  let writing = true;
+  const writer = (async () => {
+    while (writing) {
+      seq += 1;
+      await coll.insertOne({ seq });
+      await new Promise((resolve) => setTimeout(resolve, 5)); // ~200 writes/s: pacing
+    }
+  })();
+  try {
+    const until = async (predicate, what) => {
+      const deadline = Date.now() + 60_000;
+      while (!predicate()) {
+        if (Date.now() > deadline) throw new Error(`failover: timed out waiting for ${what}`);
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+    };
+    await until(() => members.some((m) => m.handled().length >= 50), 'the holder handling events');
+    const holder = members.find((m) => m.handled().length >= 50);
+    const standby = members.find((m) => m !== holder);
+    const killedAt = Date.now();
+    holder.proc.kill('SIGKILL');
+    await until(() => standby.handled().length > 0, 'the standby handling events');
+    return standby.handled()[0][2] - killedAt;
+  } finally {
+    writing = false;
+    await writer.catch(() => {});
+    for (const m of members) m.proc.kill('SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 async function scenarioSlow(outer) {
   return withServer(outer, {}, async (ctx) => {
     const { opts } = ctx;
@@ -841,6 +936,21 @@ function buildRows(results, opts) {
     const more = offCpu && onCpu !== null ? (onCpu / offCpu - 1) * 100 : null;
     rows.push([S, 'client CPU ms/1k: without | with', fmt(offCpu, 1), fmt(onCpu, 1), more === null ? '—' : `${fmt(more, 1)}% ${more >= 0 ? 'more' : 'less'}`, '', '']);
   }
+  if (results.group) {
+    const S = 'group';
+    const [off, on] = GROUP_VARIANTS.map((v) => pick(results, 'group', v.name, (r) => r.eventsPerSec));
+    const slower = off && on !== null ? (1 - on / off) * 100 : null;
+    const diff = slower === null ? '—' : slower >= 0 ? `${fmt(slower, 1)}% slower` : `${fmt(-slower, 1)}% faster`;
+    rows.push([S, 'catch-up ev/s: named | group member', fmt(off, 0), fmt(on, 0), diff, '< 5% slower', slower === null ? '' : slower < 5 ? 'PASS' : 'MISS']);
+    const [offCpu, onCpu] = GROUP_VARIANTS.map((v) => pick(results, 'group', v.name, (r) => r.cpuMsPer1k));
+    const more = offCpu && onCpu !== null ? (onCpu / offCpu - 1) * 100 : null;
+    rows.push([S, 'client CPU ms/1k: named | group member', fmt(offCpu, 1), fmt(onCpu, 1), more === null ? '—' : `${fmt(more, 1)}% ${more >= 0 ? 'more' : 'less'}`, '', '']);
+    const f = results.group.runs.failover?.[0]?.failover;
+    if (f) {
+      rows.push([S, `failover kill→first handled p50 ms (leaseMs ${GROUP_LEASE_MS})`, '', fmt(f.p50, 0), '', `≤ leaseMs + 1000`, f.p50 <= GROUP_LEASE_MS + 1000 ? 'PASS' : 'MISS']);
+      rows.push([S, 'failover p99 ms', '', fmt(f.p99, 0), '', `≤ leaseMs + 1000`, f.p99 <= GROUP_LEASE_MS + 1000 ? 'PASS' : 'MISS']);
+    }
+  }
   if (results.slow) {
     const S = 'slow consumer';
     const g = (get) => [pick(results, 'slow', 'driver', get), pick(results, 'slow', 'ours', get)];
@@ -1017,6 +1127,7 @@ async function main() {
       recovery: scenarioRecovery,
       checkpoint: scenarioCheckpoint,
       metrics: scenarioMetrics,
+      group: scenarioGroup,
       slow: scenarioSlow,
       fanout: scenarioFanout,
     };

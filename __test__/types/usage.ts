@@ -204,3 +204,37 @@ const probe = healthCheck(observed, { probe: 'readiness', maxReconnectingMs: 300
 const report: HealthReport = probe.check();
 const code: 200 | 503 = report.status;
 void [lagNow, role, outages, code];
+
+// Consumer groups: the option, the lease events, the epoch on each change, a fencing store.
+import { type Lease, type LeaseLostEvent, type GroupHealth, type CustomTokenStore, LeaseStoreError } from 'resilient-change-stream';
+async function replicas(client: MongoClient): Promise<void> {
+  const orders = client.db('shop').collection<Order>('orders');
+  const grouped = watch(orders, [], {
+    name: 'orders-to-search',
+    tokenStore: { type: 'mongodb', db: 'app', collection: 'positions' },
+    group: { leaseMs: 10000, member: 'pod-a', collection: 'leases' },
+  });
+  grouped.on('leaseAcquired', (lease: Lease) => console.log(lease.epoch, lease.member, lease.since.getTime()));
+  grouped.on('leaseLost', (info: LeaseLostEvent) => console.log(info.reason === 'fenced', info.epoch));
+  grouped.on('change', async (event, context) => console.log(event.operationType, context?.epoch));
+  const held: Lease | null = grouped.lease;
+  const group: GroupHealth | undefined = grouped.health().group;
+  console.log(held?.epoch, group?.role === 'standby', grouped.health().state === 'standby');
+  const records = new Map<string, object>();
+  const fencing: CustomTokenStore = {
+    load: (name) => (records.get(name) as never) ?? null,
+    save: (name, record, epoch) => {
+      records.set(name, { ...record, epoch });
+      return epoch === undefined ? undefined : true;
+    },
+    fence: async () => true,
+  };
+  watch(orders, { name: 'x', tokenStore: fencing, group: {} });
+  // @ts-expect-error leaseMs is a number
+  watch(orders, { name: 'x', group: { leaseMs: '10s' } });
+  // @ts-expect-error no such lease-loss reason
+  grouped.on('leaseLost', (info) => info.reason === 'expired');
+  console.log(new LeaseStoreError('x').code);
+  await grouped.close();
+}
+export { replicas };

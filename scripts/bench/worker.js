@@ -535,6 +535,7 @@ async function fanOut() {
 const SCENARIOS = {
   catchup: catchUp,
   checkpoint: catchUp,
+  group: catchUp,
   metrics: catchUp,
   decode: () => (params.client === 'decode' ? decodeLimit() : facadeLimit()),
   live,
