@@ -15,6 +15,7 @@ const {
   InvalidResumeTokenError,
   InvalidPipelineError,
   RetriesExhaustedError,
+  ServerError,
   StreamClosedError,
 } = require('..');
 const { setup, insertSeq, withTimeout, seqs, range } = require('./helpers');
@@ -99,6 +100,14 @@ const FATAL_GETMORE_CASES = [
     name: '260 InvalidResumeToken',
     data: { errorCode: 260 },
     expected: { Class: InvalidResumeTokenError, code: 'InvalidResumeToken', serverCode: 260 },
+  },
+  {
+    // The spec's resume-errorLabels case "change stream does not resume if error does not
+    // contain ResumableChangeStreamError": on a 4.4+ server (SecantusDB: wire version 27) the
+    // label decides, a code on the pre-4.4 list is not enough.
+    name: '6 HostUnreachable WITHOUT the ResumableChangeStreamError label',
+    data: { errorCode: 6, errorLabels: [] },
+    expected: { Class: ServerError, code: 'ServerError', serverCode: 6, codeName: 'HostUnreachable' },
   },
 ];
 

@@ -18,7 +18,7 @@ use mongodb::Client;
 
 use crate::engine::client_pool::client_for;
 use crate::engine::durable::position::Position;
-use crate::engine::errors::{EngineError, ErrorCode};
+use crate::engine::errors::{EngineError, ErrorCode, Rules};
 use crate::engine::reader::reply::doc_at;
 use crate::engine::reader::source::{AfterLoss, Exhausted, ReadBatch, Reply, Source};
 use crate::engine::reader::{EndReason, Reader, ReaderItem};
@@ -69,6 +69,11 @@ impl Source for StreamSource {
             idle_advance_seen: false,
             last_progress: Instant::now(),
         }
+    }
+
+    /// The change-streams spec's rule: labels decide on 4.4+ servers.
+    fn rules(wire_version: Option<i32>) -> Rules {
+        Rules::ChangeStream { wire_version }
     }
 
     fn await_time(&self) -> Duration {
