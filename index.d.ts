@@ -227,9 +227,12 @@ export interface StalledEvent {
  */
 export interface HealthError {
   name: string;
-  code: ErrorCode | (string & {});
+  /** The stable kind (the error's `kind`). */
+  kind: ErrorKind | (string & {});
   message: string;
-  serverCode?: number;
+  /** The server's numeric code, when the server reported the error. */
+  code?: number;
+  codeName?: string;
 }
 
 /** What {@link ResilientChangeStream.health} reports. */
@@ -411,11 +414,12 @@ export declare function watch<
 >(target: WatchTarget<TSchema>, options?: WatchOptions): ResilientChangeStream<TSchema, TChange>;
 
 /**
- * Stable error codes (the engine's, plus 'ModeConflict', 'StreamClosed', 'HandlerFailed' and
- * 'NativeAddonUnavailable'; lib/errors.js and lib/error-helpers.js hold the JS list). Codes without a
- * class of their own ('NetworkError', 'ClientError', codes added later) arrive as the base class.
+ * Stable error kinds (the engine's, plus 'ModeConflict', 'StreamClosed', 'HandlerFailed' and
+ * 'NativeAddonUnavailable'; lib/errors.js and lib/error-helpers.js hold the JS list). Kinds without a
+ * class of their own ('ClientError', 'Stalled', kinds added later) arrive as the base class.
+ * Before 0.2 this was `ErrorCode` and lived in `err.code`; `code` is now the server's number.
  */
-export type ErrorCode =
+export type ErrorKind =
   | 'ChangeStreamHistoryLost'
   | 'InvalidResumeToken'
   | 'ChangeStreamFatal'
@@ -434,29 +438,42 @@ export type ErrorCode =
   | 'NativeAddonUnavailable'
   | 'HandlerFailed';
 
+/** @deprecated renamed {@link ErrorKind}: the stable string moved from `err.code` to `err.kind`. */
+export type ErrorCode = ErrorKind;
+
 export interface ErrorInfo {
-  code?: string;
-  serverCode?: number;
+  kind?: string;
+  code?: number;
   codeName?: string;
-  labels?: string[];
+  errorLabels?: string[];
   cause?: unknown;
 }
 
-/** Base of every error the stream raises; `code` is stable, `name` is the class name. */
+/**
+ * Base of every error the stream raises, shaped like the driver's `MongoError`: `code` is the
+ * server's numeric code (driver code such as `err.code === 286` works unchanged), `codeName`,
+ * `errorLabels` and `hasErrorLabel()` as the driver has them; the package's stable kind is
+ * `kind`; `name` is the class name. With the `mongodb` package installed, server errors are
+ * also `instanceof MongoServerError`, network errors `instanceof MongoNetworkError`, and every
+ * error `instanceof MongoError`.
+ */
 export declare class ResilientChangeStreamError extends Error {
   constructor(message: string, info?: ErrorInfo);
-  /** Stable code: one of {@link ErrorCode}, or a newer code of the engine. */
-  code: ErrorCode | (string & {});
+  /** Stable kind: one of {@link ErrorKind}, or a newer kind of the engine. */
+  kind: ErrorKind | (string & {});
   /** The server's numeric error code, when the server reported the error. */
-  serverCode?: number;
+  code?: number;
   /** The server's error code name, e.g. 'ChangeStreamHistoryLost'. */
   codeName?: string;
   /** The server's error labels, e.g. 'ResumableChangeStreamError'. */
-  labels: string[];
+  errorLabels: string[];
+  /** Whether the server attached `label` (as the driver's `MongoError.hasErrorLabel`). */
+  hasErrorLabel(label: string): boolean;
+  addErrorLabel(label: string): void;
 }
 /** The position fell off the oplog (server 286): events were missed. */
 export declare class ChangeStreamHistoryLostError extends ResilientChangeStreamError {
-  code: 'ChangeStreamHistoryLost';
+  kind: 'ChangeStreamHistoryLost';
   /** The last processed position (resume token). */
   resumeToken?: ResumeToken | null;
   /** The interval whose events may be missing (also emitted as `historyLost`). */
@@ -464,56 +481,60 @@ export declare class ChangeStreamHistoryLostError extends ResilientChangeStreamE
 }
 /** A token store failed for longer than the stream can wait, or holds an unreadable record. */
 export declare class TokenStoreError extends ResilientChangeStreamError {
-  code: 'TokenStoreError';
+  kind: 'TokenStoreError';
 }
 /** The stored position belongs to another name, namespace or pipeline (see `allowPositionMismatch`). */
 export declare class PositionMismatchError extends ResilientChangeStreamError {
-  code: 'PositionMismatch';
+  kind: 'PositionMismatch';
 }
 /**
  * No usable native binary for this platform (thrown by the first stream or cursor
  * constructed). `packageName` is the platform package to install.
  */
 export declare class NativeAddonError extends ResilientChangeStreamError {
-  code: 'NativeAddonUnavailable';
+  kind: 'NativeAddonUnavailable';
   platform?: string;
   packageName?: string;
 }
 /** The resume token cannot be used (server 260), e.g. resumeAfter an invalidate token. */
 export declare class InvalidResumeTokenError extends ResilientChangeStreamError {
-  code: 'InvalidResumeToken';
+  kind: 'InvalidResumeToken';
 }
 /** The server cannot continue this stream (server 280). */
 export declare class ChangeStreamFatalError extends ResilientChangeStreamError {
-  code: 'ChangeStreamFatal';
+  kind: 'ChangeStreamFatal';
 }
 /** Authentication or authorization failed. */
 export declare class AuthorizationError extends ResilientChangeStreamError {
-  code: 'Unauthorized';
+  kind: 'Unauthorized';
 }
 /** The server rejected the pipeline or the combination of options. */
 export declare class InvalidPipelineError extends ResilientChangeStreamError {
-  code: 'InvalidPipeline';
+  kind: 'InvalidPipeline';
 }
 /** `backoff.maxRetries` re-open attempts failed in a row. */
 export declare class RetriesExhaustedError extends ResilientChangeStreamError {
-  code: 'RetriesExhausted';
+  kind: 'RetriesExhausted';
 }
 /** A server error without a more specific class. */
 export declare class ServerError extends ResilientChangeStreamError {
-  code: 'ServerError';
+  kind: 'ServerError';
+}
+/** A network error or server-selection failure (reported in `reconnecting`; resumable). */
+export declare class NetworkError extends ResilientChangeStreamError {
+  kind: 'NetworkError';
 }
 /** A bad option, or a watch() target that is not a Collection, Db or MongoClient. */
 export declare class InvalidOptionError extends ResilientChangeStreamError {
-  code: 'InvalidOption';
+  kind: 'InvalidOption';
 }
 /** Iterator and emitter modes were mixed. */
 export declare class ModeConflictError extends ResilientChangeStreamError {
-  code: 'ModeConflict';
+  kind: 'ModeConflict';
 }
 /** The stream is closed (`cause`: the error that closed it, if any). */
 export declare class StreamClosedError extends ResilientChangeStreamError {
-  code: 'StreamClosed';
+  kind: 'StreamClosed';
 }
 /**
  * An item listener (`change`, cursor `data`) or a `resumeTokenChanged` listener threw or
@@ -521,7 +542,7 @@ export declare class StreamClosedError extends ResilientChangeStreamError {
  * and its position stayed before that item: a restart from the stored position delivers it again.
  */
 export declare class HandlerError extends ResilientChangeStreamError {
-  code: 'HandlerFailed';
+  kind: 'HandlerFailed';
   /** What the listener threw (or its promise rejected with). */
   cause: unknown;
   /** Change stream: the event being processed (null: a `resumeTokenChanged` of a quiet stream). */

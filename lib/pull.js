@@ -39,7 +39,7 @@ const TRY_NEXT_WAIT_MS = 10;
  * @property {number} count
  * @property {Buffer | null} endToken
  *
- * @typedef {{ name: string, code: string, message: string, serverCode?: number }} HealthError
+ * @typedef {{ name: string, kind: string, message: string, code?: number, codeName?: string }} HealthError
  */
 
 /**
@@ -686,7 +686,11 @@ function namespaceOf({ db, collection }) {
  */
 function healthError(error) {
   if (!error) return null;
-  return { name: error.name, code: error.code, message: error.message, serverCode: error.serverCode };
+  /** @type {HealthError} */
+  const plain = { name: error.name, kind: error.kind, message: error.message };
+  if (typeof error.code === 'number') plain.code = error.code;
+  if (error.codeName !== undefined) plain.codeName = error.codeName;
+  return plain;
 }
 
 module.exports = { PullSource };

@@ -104,7 +104,7 @@ class ResilientChangeStream extends PullSource {
 
   /** @param {any} error */
   _annotate(error) {
-    if (error.code === 'ChangeStreamHistoryLost') {
+    if (error.kind === 'ChangeStreamHistoryLost') {
       // What the application needs to backfill: where it was, and what may be missing.
       error.resumeToken = this._lostToken ?? this._token;
       error.historyLost = this._historyLost;

@@ -73,7 +73,7 @@ function emitter(client: MongoClient): ResilientChangeStream<Order> {
       if (e.operationType === 'insert' && e.fullDocument.total > 100) await saveToken(e._id);
     })
     .on('reconnecting', ({ attempt, delayMs, error }: ReconnectingEvent) => {
-      console.warn(`attempt ${attempt} in ${delayMs} ms:`, error.code, error.serverCode, error.labels);
+      console.warn(`attempt ${attempt} in ${delayMs} ms:`, error.kind, error.code, error.errorLabels);
     })
     .on('resumed', (info) => console.log(info.attempts, info.downtimeMs))
     .on('resumeTokenChanged', (token) => void saveToken(token))
@@ -118,18 +118,20 @@ async function reshaped(client: MongoClient): Promise<void> {
 
 function errors(err: unknown): void {
   if (err instanceof ResilientChangeStreamError) {
-    const code: string = err.code;
-    const labels: string[] = err.labels;
-    console.log(code, labels, err.name);
+    const kind: string = err.kind;
+    const code: number | undefined = err.code;
+    const labels: string[] = err.errorLabels;
+    const resumable: boolean = err.hasErrorLabel('ResumableChangeStreamError');
+    console.log(kind, code, err.codeName, labels, resumable, err.name);
   }
   if (err instanceof InvalidOptionError) {
-    const code: 'InvalidOption' = err.code;
+    const code: 'InvalidOption' = err.kind;
     console.log(code);
   }
   console.log(err instanceof ModeConflictError, err instanceof StreamClosedError);
   if (err instanceof HandlerError) {
     // A throwing change/data/resumeTokenChanged listener: what it threw, the item, the position before it.
-    const code: 'HandlerFailed' = err.code;
+    const code: 'HandlerFailed' = err.kind;
     const before: ResumeToken | null | undefined = err.resumeToken;
     console.log(code, err.cause, err.event, err.document, before);
   }
