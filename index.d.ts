@@ -308,15 +308,28 @@ export declare class ResilientChangeStream<
   oplogWindow(): Promise<OplogWindow>;
 
   /**
-   * The next event, waiting as long as it takes (outages included). Resolves `null` if the
-   * stream is closed with `close()` meanwhile; rejects with the error that closed it otherwise.
+   * The next event, waiting as long as it takes (outages included). As the driver's, it never
+   * resolves null: it rejects with the error that closed the stream, or with
+   * {@link StreamClosedError} once it is closed (also when `close()` is called meanwhile).
    * @throws StreamClosedError when called on a closed stream.
    */
-  next(): Promise<TChange | null>;
+  next(): Promise<TChange>;
   /** Waits until an event is available (`true`) or the stream is closed meanwhile (`false`). */
   hasNext(): Promise<boolean>;
-  /** The next event if one is available now, else `null` (a later `next()` gets it). */
+  /**
+   * The next event if one is available, else `null`, after at most one server round trip (as
+   * the driver's: bounded by `maxAwaitTimeMS`, default the server's 1 s); a later `next()` gets
+   * what arrives after that.
+   */
   tryNext(): Promise<TChange | null>;
+  /** `await using stream = watch(…)` closes the stream at the end of the scope. */
+  [Symbol.asyncDispose](): Promise<void>;
+  /** The pipeline given (after `$changeStream`), as the driver's `ChangeStream.pipeline`. */
+  readonly pipeline: Document[];
+  /** The options given (without `uri`), as the driver's `ChangeStream.options`. */
+  readonly options: Record<string, unknown>;
+  /** What is watched: `{ db, collection }`, `{ db }`, or `{}` for the whole cluster. */
+  readonly namespace: { db?: string; collection?: string };
   /** Iterates until the stream is closed; leaving the loop closes the stream. */
   [Symbol.asyncIterator](): AsyncGenerator<TChange, void, void>;
   /**
@@ -381,6 +394,15 @@ export interface ResilientChangeStreamEvents<TChange extends Document = ChangeSt
   historyLost: (info: HistoryLostEvent) => void;
   /** The watched collection/database was dropped or renamed (after the `change` for it). */
   invalidate: (change: TChange) => void;
+  /**
+   * The driver's cursor events, typed so that code written for the driver compiles. This
+   * stream does not emit `init`, `more` or `response` (it has no driver cursor; see the
+   * README's "Differences from the driver"); its end is the `close` event.
+   */
+  init: (response: Document) => void;
+  more: (response: Document) => void;
+  response: () => void;
+  end: () => void;
   /**
    * The resume token moved (after each event, and when the server advanced an idle stream).
    * Part of processing (persist the token here): a throw closes the stream with a

@@ -47,8 +47,9 @@ test('health() follows the stream through start, events, an outage, and close', 
   assert.equal(typeof during.currentBackoffMs, 'number');
   assert.equal(during.lastError.kind, 'ServerError');
   assert.equal(during.lastError.code, 6);
+  const rejected = assert.rejects(pending, { kind: 'StreamClosed' });
   await slow.close();
-  assert.equal(await pending, null);
+  await rejected;
   assert.equal(slow.health().state, 'closed');
 
   await stream.close();

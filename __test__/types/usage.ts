@@ -61,9 +61,17 @@ async function iterate(client: MongoClient): Promise<void> {
   inferred.stream({ transform: (change) => JSON.stringify(change) }).pipe(process.stdout);
   await inferred.close();
 
-  // @ts-expect-error next() resolves null once closed: callers must check
+  // As the driver's: next() never resolves null (it rejects once closed).
   const unchecked: ChangeStreamDocument<Order> = await inferred.next();
   console.log(unchecked);
+  // The driver's fields and event names.
+  const pipeline: Document[] = inferred.pipeline;
+  console.log(pipeline, inferred.options, inferred.namespace.db);
+  inferred.on('init', (r) => console.log(r)).on('more', (r) => console.log(r)).on('response', () => {}).on('end', () => {});
+  {
+    await using disposable = watch<Order>(client.db('shop').collection('orders'));
+    console.log(disposable.closed);
+  }
 }
 
 function emitter(client: MongoClient): ResilientChangeStream<Order> {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{RawDocument, RawDocumentBuf, Timestamp};
+use mongodb::options::SelectionCriteria;
 use mongodb::raw_batch_cursor::RawBatchCursor;
 use mongodb::Client;
 
@@ -265,6 +266,9 @@ async fn open_cursor(
     }
     if let Some(c) = &spec.comment {
         action = action.comment(c.clone());
+    }
+    if let Some(rp) = &spec.read_preference {
+        action = action.selection_criteria(SelectionCriteria::ReadPreference(rp.clone()));
     }
     action.batch().await
 }
