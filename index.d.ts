@@ -304,9 +304,12 @@ export interface StalledEvent {
  */
 export interface HealthError {
   name: string;
-  code: ErrorCode | (string & {});
+  /** The stable kind (the error's `kind`). */
+  kind: ErrorKind | (string & {});
   message: string;
-  serverCode?: number;
+  /** The server's numeric code, when the server reported the error. */
+  code?: number;
+  codeName?: string;
 }
 
 /**
@@ -440,15 +443,28 @@ export declare class ResilientChangeStream<
   oplogWindow(): Promise<OplogWindow>;
 
   /**
-   * The next event, waiting as long as it takes (outages included). Resolves `null` if the
-   * stream is closed with `close()` meanwhile; rejects with the error that closed it otherwise.
+   * The next event, waiting as long as it takes (outages included). As the driver's, it never
+   * resolves null: it rejects with the error that closed the stream, or with
+   * {@link StreamClosedError} once it is closed (also when `close()` is called meanwhile).
    * @throws StreamClosedError when called on a closed stream.
    */
-  next(): Promise<TChange | null>;
+  next(): Promise<TChange>;
   /** Waits until an event is available (`true`) or the stream is closed meanwhile (`false`). */
   hasNext(): Promise<boolean>;
-  /** The next event if one is available now, else `null` (a later `next()` gets it). */
+  /**
+   * The next event if one is available, else `null`, after at most one server round trip (as
+   * the driver's: bounded by `maxAwaitTimeMS`, default the server's 1 s); a later `next()` gets
+   * what arrives after that.
+   */
   tryNext(): Promise<TChange | null>;
+  /** `await using stream = watch(…)` closes the stream at the end of the scope. */
+  [Symbol.asyncDispose](): Promise<void>;
+  /** The pipeline given (after `$changeStream`), as the driver's `ChangeStream.pipeline`. */
+  readonly pipeline: Document[];
+  /** The options given (without `uri`), as the driver's `ChangeStream.options`. */
+  readonly options: Record<string, unknown>;
+  /** What is watched: `{ db, collection }`, `{ db }`, or `{}` for the whole cluster. */
+  readonly namespace: { db?: string; collection?: string };
   /** Iterates until the stream is closed; leaving the loop closes the stream. */
   [Symbol.asyncIterator](): AsyncGenerator<TChange, void, void>;
   /**
@@ -517,6 +533,15 @@ export interface ResilientChangeStreamEvents<TChange extends Document = ChangeSt
   historyLost: (info: HistoryLostEvent) => void;
   /** The watched collection/database was dropped or renamed (after the `change` for it). */
   invalidate: (change: TChange) => void;
+  /**
+   * The driver's cursor events, typed so that code written for the driver compiles. This
+   * stream does not emit `init`, `more` or `response` (it has no driver cursor; see the
+   * README's "Differences from the driver"); its end is the `close` event.
+   */
+  init: (response: Document) => void;
+  more: (response: Document) => void;
+  response: () => void;
+  end: () => void;
   /**
    * The resume token moved (after each event, and when the server advanced an idle stream).
    * Part of processing (persist the token here): a throw closes the stream with a
@@ -595,11 +620,12 @@ export declare function watch<
 >(target: WatchTarget<TSchema>, options?: WatchOptions): ResilientChangeStream<TSchema, TChange>;
 
 /**
- * Stable error codes (the engine's, plus 'ModeConflict', 'StreamClosed', 'HandlerFailed' and
- * 'NativeAddonUnavailable'; lib/errors.js and lib/error-helpers.js hold the JS list). Codes without a
- * class of their own ('NetworkError', 'ClientError', codes added later) arrive as the base class.
+ * Stable error kinds (the engine's, plus 'ModeConflict', 'StreamClosed', 'HandlerFailed' and
+ * 'NativeAddonUnavailable'; lib/errors.js and lib/error-helpers.js hold the JS list). Kinds without a
+ * class of their own ('ClientError', 'Stalled', kinds added later) arrive as the base class.
+ * Before 0.2 this was `ErrorCode` and lived in `err.code`; `code` is now the server's number.
  */
-export type ErrorCode =
+export type ErrorKind =
   | 'ChangeStreamHistoryLost'
   | 'InvalidResumeToken'
   | 'ChangeStreamFatal'
@@ -619,29 +645,42 @@ export type ErrorCode =
   | 'NativeAddonUnavailable'
   | 'HandlerFailed';
 
+/** @deprecated renamed {@link ErrorKind}: the stable string moved from `err.code` to `err.kind`. */
+export type ErrorCode = ErrorKind;
+
 export interface ErrorInfo {
-  code?: string;
-  serverCode?: number;
+  kind?: string;
+  code?: number;
   codeName?: string;
-  labels?: string[];
+  errorLabels?: string[];
   cause?: unknown;
 }
 
-/** Base of every error the stream raises; `code` is stable, `name` is the class name. */
+/**
+ * Base of every error the stream raises, shaped like the driver's `MongoError`: `code` is the
+ * server's numeric code (driver code such as `err.code === 286` works unchanged), `codeName`,
+ * `errorLabels` and `hasErrorLabel()` as the driver has them; the package's stable kind is
+ * `kind`; `name` is the class name. With the `mongodb` package installed, server errors are
+ * also `instanceof MongoServerError`, network errors `instanceof MongoNetworkError`, and every
+ * error `instanceof MongoError`.
+ */
 export declare class ResilientChangeStreamError extends Error {
   constructor(message: string, info?: ErrorInfo);
-  /** Stable code: one of {@link ErrorCode}, or a newer code of the engine. */
-  code: ErrorCode | (string & {});
+  /** Stable kind: one of {@link ErrorKind}, or a newer kind of the engine. */
+  kind: ErrorKind | (string & {});
   /** The server's numeric error code, when the server reported the error. */
-  serverCode?: number;
+  code?: number;
   /** The server's error code name, e.g. 'ChangeStreamHistoryLost'. */
   codeName?: string;
   /** The server's error labels, e.g. 'ResumableChangeStreamError'. */
-  labels: string[];
+  errorLabels: string[];
+  /** Whether the server attached `label` (as the driver's `MongoError.hasErrorLabel`). */
+  hasErrorLabel(label: string): boolean;
+  addErrorLabel(label: string): void;
 }
 /** The position fell off the oplog (server 286): events were missed. */
 export declare class ChangeStreamHistoryLostError extends ResilientChangeStreamError {
-  code: 'ChangeStreamHistoryLost';
+  kind: 'ChangeStreamHistoryLost';
   /** The last processed position (resume token). */
   resumeToken?: ResumeToken | null;
   /** The interval whose events may be missing (also emitted as `historyLost`). */
@@ -649,60 +688,64 @@ export declare class ChangeStreamHistoryLostError extends ResilientChangeStreamE
 }
 /** A token store failed for longer than the stream can wait, or holds an unreadable record. */
 export declare class TokenStoreError extends ResilientChangeStreamError {
-  code: 'TokenStoreError';
+  kind: 'TokenStoreError';
 }
 /** A consumer group's lease collection could not be read or written. */
 export declare class LeaseStoreError extends ResilientChangeStreamError {
-  code: 'LeaseStoreError';
+  kind: 'LeaseStoreError';
 }
 /** The stored position belongs to another name, namespace or pipeline (see `allowPositionMismatch`). */
 export declare class PositionMismatchError extends ResilientChangeStreamError {
-  code: 'PositionMismatch';
+  kind: 'PositionMismatch';
 }
 /**
  * No usable native binary for this platform (thrown by the first stream or cursor
  * constructed). `packageName` is the platform package to install.
  */
 export declare class NativeAddonError extends ResilientChangeStreamError {
-  code: 'NativeAddonUnavailable';
+  kind: 'NativeAddonUnavailable';
   platform?: string;
   packageName?: string;
 }
 /** The resume token cannot be used (server 260), e.g. resumeAfter an invalidate token. */
 export declare class InvalidResumeTokenError extends ResilientChangeStreamError {
-  code: 'InvalidResumeToken';
+  kind: 'InvalidResumeToken';
 }
 /** The server cannot continue this stream (server 280). */
 export declare class ChangeStreamFatalError extends ResilientChangeStreamError {
-  code: 'ChangeStreamFatal';
+  kind: 'ChangeStreamFatal';
 }
 /** Authentication or authorization failed. */
 export declare class AuthorizationError extends ResilientChangeStreamError {
-  code: 'Unauthorized';
+  kind: 'Unauthorized';
 }
 /** The server rejected the pipeline or the combination of options. */
 export declare class InvalidPipelineError extends ResilientChangeStreamError {
-  code: 'InvalidPipeline';
+  kind: 'InvalidPipeline';
 }
 /** `backoff.maxRetries` re-open attempts failed in a row. */
 export declare class RetriesExhaustedError extends ResilientChangeStreamError {
-  code: 'RetriesExhausted';
+  kind: 'RetriesExhausted';
 }
 /** A server error without a more specific class. */
 export declare class ServerError extends ResilientChangeStreamError {
-  code: 'ServerError';
+  kind: 'ServerError';
+}
+/** A network error or server-selection failure (reported in `reconnecting`; resumable). */
+export declare class NetworkError extends ResilientChangeStreamError {
+  kind: 'NetworkError';
 }
 /** A bad option, or a watch() target that is not a Collection, Db or MongoClient. */
 export declare class InvalidOptionError extends ResilientChangeStreamError {
-  code: 'InvalidOption';
+  kind: 'InvalidOption';
 }
 /** Iterator and emitter modes were mixed. */
 export declare class ModeConflictError extends ResilientChangeStreamError {
-  code: 'ModeConflict';
+  kind: 'ModeConflict';
 }
 /** The stream is closed (`cause`: the error that closed it, if any). */
 export declare class StreamClosedError extends ResilientChangeStreamError {
-  code: 'StreamClosed';
+  kind: 'StreamClosed';
 }
 /**
  * An item listener (`change`, cursor `data`) or a `resumeTokenChanged` listener threw or
@@ -710,7 +753,7 @@ export declare class StreamClosedError extends ResilientChangeStreamError {
  * and its position stayed before that item: a restart from the stored position delivers it again.
  */
 export declare class HandlerError extends ResilientChangeStreamError {
-  code: 'HandlerFailed';
+  kind: 'HandlerFailed';
   /** What the listener threw (or its promise rejected with). */
   cause: unknown;
   /** Change stream: the event being processed (null: a `resumeTokenChanged` of a quiet stream). */

@@ -53,12 +53,12 @@ function withUniqueAppName(uri, label) {
   return { uri: url.toString(), appName };
 }
 
-/** Asserts `err` is an instance of `Class` with the class's stable code and name. */
-function assertErrorClass(err, Class, code) {
+/** Asserts `err` is an instance of `Class` with the class's stable kind and name. */
+function assertErrorClass(err, Class, kind) {
   assert.ok(err instanceof Class, `expected a ${Class.name}, got ${err?.name}: ${err?.message}`);
   assert.ok(err instanceof ResilientChangeStreamError);
   assert.ok(err instanceof Error);
-  assert.equal(err.code, code);
+  assert.equal(err.kind, kind);
   assert.equal(err.name, Class.name);
   return true;
 }
@@ -272,7 +272,7 @@ for (const style of ['throws', 'rejects']) {
     assert.equal(errors.length, 1, "'error' emitted once");
     const [err] = errors;
     assert.ok(err instanceof HandlerError, `a HandlerError, got ${err?.constructor?.name}`);
-    assert.equal(err.code, 'HandlerFailed');
+    assert.equal(err.kind, 'HandlerFailed');
     assert.equal(err.cause, boom, "its cause is the listener's own error");
     assert.match(err.message, new RegExp(`"change" listener threw: listener ${style}`));
     assert.deepStrictEqual(err.event, seen[2], 'it names the event being processed');
@@ -359,8 +359,8 @@ test('stream() is a Readable of the events that keeps going across resumable get
   );
   for (const r of reconnects) {
     assert.ok(r.error instanceof ResilientChangeStreamError);
-    assert.equal(r.error.serverCode, 6);
-    assert.ok(r.error.labels.includes('ResumableChangeStreamError'));
+    assert.equal(r.error.code, 6);
+    assert.ok(r.error.errorLabels.includes('ResumableChangeStreamError'));
     assert.equal(typeof r.delayMs, 'number');
   }
   assert.equal(resumed.length, 1, "one 'resumed' after the outage");
@@ -458,22 +458,24 @@ test('error classes are exported with stable codes and names', () => {
     [ModeConflictError, 'ModeConflict'],
     [StreamClosedError, 'StreamClosed'],
   ];
-  for (const [Class, code] of table) {
+  for (const [Class, kind] of table) {
     assert.equal(rcs[Class.name], Class, `${Class.name} is exported under its own name`);
     const cause = new Error('root');
-    const err = new Class('message', { code: 'SomethingElse', serverCode: 286, codeName: 'X', labels: ['L'], cause });
-    assertErrorClass(err, Class, code);
+    const err = new Class('message', { kind: 'SomethingElse', code: 286, codeName: 'X', errorLabels: ['L'], cause });
+    assertErrorClass(err, Class, kind);
+    assert.equal(err.hasErrorLabel('L'), true);
+    assert.equal(err.hasErrorLabel('M'), false);
     assert.equal(err.message, 'message');
-    assert.equal(err.serverCode, 286);
+    assert.equal(err.code, 286);
     assert.equal(err.codeName, 'X');
-    assert.deepEqual(err.labels, ['L']);
+    assert.deepEqual(err.errorLabels, ['L']);
     assert.equal(err.cause, cause);
     assert.match(String(err.stack), new RegExp(`^${Class.name}: message`));
-    assert.deepEqual(new Class('m').labels, []);
+    assert.deepEqual(new Class('m').errorLabels, []);
   }
-  // The base class keeps a code it was given (codes the engine adds later reach the user).
-  const base = new ResilientChangeStreamError('m', { code: 'NetworkError' });
-  assert.equal(base.code, 'NetworkError');
+  // The base class keeps a kind it was given (kinds the engine adds later reach the user).
+  const base = new ResilientChangeStreamError('m', { kind: 'SomethingNew' });
+  assert.equal(base.kind, 'SomethingNew');
   assert.equal(base.name, 'ResilientChangeStreamError');
   assert.ok(base instanceof Error);
 });
@@ -489,7 +491,7 @@ test('a pipeline the server rejects fails next() with InvalidPipelineError and c
   await assert.rejects(withTimeout(stream.next(), DEADLINE_MS, 'next()'), (err) => {
     failure = err;
     assertErrorClass(err, InvalidPipelineError, 'InvalidPipeline');
-    assert.equal(typeof err.serverCode, 'number');
+    assert.equal(typeof err.code, 'number');
     return true;
   });
   await closed;

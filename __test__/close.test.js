@@ -100,9 +100,23 @@ async function assertQuietAfterClose(server, appName) {
   }
 }
 
+/**
+ * A next() pending when close() is called: as the driver's ChangeStream.next(), it never
+ * resolves null; it rejects with StreamClosedError (no cause: closed by close()).
+ */
+async function assertClosedWhileWaiting(pending) {
+  const outcome = await withTimeout(
+    pending.then((value) => ({ value }), (error) => ({ error })),
+    CLOSE_WITHIN_MS,
+    'the pending next()',
+  );
+  assert.ok(outcome.error instanceof StreamClosedError, `rejected with StreamClosedError: ${JSON.stringify(outcome)}`);
+  assert.equal(outcome.error.cause, undefined);
+}
+
 // --- (1) close during backoff -------------------------------------------------------------------
 
-test('close() during a 60 s backoff resolves at once; a pending next() resolves null', async (t) => {
+test('close() during a 60 s backoff resolves at once; a pending next() rejects with StreamClosedError', async (t) => {
   const ctx = await setup(t);
   if (await skipWithoutFailPoints(t, ctx.server)) return;
   const { stream, appName } = openStream(t, ctx, 'backoff', {
@@ -128,14 +142,14 @@ test('close() during a 60 s backoff resolves at once; a pending next() resolves 
     assert.equal(info.attempt, tries, 'no progress between failures: one outage, attempts count up');
     assert.ok(info.delayMs >= 0 && info.delayMs <= 60000, `delayMs ${info.delayMs} within [0, 60000]`);
     assert.ok(info.error instanceof ResilientChangeStreamError);
-    assert.equal(info.error.serverCode, 6);
+    assert.equal(info.error.code, 6);
     if (info.delayMs >= 2000) break;
     assert.ok(tries < 6, 'six short delays in a row out of [0, 60 s]');
     // The short backoff ends by itself; wait for the re-opened cursor's getMore to fail next.
   }
   // The re-open is at least 2 s away; closing now closes during the backoff.
   await closeFast(stream, record);
-  assert.equal(await withTimeout(pending, CLOSE_WITHIN_MS, 'the pending next()'), null);
+  await assertClosedWhileWaiting(pending);
   assert.equal(stream.closed, true);
   assert.deepStrictEqual(record.closes, [{ reason: 'closed' }]);
   // Writes after close reach nobody, and the stream stays silent.
@@ -167,7 +181,7 @@ test('close() while the re-open aggregate is blocked on the server resolves at o
     appName,
   });
   const info = await reconnecting;
-  assert.equal(info.error.serverCode, 6);
+  assert.equal(info.error.code, 6);
   await waitUntil(
     async () => (await commandsOf(ctx.server, appName)).includes('aggregate'),
     10000,
@@ -175,7 +189,7 @@ test('close() while the re-open aggregate is blocked on the server resolves at o
   );
 
   await closeFast(stream, record);
-  assert.equal(await withTimeout(pending, CLOSE_WITHIN_MS, 'the pending next()'), null);
+  await assertClosedWhileWaiting(pending);
   assert.equal(stream.closed, true);
   assert.deepStrictEqual(record.closes, [{ reason: 'closed' }]);
 
@@ -194,7 +208,7 @@ test('close() while the re-open aggregate is blocked on the server resolves at o
 
 // --- (3) close with a pending next() / a getMore in flight -------------------------------------
 
-test('close() with a getMore in flight and a pending next() resolves at once; next() resolves null', async (t) => {
+test('close() with a getMore in flight and a pending next() resolves at once; next() rejects with StreamClosedError', async (t) => {
   const ctx = await setup(t);
   // The server holds each getMore up to 10 s waiting for events.
   const { stream, appName } = openStream(t, ctx, 'getmore', { maxAwaitTimeMS: 10000 });
@@ -206,7 +220,7 @@ test('close() with a getMore in flight and a pending next() resolves at once; ne
     'the awaitData getMore to be running on the server',
   );
   await closeFast(stream, record);
-  assert.equal(await withTimeout(pending, CLOSE_WITHIN_MS, 'the pending next()'), null);
+  await assertClosedWhileWaiting(pending);
   assert.deepStrictEqual(record.closes, [{ reason: 'closed' }]);
   assert.deepEqual(record.afterClose, []);
 });
@@ -302,7 +316,7 @@ test("close() is idempotent: three concurrent calls, one 'close'; afterwards the
   const isClosedError = (err) => {
     assert.ok(err instanceof StreamClosedError, `expected StreamClosedError, got ${err?.name}`);
     assert.ok(err instanceof ResilientChangeStreamError);
-    assert.equal(err.code, 'StreamClosed');
+    assert.equal(err.kind, 'StreamClosed');
     assert.equal(err.name, 'StreamClosedError');
     assert.equal(err.cause, undefined, 'closed by close(), not by an error');
     return true;
@@ -366,7 +380,7 @@ test(
     const { pending } = await startIterating(stream);
     assert.ok((await connectionsOf(appName)) > 0, 'precondition: the stream is connected under its appName');
     await closeFast(stream);
-    assert.equal(await pending, null);
+    await assertClosedWhileWaiting(pending);
     await waitUntil(
       async () => (await connectionsOf(appName)) === 0 && (baseline === null || (await connections()) <= baseline),
       5000,

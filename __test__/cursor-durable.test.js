@@ -118,7 +118,7 @@ for (const storeType of ['file', 'mongodb']) {
     assert.deepEqual((await take(first, 5)).map((d) => d.seq), range(0, 5));
     await first.close();
     const other = open(env, { key: 'seq', name: 'orders', tokenStore, filter: { seq: { $gte: 0 } } });
-    await assert.rejects(other.next(), (err) => err.code === 'PositionMismatch' && /allowPositionMismatch/.test(err.message));
+    await assert.rejects(other.next(), (err) => err.kind === 'PositionMismatch' && /allowPositionMismatch/.test(err.message));
     await other.close();
     // The same shape continues exactly where the first stopped (close() stored the last one).
     const same = open(env, { key: 'seq', name: 'orders', tokenStore });
@@ -187,7 +187,7 @@ for (const policy of ['error', 'restartFromOldest']) {
     if (policy === 'error') {
       await assert.rejects(
         withTimeout(restarted.next(), DEADLINE_MS, 'the failure'),
-        (err) => err.serverCode === 136 && err.positionLost !== undefined,
+        (err) => err.code === 136 && err.positionLost !== undefined,
       );
       assert.equal(restarted.state().ended, 'error');
     } else {
@@ -197,7 +197,7 @@ for (const policy of ['error', 'restartFromOldest']) {
       assert.deepEqual((await take(restarted, 2)).map((d) => d.seq), [30, 31], 'and it keeps tailing');
     }
     assert.equal(lost.length, 1, 'reported once, never silent');
-    assert.equal(lost[0].error.serverCode, 136);
+    assert.equal(lost[0].error.code, 136);
     assert.match(lost[0].error.message, /overwritten/);
     await restarted.close();
   });
@@ -218,6 +218,6 @@ test('stall watchdog: a getMore that hangs is abandoned, the cursor re-opens aft
   assert.deepEqual(docs.map((d) => d.seq), range(0, 50), 'every document exactly once, in key order');
   assert.deepEqual(seen.map(([name]) => name).slice(0, 2), ['stalled', 'reconnecting']);
   assert.ok(seen[0][1].silentMs >= 500, `silent ${seen[0][1].silentMs}`);
-  assert.equal(seen[1][1].error.code, 'Stalled');
+  assert.equal(seen[1][1].error.kind, 'Stalled');
   await cursor.close();
 });

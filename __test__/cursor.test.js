@@ -154,7 +154,7 @@ test('server killed and restarted mid-read: each document exactly once, in key o
   );
   await env.server.restart();
   seen.push(...(await more));
-  t.diagnostic(`reconnecting: ${rec.reconnecting.map((r) => r.error.code).join(',')}; resumed: ${rec.resumed.length}`);
+  t.diagnostic(`reconnecting: ${rec.reconnecting.map((r) => r.error.kind).join(',')}; resumed: ${rec.resumed.length}`);
   assert.equal(cursor.state().ended, 'exhausted');
   assert.ok(rec.reconnecting.length >= 1);
   assert.equal(rec.errors.length, 0);
@@ -174,7 +174,7 @@ test('failpoints on getMore (CursorNotFound, dropped connection): each document 
   await env.server.failCommand({ commands: ['getMore'], times: 1, closeConnection: true });
   seen.push(...(await take(cursor, total)));
   await env.server.failPointOff();
-  const codes = rec.reconnecting.map((r) => r.error.serverCode ?? r.error.code);
+  const codes = rec.reconnecting.map((r) => r.error.code ?? r.error.kind);
   t.diagnostic(`reconnecting: ${codes.join(',')}`);
   assert.ok(codes.includes(43), 'CursorNotFound re-opened');
   assert.ok(rec.reconnecting.length >= 3);
@@ -243,11 +243,11 @@ for (const policy of ['error', 'restartFromOldest']) {
       'positionLost',
     );
     assert.equal(rec.positionLost.length, 1, 'reported, never silent');
-    assert.equal(rec.positionLost[0].error.serverCode, 136);
+    assert.equal(rec.positionLost[0].error.code, 136);
     if (policy === 'error') {
       await assert.rejects(async () => {
         for (;;) if ((await cursor.next()) === null) break;
-      }, (err) => err.serverCode === 136 && err.positionLost !== undefined);
+      }, (err) => err.code === 136 && err.positionLost !== undefined);
       assert.equal(cursor.state().ended, 'error');
     } else {
       // Continues with the oldest documents still there after the last key seen.

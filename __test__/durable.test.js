@@ -558,7 +558,7 @@ test('close() while the store is down: rejects with a TokenStoreError once the l
   );
   assert.ok(err, 'close() rejects: the last processed position was not stored');
   assert.ok(err instanceof TokenStoreError, `a TokenStoreError, got ${err?.constructor?.name} (code ${err?.code}): ${err?.message}`);
-  assert.equal(err.code, 'TokenStoreError');
+  assert.equal(err.kind, 'TokenStoreError');
   assert.match(err.message, /store is down \(save\)/);
   assert.equal(store.saves.length, 0);
 });
@@ -716,8 +716,8 @@ test("history lost, onHistoryLost 'error' (default): 'historyLost' {from: the po
   assert.equal(rec.errors.length, 1);
   const err = rec.errors[0];
   assert.ok(err instanceof ChangeStreamHistoryLostError, `${err.name}: ${err.message}`);
-  assert.equal(err.code, 'ChangeStreamHistoryLost');
-  assert.equal(err.serverCode, 286);
+  assert.equal(err.kind, 'ChangeStreamHistoryLost');
+  assert.equal(err.code, 286);
   assert.deepEqual(err.historyLost, rec.historyLost[0], 'the error carries the interval');
   assert.deepEqual(rec.closes, [{ reason: 'error', error: err }]);
   const order = rec.log.map((x) => x.kind).filter((k) => k !== 'resumeTokenChanged');
@@ -861,7 +861,7 @@ test("invalidate with a filtering pipeline: 'close' ends the stream without an e
   await rec3.until((r) => r.closes.length === 1, 'the stream to end', { allowClose: true });
   assert.deepEqual(seqs(rec3.changes), [3]);
   assert.equal(rec3.errors.length, 1);
-  assert.equal(rec3.errors[0].code, 'ChangeStreamFatal');
+  assert.equal(rec3.errors[0].kind, 'ChangeStreamFatal');
   assert.match(rec3.errors[0].message, /invalidate events to pass the pipeline/);
 });
 
@@ -895,7 +895,7 @@ test('a corrupt, unreadable or incomplete position file is a clear TokenStoreErr
     fs.writeFileSync(file, content);
     const err = await failsToStart(t, env, { name: 'x', tokenStore: { type: 'file', path: file } });
     assert.ok(err instanceof TokenStoreError, `${fileName}: ${err.name}: ${err.message}`);
-    assert.equal(err.code, 'TokenStoreError');
+    assert.equal(err.kind, 'TokenStoreError');
     assert.ok(err.message.includes(file), `${fileName}: the message names the path: ${err.message}`);
     assert.match(err.message, pattern);
     assert.equal(fs.readFileSync(file, 'utf8'), content, `${fileName} is not overwritten`);
@@ -934,7 +934,7 @@ test('a stored position of another pipeline, namespace or name is refused with P
   for (const [what, opts, pattern] of cases) {
     const err = await failsToStart(t, env, { tokenStore: { type: 'file', path: file }, ...opts });
     assert.ok(err instanceof PositionMismatchError, `${what}: ${err.name}: ${err.message}`);
-    assert.equal(err.code, 'PositionMismatch');
+    assert.equal(err.kind, 'PositionMismatch');
     assert.match(err.message, pattern, `${what}: ${err.message}`);
     assert.match(err.message, /allowPositionMismatch/, `${what}: the message says how to opt in`);
     assert.ok(err.message.includes(file), `${what}: names the store: ${err.message}`);

@@ -10,24 +10,24 @@ const fs = require('node:fs');
 const path = require('node:path');
 const rcs = require('..');
 const errorClasses = require('../lib/errors');
-const { ERROR_CODES, BASE_CLASS_CODES } = require('../lib/error-helpers');
+const { ERROR_KINDS, BASE_CLASS_KINDS } = require('../lib/error-helpers');
 
 const DTS = fs.readFileSync(path.join(__dirname, '..', 'index.d.ts'), 'utf8');
 
-/** `export declare class X extends ResilientChangeStreamError { … code: 'C'; … }` → { X: 'C' } */
+/** `export declare class X extends ResilientChangeStreamError { … kind: 'C'; … }` → { X: 'C' } */
 function declaredClassCodes() {
   const codes = {};
   const classPattern = /export declare class (\w+) extends ResilientChangeStreamError \{([\s\S]*?)\n\}/g;
   for (const [, name, body] of DTS.matchAll(classPattern)) {
-    const code = /^\s*code: '(\w+)';/m.exec(body);
+    const code = /^\s*kind: '(\w+)';/m.exec(body);
     codes[name] = code ? code[1] : null;
   }
   return codes;
 }
 
 function declaredErrorCodeUnion() {
-  const union = /export type ErrorCode =([^;]*);/.exec(DTS);
-  assert.ok(union, 'index.d.ts declares ErrorCode');
+  const union = /export type ErrorKind =([^;]*);/.exec(DTS);
+  assert.ok(union, 'index.d.ts declares ErrorKind');
   return [...union[1].matchAll(/'(\w+)'/g)].map((m) => m[1]);
 }
 
@@ -40,26 +40,27 @@ test('lib/errors.js exports only error classes, each named as exported, codes un
     const err = new cls('m');
     assert.equal(err.name, name);
     if (cls !== errorClasses.ResilientChangeStreamError) {
-      assert.equal(err.code, cls.code, `${name} carries its code`);
-      codes.push(cls.code);
+      assert.equal(err.kind, cls.kind, `${name} carries its kind`);
+      assert.equal(err.code, undefined, 'code: only a server code');
+      codes.push(cls.kind);
     }
   }
   assert.equal(new Set(codes).size, codes.length, 'one class a code');
-  assert.deepEqual([...ERROR_CODES].sort(), [...codes, ...BASE_CLASS_CODES].sort());
+  assert.deepEqual([...ERROR_KINDS].sort(), [...codes, ...BASE_CLASS_KINDS].sort());
 });
 
 test('index.d.ts declares the same error classes with the same codes', () => {
   const declared = declaredClassCodes();
   const table = {};
   for (const [name, cls] of Object.entries(errorClasses)) {
-    if (cls !== errorClasses.ResilientChangeStreamError) table[name] = cls.code;
+    if (cls !== errorClasses.ResilientChangeStreamError) table[name] = cls.kind;
   }
   assert.deepEqual(declared, table);
   assert.match(DTS, /export declare class ResilientChangeStreamError extends Error \{/);
 });
 
-test("index.d.ts's ErrorCode union lists exactly the JS codes", () => {
-  assert.deepEqual([...declaredErrorCodeUnion()].sort(), [...ERROR_CODES].sort());
+test("index.d.ts's ErrorKind union lists exactly the JS kinds", () => {
+  assert.deepEqual([...declaredErrorCodeUnion()].sort(), [...ERROR_KINDS].sort());
 });
 
 test('index.mjs exports what index.js does, the very same objects', async () => {
@@ -75,8 +76,51 @@ test('every code the engine can send has its JS mapping; the rest are the facade
   const { nativeReader } = require('../lib/native');
   const engineCodes = nativeReader().errorCodes();
   assert.ok(engineCodes.length > 0, 'the engine lists its codes');
-  const missing = engineCodes.filter((code) => !ERROR_CODES.includes(code));
+  const missing = engineCodes.filter((code) => !ERROR_KINDS.includes(code));
   assert.deepEqual(missing, [], 'engine codes the JS table does not know');
-  const facadeOnly = ERROR_CODES.filter((code) => !engineCodes.includes(code)).sort();
+  const facadeOnly = ERROR_KINDS.filter((code) => !engineCodes.includes(code)).sort();
   assert.deepEqual(facadeOnly, ['HandlerFailed', 'ModeConflict', 'NativeAddonUnavailable', 'StreamClosed']);
+});
+
+test('errors are shaped like the driver\'s: numeric code, codeName, errorLabels, hasErrorLabel, instanceof', () => {
+  const { MongoError, MongoServerError, MongoNetworkError } = require('mongodb');
+  const { fromNative } = require('../lib/error-helpers');
+  const lost = fromNative({
+    code: 'ChangeStreamHistoryLost',
+    message: 'ChangeStreamHistoryLost (286): gone',
+    serverCode: 286,
+    codeName: 'ChangeStreamHistoryLost',
+    labels: ['NonResumableChangeStreamError'],
+  });
+  assert.ok(lost instanceof errorClasses.ChangeStreamHistoryLostError);
+  assert.ok(lost instanceof errorClasses.ResilientChangeStreamError);
+  assert.ok(lost instanceof MongoServerError, 'a server error is a MongoServerError');
+  assert.ok(lost instanceof MongoError);
+  assert.ok(lost instanceof Error);
+  assert.ok(!(lost instanceof MongoNetworkError));
+  assert.ok(!(lost instanceof errorClasses.ServerError));
+  assert.equal(lost.code, 286);
+  assert.equal(lost.kind, 'ChangeStreamHistoryLost');
+  assert.equal(lost.codeName, 'ChangeStreamHistoryLost');
+  assert.deepEqual(lost.errorLabels, ['NonResumableChangeStreamError']);
+  assert.equal(lost.hasErrorLabel('NonResumableChangeStreamError'), true);
+  assert.equal(lost.hasErrorLabel('ResumableChangeStreamError'), false);
+  assert.equal(lost.name, 'ChangeStreamHistoryLostError');
+  assert.equal(lost.errmsg, lost.message, "the driver's legacy errmsg");
+
+  const net = fromNative({ code: 'NetworkError', message: 'connection closed', labels: [] });
+  assert.ok(net instanceof errorClasses.NetworkError);
+  assert.ok(net instanceof MongoNetworkError, 'a network error is a MongoNetworkError');
+  assert.ok(!(net instanceof MongoServerError));
+  assert.equal(net.code, undefined);
+  assert.equal(net.kind, 'NetworkError');
+
+  const bad = new errorClasses.InvalidOptionError('x');
+  assert.ok(bad instanceof MongoError);
+  assert.ok(!(bad instanceof MongoServerError));
+  const stalled = fromNative({ code: 'Stalled', message: 'no reply', labels: [] });
+  assert.equal(stalled.constructor, errorClasses.ResilientChangeStreamError);
+  assert.equal(stalled.kind, 'Stalled');
+  assert.ok(!({} instanceof errorClasses.ResilientChangeStreamError));
+  assert.ok(!(new Error('x') instanceof errorClasses.ResilientChangeStreamError));
 });

@@ -45,10 +45,11 @@ test('health() follows the stream through start, events, an outage, and close', 
   assert.equal(during.state, 'reconnecting');
   assert.equal(during.reconnects, 1);
   assert.equal(typeof during.currentBackoffMs, 'number');
-  assert.equal(during.lastError.code, 'ServerError');
-  assert.equal(during.lastError.serverCode, 6);
+  assert.equal(during.lastError.kind, 'ServerError');
+  assert.equal(during.lastError.code, 6);
+  const rejected = assert.rejects(pending, { kind: 'StreamClosed' });
   await slow.close();
-  assert.equal(await pending, null);
+  await rejected;
   assert.equal(slow.health().state, 'closed');
 
   await stream.close();
@@ -62,11 +63,11 @@ test('health() reports failed with the error after a fatal error', async (t) => 
   const first = stream.next();
   await waitForEvent(stream, 'resumeTokenChanged');
   await server.failCommand({ commands: ['getMore'], errorCode: 280, errorLabels: [], times: 1 });
-  await assert.rejects(withTimeout(first, 30000, 'the fatal error'), { code: 'ChangeStreamFatal' });
+  await assert.rejects(withTimeout(first, 30000, 'the fatal error'), { kind: 'ChangeStreamFatal', code: 280 });
   const health = stream.health();
   assert.equal(health.state, 'failed');
-  assert.equal(health.lastError.code, 'ChangeStreamFatal');
-  assert.equal(health.lastError.serverCode, 280);
+  assert.equal(health.lastError.kind, 'ChangeStreamFatal');
+  assert.equal(health.lastError.code, 280);
 });
 
 test('stall watchdog: a getMore that hangs is abandoned and the stream re-opens', async (t) => {
@@ -86,7 +87,7 @@ test('stall watchdog: a getMore that hangs is abandoned and the stream re-opens'
   assert.deepEqual(seqs(events), range(0, 10), 'no event lost or repeated across the stall');
   const names = seen.map(([name]) => name);
   assert.deepEqual(names.slice(0, 2), ['stalled', 'reconnecting']);
-  assert.equal(seen[1][1].error.code, 'Stalled');
+  assert.equal(seen[1][1].error.kind, 'Stalled');
   assert.ok(names.includes('resumed'), `events: ${names}`);
 });
 

@@ -56,7 +56,7 @@ test('a resumeTokenChanged listener that throws: HandlerError, the token stays b
   assert.equal(errors.length, 1);
   const [err] = errors;
   assert.ok(err instanceof HandlerError);
-  assert.equal(err.code, 'HandlerFailed');
+  assert.equal(err.kind, 'HandlerFailed');
   assert.equal(err.cause, boom);
   assert.match(err.message, /"resumeTokenChanged" listener threw: cannot persist the token/);
   assert.deepStrictEqual(err.event, seen[1]);

@@ -362,7 +362,7 @@ test('CommonJS: require() in the fresh project watches the test server', { skip:
   assert.deepEqual(outside, [], 'every module comes from the fresh project');
   assert.deepEqual(result.invalid && { ...result.invalid, message: undefined }, {
     name: 'InvalidOptionError',
-    code: 'InvalidOption',
+    kind: 'InvalidOption',
     message: undefined,
     isInvalidOptionError: true,
     isBaseError: true,
@@ -481,7 +481,7 @@ test('a missing, mismatched or broken binary package: one clear error naming the
     const { stdout } = await consumerNode(probe);
     const error = JSON.parse(stdout);
     assert.equal(error.name, 'NativeAddonError', what);
-    assert.equal(error.code, 'NativeAddonUnavailable', what);
+    assert.equal(error.kind, 'NativeAddonUnavailable', what);
     assert.equal(error.exported, true, `${what}: an instance of the exported NativeAddonError`);
     assert.equal(error.packageName, PLATFORM_PKG, what);
     assert.match(error.message, new RegExp(`${PLATFORM_PKG}@${PKG.version.replaceAll('.', '\\.')}`), what);

@@ -134,7 +134,7 @@ function describe(rec) {
     }
     if (kind === 'change') parts.push(v.operationType);
     else if (kind === 'reconnecting') {
-      parts.push(`reconnecting#${v.attempt}(${v.error.code}/${v.error.serverCode ?? '-'})`);
+      parts.push(`reconnecting#${v.attempt}(${v.error.kind}/${v.error.code ?? '-'})`);
     } else if (kind === 'resumed') parts.push(`resumed(${v.attempts})`);
     else if (kind === 'error') parts.push(`error(${v.name}: ${v.message})`);
     else if (kind === 'close') parts.push(`close(${v.reason})`);

@@ -114,7 +114,7 @@ async function outageWhileWriting(t, env, { takeDown, bringBack, total = 400, ou
   assert.equal(rec.changes.length, total, 'duplicates: 0');
   assert.equal(rec.errors.length, 0, `never fatal: ${describe(rec)}`);
   assert.ok(rec.reconnecting.length >= 1);
-  for (const { error } of rec.reconnecting) assert.equal(error.code, 'NetworkError', error.message);
+  for (const { error } of rec.reconnecting) assert.equal(error.kind, 'NetworkError', error.message);
   assert.ok(rec.resumed.length >= 1, "'resumed' seen");
   assertOutagesResolved(rec);
   assert.deepEqual(rec.closes, [{ reason: 'closed' }]);
@@ -166,7 +166,7 @@ test('down for several backoff rounds: keeps backing off (never fatal), then rec
   assert.equal(rec.changes.length, 100);
   assert.equal(rec.errors.length, 0);
   assert.ok(rec.reconnecting.length >= 3);
-  for (const { error } of rec.reconnecting) assert.equal(error.code, 'NetworkError', error.message);
+  for (const { error } of rec.reconnecting) assert.equal(error.kind, 'NetworkError', error.message);
   // One outage, however many rounds it took.
   assert.deepEqual(rec.reconnecting.map((r) => r.attempt), range(1, rec.reconnecting.length + 1));
   assert.equal(rec.resumed.length, 1);

@@ -62,7 +62,7 @@ test('a custom store whose save() never settles: health() shows the store error,
   // collects the forgotten promise first: health says so either way.
   const health = await waitUntil(() => {
     const h = stream.health();
-    return h.lastError?.code === 'TokenStoreError' ? h : null;
+    return h.lastError?.kind === 'TokenStoreError' ? h : null;
   }, 'health() to show the store error', 20_000);
   assert.match(health.lastError.message, /save\(\) (did not settle|failed: it returned a promise that was dropped without settling)/);
   assert.ok(health.pendingCheckpoint > 0, 'what is processed is unsaved');
@@ -95,7 +95,7 @@ test('a custom store whose load() never settles: the start is retried after its 
   stream.on('change', () => {});
   stream.on('error', () => {});
   const reconnecting = await waitForEvent(stream, 'reconnecting', () => true, 20_000);
-  assert.equal(reconnecting.error.code, 'TokenStoreError');
+  assert.equal(reconnecting.error.kind, 'TokenStoreError');
   assert.match(reconnecting.error.message, /load\(\) (did not settle|failed: it returned a promise that was dropped without settling)/);
   assert.ok(store.loads >= 1);
   const started = Date.now();
@@ -154,7 +154,7 @@ test('an unreachable server: the outage is announced at the first failed attempt
     // The driver's default selection timeout (30 s) would put the first one at ~30 s.
     assert.ok(attempts[0].at < 6_000, `first reconnecting after ${attempts[0].at} ms`);
     assert.ok(attempts[2].at < 15_000, `third after ${attempts[2].at} ms`);
-    assert.equal(attempts[0].error.code, 'NetworkError');
+    assert.equal(attempts[0].error.kind, 'NetworkError');
     const { currentBackoffMs, state } = stream.health();
     assert.equal(state, 'reconnecting');
     assert.ok(currentBackoffMs === null || currentBackoffMs <= 100, `backoff left now: ${currentBackoffMs}`);

@@ -98,7 +98,8 @@ async function call(method, request) {
   const answer = deserialize(await nativePositions()[method](serialize(clean)), { promoteLongs: true });
   if (answer.error) {
     const err = new Error(answer.error.message);
-    err.code = answer.error.code;
+    // The engine's stable kind (as the errors' `kind`).
+    err.kind = answer.error.code;
     throw err;
   }
   return answer;

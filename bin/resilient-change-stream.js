@@ -140,7 +140,7 @@ async function main(argv) {
   } catch (err) {
     // Before any event: bad option (InvalidOptionError), token file, missing binary, ...
     // Messages never contain the connection string's credentials (the engine redacts them).
-    const usage = err instanceof UsageError || err?.code === 'InvalidOption';
+    const usage = err instanceof UsageError || err?.kind === 'InvalidOption';
     process.stderr.write(`${PREFIX}${withoutPrefix(String(err?.message ?? err))}\n`);
     process.exitCode = usage ? EXIT_USAGE : EXIT_FAILED;
   }

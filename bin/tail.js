@@ -211,17 +211,17 @@ function checkWritableDirectory(file) {
 
 function isClosedOutput(err) {
   // The 'change' listener's write failed: the stream closed with a HandlerError around it.
-  const cause = err?.code === 'HandlerFailed' ? err.cause : err;
+  const cause = err?.kind === 'HandlerFailed' ? err.cause : err;
   return cause?.code === 'EPIPE' || cause?.code === 'ERR_STREAM_DESTROYED';
 }
 
 /** The stored position could not be used: read when the stream started, before any event. */
 function isTokenFileError(err) {
-  return err?.code === 'PositionMismatch' || err?.code === 'TokenStoreError';
+  return err?.kind === 'PositionMismatch' || err?.kind === 'TokenStoreError';
 }
 
 function describeTokenFileError(err, tokenFile) {
-  if (err.code === 'TokenStoreError' && isOldTokenFile(tokenFile)) {
+  if (err.kind === 'TokenStoreError' && isOldTokenFile(tokenFile)) {
     return (
       `token file ${tokenFile} was written by an earlier version of this CLI, whose format is ` +
       'no longer read; delete it to start from now, or use a new --token-file'
@@ -230,7 +230,7 @@ function describeTokenFileError(err, tokenFile) {
   // The library's advice names its option; the CLI user's way out is another file.
   const message = err.message.replace(/; set allowPositionMismatch\b.*$/s, '');
   const remedy =
-    err.code === 'PositionMismatch'
+    err.kind === 'PositionMismatch'
       ? 'use another --token-file for this stream'
       : 'delete it to start from now, or use another --token-file';
   return `${err.name}: ${message}; ${remedy}`;
@@ -257,10 +257,11 @@ function isOldTokenFile(file) {
 
 function describeFailure(err, tokenFile) {
   const name = err.name ?? 'Error';
-  let text = `${name}${err.code && err.code !== name ? ` (${err.code})` : ''}: ${err.message}`;
+  const kind = err.kind ?? err.code;
+  let text = `${name}${kind && kind !== name ? ` (${kind})` : ''}: ${err.message}`;
   if (
     tokenFile !== undefined &&
-    (err.code === 'ChangeStreamHistoryLost' || err.code === 'InvalidResumeToken')
+    (err.kind === 'ChangeStreamHistoryLost' || err.kind === 'InvalidResumeToken')
   ) {
     text +=
       `\nThe position saved in ${tokenFile} can no longer be resumed from. Remove the file to ` +
@@ -381,7 +382,8 @@ class Status {
 
 function describeError(error) {
   const first = String(error?.message ?? error).split('\n')[0];
-  return error?.code ? `${error.code}: ${first}` : first;
+  const kind = error?.kind ?? error?.code;
+  return kind ? `${kind}: ${first}` : first;
 }
 
 function formatMs(ms) {

@@ -5,29 +5,35 @@ const errorClasses = require('./errors');
 const { ResilientChangeStreamError, InvalidOptionError } = errorClasses;
 
 /**
- * Stable codes without a class of their own: they arrive as ResilientChangeStreamError.
- * With the codes of the classes in lib/errors.js, every code the JS side knows.
+ * Stable kinds without a class of their own: they arrive as ResilientChangeStreamError.
+ * With the kinds of the classes in lib/errors.js, every kind the JS side knows.
  */
-const BASE_CLASS_CODES = ['NetworkError', 'ClientError', 'Stalled'];
+const BASE_CLASS_KINDS = ['ClientError', 'Stalled'];
 
 /** @type {Map<string, typeof ResilientChangeStreamError>} */
-const CLASS_BY_CODE = new Map();
+const CLASS_BY_KIND = new Map();
 for (const cls of Object.values(errorClasses)) {
-  const { code } = /** @type {any} */ (cls);
-  if (code !== undefined) CLASS_BY_CODE.set(code, cls);
+  const { kind } = /** @type {any} */ (cls);
+  if (kind !== undefined) CLASS_BY_KIND.set(kind, cls);
 }
 
-/** Every stable error code, in table order (the Rust side's list must match it). */
-const ERROR_CODES = [...CLASS_BY_CODE.keys(), ...BASE_CLASS_CODES];
+/** Every stable error kind, in table order (the Rust side's list must match it). */
+const ERROR_KINDS = [...CLASS_BY_KIND.keys(), ...BASE_CLASS_KINDS];
 
 /**
- * Builds the mirrored error for a `NativeErrorInfo` (see docs/native-contract.md).
+ * Builds the mirrored error for a `NativeErrorInfo` (see docs/native-contract.md): the
+ * engine's stable `code` becomes `kind`, the server's code `code`, as the driver has them.
  * @param {import('../native/binding').NativeErrorInfo} info
  * @returns {InstanceType<typeof ResilientChangeStreamError>}
  */
 function fromNative(info) {
-  const ErrorClass = CLASS_BY_CODE.get(info.code) ?? ResilientChangeStreamError;
-  return new ErrorClass(info.message, info);
+  const ErrorClass = CLASS_BY_KIND.get(info.code) ?? ResilientChangeStreamError;
+  return new ErrorClass(info.message, {
+    kind: info.code,
+    code: info.serverCode ?? undefined,
+    codeName: info.codeName ?? undefined,
+    errorLabels: info.labels ?? [],
+  });
 }
 
 /**
@@ -54,4 +60,4 @@ function invalidOption(name, expected, value) {
   return new InvalidOptionError(`option "${name}" must be ${expected}, got ${describeType(value)}`);
 }
 
-module.exports = { fromNative, describeType, invalidOption, ERROR_CODES, BASE_CLASS_CODES };
+module.exports = { fromNative, describeType, invalidOption, ERROR_KINDS, BASE_CLASS_KINDS };

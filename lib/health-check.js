@@ -44,7 +44,7 @@ function verdict(reader, o) {
   if (m.state === 'closed') return unhealthy('closed');
   if (m.state === 'starting' && o.readiness) return unhealthy('starting: not streaming yet');
   if (m.state === 'reconnecting' && (m.currentOutageMs ?? 0) > o.maxReconnectingMs) {
-    const last = h.lastError ? ` (last error: ${h.lastError.code}: ${h.lastError.message})` : '';
+    const last = h.lastError ? ` (last error: ${h.lastError.kind}: ${h.lastError.message})` : '';
     return unhealthy(`reconnecting for ${Math.round(m.currentOutageMs ?? 0)} ms, more than ${o.maxReconnectingMs}${last}`);
   }
   // A group's standby does not read: it is not silent.

@@ -202,7 +202,7 @@ function instrument(readers, options = {}) {
   const detach = list.map((reader) => {
     reg.readers.add(reader);
     const onReconnecting = ({ attempt, error }) => {
-      const attrs = { ...attributesOf(reader), 'error.kind': error?.code ?? 'unknown' };
+      const attrs = { ...attributesOf(reader), 'error.kind': error?.kind ?? 'unknown' };
       reg.reconnects.add(1, attrs);
       if (attempt === 1) reg.outages.add(1, attrs);
     };

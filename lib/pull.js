@@ -16,8 +16,9 @@ const { metricsSnapshot } = require('./metrics');
 // The engine's default group.leaseMs (src/engine/group/mod.rs): paces the heartbeat.
 const DEFAULT_LEASE_MS = 10000;
 
-// How long tryNext() waits for the engine before answering null. It only has to cover a batch
-// the engine already holds (a hop through the event loop), not a server round trip.
+// How long a cursor's tryNext() waits for the engine before answering null when the reader
+// sets no other bound (`_tryNextWaitMs`): a batch the engine already holds (a hop through the
+// event loop). A change stream waits for one server round trip, as the driver's tryNext().
 const TRY_NEXT_WAIT_MS = 10;
 
 /**
@@ -43,7 +44,7 @@ const TRY_NEXT_WAIT_MS = 10;
  * @property {number} count
  * @property {Buffer | null} endToken
  *
- * @typedef {{ name: string, code: string, message: string, serverCode?: number }} HealthError
+ * @typedef {{ name: string, kind: string, message: string, code?: number, codeName?: string }} HealthError
  */
 
 /**
@@ -112,6 +113,8 @@ class PullSource extends EventEmitter {
     this._lastDeliveredAt = null;
     /** rawListeners(itemEvent) as of the last change to them: not one copy per item. */
     this._itemListeners = null;
+    /** tryNext()'s bound on waiting for the engine's next reply (ms); a subclass may set it. */
+    this._tryNextWaitMs = TRY_NEXT_WAIT_MS;
 
     this._checkpoints = new Checkpoints(this._native, (error) => this._terminate(error));
 
@@ -206,10 +209,18 @@ class PullSource extends EventEmitter {
     return metricsSnapshot(this);
   }
 
-  /** Resolves with the next item; null once it ended (or, a stream: was closed while waiting). */
+  /**
+   * Resolves with the next item. Once the reader ended: a cursor answers null; a change
+   * stream rejects with StreamClosedError, as the driver's ChangeStream.next() does (it never
+   * resolves null), also when it is closed while waiting.
+   */
   async next() {
     this._useAsIterator();
-    return this._next();
+    const item = await this._next();
+    if (item === null && this._kind.closedIteratorThrows) {
+      throw new StreamClosedError(`${this._kind.name} is closed`, { cause: this._lifecycle.error ?? undefined });
+    }
+    return item;
   }
 
   /** Resolves `true` once an item is available; `false` if it ended while waiting. */
@@ -225,13 +236,18 @@ class PullSource extends EventEmitter {
     }
   }
 
-  /** The next item if one is available now, else `null`. A later next() gets what arrives. */
+  /**
+   * The next item if one is available, else `null` — after at most one round trip, as the
+   * driver's tryNext() (at most one getMore): with nothing buffered it waits for the engine's
+   * next reply, bounded by `_tryNextWaitMs` (a change stream: its await time, `maxAwaitTimeMS`
+   * or the server's 1 s). A later next() gets what arrives after that.
+   */
   async tryNext() {
     this._useAsIterator();
     if (!this._available() && this._lifecycle.reading) {
       let timer;
       const waited = new Promise((resolve) => {
-        timer = setTimeout(resolve, TRY_NEXT_WAIT_MS);
+        timer = setTimeout(resolve, this._tryNextWaitMs);
       });
       try {
         // The pull keeps going if the timer wins: its result is buffered for the next call.
@@ -291,12 +307,17 @@ class PullSource extends EventEmitter {
   /**
    * Closes the reader and the native engine, storing the last processed position (in
    * iterator mode the item last handed out counts as processed). What is still buffered is
-   * dropped. Idempotent; a pending next() resolves null. Rejects only if that position
+   * dropped. Idempotent; a pending next() resolves null (a cursor) or rejects with StreamClosedError (a stream). Rejects only if that position
    * could not be stored.
    */
   async close() {
     if (this._lifecycle.reading) this._checkpoints.processHanded();
     await this._shutdown(null, 'closed');
+  }
+
+  /** `await using stream = watch(…)`: closes it (as the driver's ChangeStream). */
+  [Symbol.asyncDispose]() {
+    return this.close();
   }
 
   /**
@@ -797,7 +818,11 @@ function groupHealth(g) {
  */
 function healthError(error) {
   if (!error) return null;
-  return { name: error.name, code: error.code, message: error.message, serverCode: error.serverCode };
+  /** @type {HealthError} */
+  const plain = { name: error.name, kind: error.kind, message: error.message };
+  if (typeof error.code === 'number') plain.code = error.code;
+  if (error.codeName !== undefined) plain.codeName = error.codeName;
+  return plain;
 }
 
 module.exports = { PullSource };

@@ -5,6 +5,7 @@ const { decodeToken, bson } = require('./decode');
 const { nativeReader } = require('./native');
 const { fromNative } = require('./error-helpers');
 const { readerOptions } = require('./options');
+const { takeDriverOptions } = require('./driver-options');
 const { headroomOptions, publicWindow, startHeadroomWatch } = require('./headroom');
 
 /** @type {import('./pull').ReaderKind} */
@@ -30,7 +31,9 @@ const STREAM_KIND = {
 class ResilientChangeStream extends PullSource {
   /** @param {Record<string, any>} options */
   constructor(options) {
-    const { decode, logger, rest } = readerOptions('ResilientChangeStream', options);
+    const { decode, logger, rest: ownOptions } = readerOptions('ResilientChangeStream', options);
+    // The driver's options that are not the engine's own (lib/driver-options.js).
+    const { rest } = takeDriverOptions(ownOptions);
     // JS-only options: the headroom watch runs here, not in the engine.
     const { headroomLowFraction, headroomCheckIntervalMS, ...spec } = rest;
     const headroom = headroomOptions({ headroomLowFraction, headroomCheckIntervalMS });
@@ -38,6 +41,21 @@ class ResilientChangeStream extends PullSource {
     this._headroom = headroom;
     /** The last oplog window read (metrics()): `{ headroomMs, at }`. @type {{ headroomMs: number | null, at: number } | null} */
     this._lastOplogWindow = null;
+    // The driver's public fields: what was asked for, as given.
+    /** @type {object[]} */
+    this.pipeline = Array.isArray(options.pipeline) ? options.pipeline : [];
+    /** @type {Record<string, any>} */
+    this.options = { ...options };
+    // Connection strings may hold credentials: never exposed here.
+    delete this.options.uri;
+    if (options.tokenStore && typeof options.tokenStore === 'object' && 'uri' in options.tokenStore) {
+      const { uri: _uri, ...store } = options.tokenStore;
+      this.options.tokenStore = store;
+    }
+    /** @type {{ db: string, collection?: string } | { db?: undefined }} */
+    this.namespace = options.db === undefined ? {} : { db: options.db, ...(options.collection === undefined ? {} : { collection: options.collection }) };
+    // One getMore: the server holds it for maxAwaitTimeMS (default 1 s); plus a round trip.
+    this._tryNextWaitMs = (typeof options.maxAwaitTimeMS === 'number' ? options.maxAwaitTimeMS : 1000) + 200;
     /** Stops the headroom timer; set when the stream starts reading. @type {(() => void) | null} */
     this._stopHeadroomWatch = null;
     /** Resume token after the last event handed out (driver: startAfter wins over resumeAfter). */
@@ -109,7 +127,7 @@ class ResilientChangeStream extends PullSource {
 
   /** @param {any} error */
   _annotate(error) {
-    if (error.code === 'ChangeStreamHistoryLost') {
+    if (error.kind === 'ChangeStreamHistoryLost') {
       // What the application needs to backfill: where it was, and what may be missing.
       error.resumeToken = this._lostToken ?? this._token;
       error.historyLost = this._historyLost;

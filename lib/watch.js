@@ -19,7 +19,7 @@ function watch(target, pipeline, options) {
   if (options !== undefined && !isObject(options)) {
     throw new InvalidOptionError(`watch() options must be an object, got ${describeType(options)}`);
   }
-  const { client, db, collection, bsonOptions } = resolveTarget(target);
+  const { client, db, collection, bsonOptions, readPreference, readConcern } = resolveTarget(target);
   for (const name of ['db', 'collection']) {
     if (options?.[name] !== undefined) {
       throw new InvalidOptionError(
@@ -31,6 +31,9 @@ function watch(target, pipeline, options) {
     // The target's BSON settings, which the driver would apply to its events; options win.
     ...pickDefined(bsonOptions, DECODE_OPTION_NAMES),
     ...options,
+    // As the driver's watch(): the target's read preference and read concern unless given.
+    readPreference: options?.readPreference ?? readPreference,
+    readConcern: options?.readConcern ?? readConcern,
     uri: options?.uri ?? connectionString(client),
     db,
     collection,

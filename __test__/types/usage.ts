@@ -61,9 +61,17 @@ async function iterate(client: MongoClient): Promise<void> {
   inferred.stream({ transform: (change) => JSON.stringify(change) }).pipe(process.stdout);
   await inferred.close();
 
-  // @ts-expect-error next() resolves null once closed: callers must check
+  // As the driver's: next() never resolves null (it rejects once closed).
   const unchecked: ChangeStreamDocument<Order> = await inferred.next();
   console.log(unchecked);
+  // The driver's fields and event names.
+  const pipeline: Document[] = inferred.pipeline;
+  console.log(pipeline, inferred.options, inferred.namespace.db);
+  inferred.on('init', (r) => console.log(r)).on('more', (r) => console.log(r)).on('response', () => {}).on('end', () => {});
+  {
+    await using disposable = watch<Order>(client.db('shop').collection('orders'));
+    console.log(disposable.closed);
+  }
 }
 
 function emitter(client: MongoClient): ResilientChangeStream<Order> {
@@ -73,7 +81,7 @@ function emitter(client: MongoClient): ResilientChangeStream<Order> {
       if (e.operationType === 'insert' && e.fullDocument.total > 100) await saveToken(e._id);
     })
     .on('reconnecting', ({ attempt, delayMs, error }: ReconnectingEvent) => {
-      console.warn(`attempt ${attempt} in ${delayMs} ms:`, error.code, error.serverCode, error.labels);
+      console.warn(`attempt ${attempt} in ${delayMs} ms:`, error.kind, error.code, error.errorLabels);
     })
     .on('resumed', (info) => console.log(info.attempts, info.downtimeMs))
     .on('resumeTokenChanged', (token) => void saveToken(token))
@@ -118,18 +126,20 @@ async function reshaped(client: MongoClient): Promise<void> {
 
 function errors(err: unknown): void {
   if (err instanceof ResilientChangeStreamError) {
-    const code: string = err.code;
-    const labels: string[] = err.labels;
-    console.log(code, labels, err.name);
+    const kind: string = err.kind;
+    const code: number | undefined = err.code;
+    const labels: string[] = err.errorLabels;
+    const resumable: boolean = err.hasErrorLabel('ResumableChangeStreamError');
+    console.log(kind, code, err.codeName, labels, resumable, err.name);
   }
   if (err instanceof InvalidOptionError) {
-    const code: 'InvalidOption' = err.code;
+    const code: 'InvalidOption' = err.kind;
     console.log(code);
   }
   console.log(err instanceof ModeConflictError, err instanceof StreamClosedError);
   if (err instanceof HandlerError) {
     // A throwing change/data/resumeTokenChanged listener: what it threw, the item, the position before it.
-    const code: 'HandlerFailed' = err.code;
+    const code: 'HandlerFailed' = err.kind;
     const before: ResumeToken | null | undefined = err.resumeToken;
     console.log(code, err.cause, err.event, err.document, before);
   }
@@ -234,7 +244,7 @@ async function replicas(client: MongoClient): Promise<void> {
   watch(orders, { name: 'x', group: { leaseMs: '10s' } });
   // @ts-expect-error no such lease-loss reason
   grouped.on('leaseLost', (info) => info.reason === 'expired');
-  console.log(new LeaseStoreError('x').code);
+  console.log(new LeaseStoreError('x').kind);
   await grouped.close();
 }
 export { replicas };

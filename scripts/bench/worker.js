@@ -363,7 +363,7 @@ async function recovery() {
   stream.on('error', fail);
   if (!driver) {
     stream.on('reconnecting', ({ attempt, delayMs, error }) => {
-      send({ type: 'kill', t: hrMs(), attempt, delayMs, error: error?.code });
+      send({ type: 'kill', t: hrMs(), attempt, delayMs, error: error?.kind });
     });
     stream.on('resumed', ({ attempts, downtimeMs }) => send({ type: 'resumed', t: hrMs(), attempts, downtimeMs }));
   }

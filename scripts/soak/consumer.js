@@ -51,12 +51,12 @@ stream.on('change', (event) => {
   }
 });
 stream.on('reconnecting', ({ attempt, delayMs, error }) => {
-  report('r', hrMs().toFixed(1), attempt, delayMs, error?.code ?? error?.name ?? 'unknown');
+  report('r', hrMs().toFixed(1), attempt, delayMs, error?.kind ?? error?.name ?? 'unknown');
 });
 stream.on('stalled', ({ silentMs }) => report('s', hrMs().toFixed(1), silentMs));
 stream.on('resumed', ({ attempts, downtimeMs }) => report('u', hrMs().toFixed(1), attempts, downtimeMs));
 stream.on('error', (err) => {
-  report('x', hrMs().toFixed(1), err.name, err.code ?? '-', String(err.message).split('\n')[0]);
+  report('x', hrMs().toFixed(1), err.name, err.kind ?? err.code ?? '-', String(err.message).split('\n')[0]);
 });
 
 const rssTimer = setInterval(() => report('m', hrMs().toFixed(1), rss()), RSS_EVERY_MS);
@@ -77,7 +77,7 @@ stream.on('close', ({ reason }) => {
 
 process.on('SIGTERM', () => {
   stream.close().catch((err) => {
-    report('x', hrMs().toFixed(1), err.name, err.code ?? '-', String(err.message).split('\n')[0]);
+    report('x', hrMs().toFixed(1), err.name, err.kind ?? err.code ?? '-', String(err.message).split('\n')[0]);
     process.exitCode = 1;
   });
 });

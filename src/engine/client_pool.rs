@@ -4,10 +4,12 @@
 
 use std::collections::HashMap;
 use std::ops::Deref;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mongodb::options::{ClientOptions, ServerMonitoringMode};
+use mongodb::event::sdam::SdamEvent;
+use mongodb::event::EventHandler;
+use mongodb::options::{ClientOptions, ServerAddress, ServerMonitoringMode};
 use mongodb::Client;
 use once_cell::sync::Lazy;
 use tokio::task::JoinHandle;
@@ -20,7 +22,38 @@ pub const DEFAULT_MAX_POOL_SIZE: u32 = 1000;
 
 struct PooledClient {
     client: Client,
+    wire: Arc<WireVersions>,
     users: usize,
+}
+
+/// The `maxWireVersion` each server of a client reported in its last `hello` (kept by an
+/// SDAM listener): the change-streams spec's resume rule depends on it.
+#[derive(Default)]
+pub struct WireVersions(Mutex<HashMap<ServerAddress, i32>>);
+
+impl WireVersions {
+    fn record(&self, event: SdamEvent) {
+        let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            SdamEvent::ServerDescriptionChanged(changed) => {
+                match changed.new_description.max_wire_version() {
+                    Some(wire) => known.insert(changed.address.clone(), wire),
+                    None => known.remove(&changed.address),
+                };
+            }
+            SdamEvent::ServerClosed(closed) => {
+                known.remove(&closed.address);
+            }
+            _ => {}
+        }
+    }
+
+    /// The lowest wire version among the servers known now (the conservative one for a
+    /// rule that differs by version); `None` before any `hello` answered.
+    pub fn max_wire_version(&self) -> Option<i32> {
+        let known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        known.values().copied().min()
+    }
 }
 
 static CLIENTS: Lazy<Mutex<HashMap<String, PooledClient>>> =
@@ -47,6 +80,14 @@ fn lock() -> std::sync::MutexGuard<'static, HashMap<String, PooledClient>> {
 pub struct ClientLease {
     uri: String,
     client: Client,
+    wire: Arc<WireVersions>,
+}
+
+impl ClientLease {
+    /// The servers' `maxWireVersion` as last reported (see [`WireVersions`]).
+    pub fn max_wire_version(&self) -> Option<i32> {
+        self.wire.max_wire_version()
+    }
 }
 
 impl Deref for ClientLease {
@@ -119,16 +160,22 @@ pub async fn client_for(uri: &str) -> Result<ClientLease, EngineError> {
     if options.app_name.is_none() {
         options.app_name = Some("resilient-change-stream".into());
     }
+    let wire = Arc::new(WireVersions::default());
+    let recorder = wire.clone();
+    options.sdam_event_handler = Some(EventHandler::callback(move |event| recorder.record(event)));
     let client = Client::with_options(options).map_err(|e| EngineError::from_driver(&e))?;
     // Two streams may race to create the client: keep the first, drop ours.
     let mut clients = lock();
-    let pooled = clients
-        .entry(uri.to_string())
-        .or_insert(PooledClient { client, users: 0 });
+    let pooled = clients.entry(uri.to_string()).or_insert(PooledClient {
+        client,
+        wire,
+        users: 0,
+    });
     pooled.users += 1;
     Ok(ClientLease {
         uri: uri.to_string(),
         client: pooled.client.clone(),
+        wire: pooled.wire.clone(),
     })
 }
 
@@ -139,5 +186,6 @@ fn lease_existing(uri: &str) -> Option<ClientLease> {
     Some(ClientLease {
         uri: uri.to_string(),
         client: pooled.client.clone(),
+        wire: pooled.wire.clone(),
     })
 }

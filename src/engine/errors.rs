@@ -121,10 +121,17 @@ impl EngineError {
         )
     }
 
-    /// Classifies a driver error by the spec's resumability rules (see
-    /// shared/reference/change-streams.md), by code first: some servers send 286 without
-    /// the `NonResumableChangeStreamError` label.
+    /// Classifies a driver error outside a reader's read (client construction, token
+    /// stores, the oplog window): the generic rule ([`Rules::Generic`]).
     pub fn from_driver(err: &DriverError) -> Self {
+        Self::classify(err, Rules::Generic)
+    }
+
+    /// THE classification of a driver error: its stable code, the server's code, name and
+    /// labels, and whether the reader may re-open after it under `rules` (see
+    /// [`is_resumable_server_error`]). Some servers send 286 without the
+    /// `NonResumableChangeStreamError` label, so the stable code comes from the server code.
+    pub fn classify(err: &DriverError, rules: Rules) -> Self {
         let mut labels: Vec<String> = err.labels().iter().cloned().collect();
         labels.sort();
         let message = match err.kind.as_ref() {
@@ -135,7 +142,7 @@ impl EngineError {
         };
         let (code, server_code, code_name, resumable) = match err.kind.as_ref() {
             ErrorKind::Command(cmd) => {
-                let resumable = is_resumable_server_error(cmd.code, &labels);
+                let resumable = is_resumable_server_error(cmd.code, &labels, rules);
                 (
                     code_for_server_error(cmd.code),
                     Some(cmd.code),
@@ -143,6 +150,8 @@ impl EngineError {
                     resumable,
                 )
             }
+            // Network errors and server selection failures: resumable under every rule
+            // (the spec's "any network error"; the Node driver counts selection too).
             ErrorKind::Io(_)
             | ErrorKind::ServerSelection { .. }
             | ErrorKind::ConnectionPoolCleared { .. }
@@ -162,6 +171,30 @@ impl EngineError {
     }
 }
 
+/// Which resumability rule applies to a server error (network errors are resumable under
+/// all of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rules {
+    /// A change stream's read, per the change-streams spec, by the wire version of the
+    /// server that answered (`None`: not known yet, taken as a current server). Wire
+    /// version 9 (4.4) and later: the `ResumableChangeStreamError` label decides; older:
+    /// the code list, unless labelled `NonResumableChangeStreamError`. CursorNotFound (43)
+    /// always resumes.
+    ChangeStream { wire_version: Option<i32> },
+    /// Not a change stream (the restartable cursor, token stores, the oplog window): the
+    /// code list or the `ResumableChangeStreamError` label; the server labels only change
+    /// stream commands, so the list is what identifies transient server states here.
+    Generic,
+}
+
+/// The wire version of MongoDB 4.4, from which servers label resumable change stream errors.
+pub const LABELS_DECIDE_FROM_WIRE_VERSION: i32 = 9;
+
+/// The label 4.4+ servers attach to errors a change stream may resume after.
+pub const RESUMABLE_LABEL: &str = "ResumableChangeStreamError";
+/// The label real servers attach to 280 and 286.
+pub const NON_RESUMABLE_LABEL: &str = "NonResumableChangeStreamError";
+
 impl fmt::Display for EngineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code.as_str(), self.message)
@@ -170,20 +203,34 @@ impl fmt::Display for EngineError {
 
 impl std::error::Error for EngineError {}
 
-/// Server codes that are resumable on any server version (the spec's pre-4.4 list plus
-/// CursorNotFound); 4.4+ servers also label them `ResumableChangeStreamError`.
-const RESUMABLE_CODES: &[i32] = &[
-    6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 63, 150, 13388, 234, 133, 43,
+/// The change-streams spec's resumable codes for servers older than 4.4 (wire version < 9).
+pub const RESUMABLE_CODES: &[i32] = &[
+    6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 63, 150, 13388, 234, 133,
 ];
 
-/// Codes that are never resumable, whatever labels a server attaches.
+/// CursorNotFound: resumable on every server version.
+pub const CURSOR_NOT_FOUND: i32 = 43;
+
+/// Codes that are never resumable, whatever labels a server attaches: the product handles
+/// them itself (286 is a lost position, reported as such; 260/280 cannot be retried).
 const FATAL_CODES: &[i32] = &[260, 280, 286];
 
-fn is_resumable_server_error(code: i32, labels: &[String]) -> bool {
-    if FATAL_CODES.contains(&code) || labels.iter().any(|l| l == "NonResumableChangeStreamError") {
+/// Whether a reader may re-open after the server error `code` with `labels` under `rules`.
+pub fn is_resumable_server_error(code: i32, labels: &[String], rules: Rules) -> bool {
+    let has = |label: &str| labels.iter().any(|l| l == label);
+    if FATAL_CODES.contains(&code) || has(NON_RESUMABLE_LABEL) {
         return false;
     }
-    RESUMABLE_CODES.contains(&code) || labels.iter().any(|l| l == "ResumableChangeStreamError")
+    if code == CURSOR_NOT_FOUND || has(RESUMABLE_LABEL) {
+        return true;
+    }
+    match rules {
+        Rules::ChangeStream {
+            wire_version: Some(w),
+        } if w < LABELS_DECIDE_FROM_WIRE_VERSION => RESUMABLE_CODES.contains(&code),
+        Rules::ChangeStream { .. } => false,
+        Rules::Generic => RESUMABLE_CODES.contains(&code),
+    }
 }
 
 /// A write refused because a document with its `_id` exists (11000): how conditional
@@ -224,32 +271,112 @@ mod tests {
         l.iter().map(|s| s.to_string()).collect()
     }
 
+    const MODERN: Rules = Rules::ChangeStream {
+        wire_version: Some(27),
+    };
+    const WIRE_4_2: Rules = Rules::ChangeStream {
+        wire_version: Some(8),
+    };
+
+    /// The spec's allowlist table (change-streams-resume-allowlist, servers before 4.4):
+    /// each code resumes without any label; so does CursorNotFound.
     #[test]
-    fn every_spec_code_is_resumable_without_labels() {
-        for code in RESUMABLE_CODES {
-            assert!(is_resumable_server_error(*code, &[]), "code {code}");
+    fn allowlist_table_old_servers_resume_by_code() {
+        let table: &[(i32, &str)] = &[
+            (6, "HostUnreachable"),
+            (7, "HostNotFound"),
+            (89, "NetworkTimeout"),
+            (91, "ShutdownInProgress"),
+            (189, "PrimarySteppedDown"),
+            (262, "ExceededTimeLimit"),
+            (9001, "SocketException"),
+            (10107, "NotWritablePrimary"),
+            (11600, "InterruptedAtShutdown"),
+            (11602, "InterruptedDueToReplStateChange"),
+            (13435, "NotPrimaryNoSecondaryOk"),
+            (13436, "NotPrimaryOrSecondary"),
+            (63, "StaleShardVersion"),
+            (150, "StaleEpoch"),
+            (234, "RetryChangeStream"),
+            (133, "FailedToSatisfyReadPreference"),
+            (43, "CursorNotFound"),
+        ];
+        for (code, name) in table {
+            assert!(
+                is_resumable_server_error(*code, &[], WIRE_4_2),
+                "{name} ({code})"
+            );
         }
+        // Not on the list: surfaced.
+        assert!(!is_resumable_server_error(50, &[], WIRE_4_2));
+        assert!(!is_resumable_server_error(2, &[], WIRE_4_2));
+        // The non-resumable label wins over the list.
+        assert!(!is_resumable_server_error(
+            6,
+            &labels(&["NonResumableChangeStreamError"]),
+            WIRE_4_2
+        ));
+    }
+
+    /// The spec's error-label table (change-streams-resume-errorLabels, 4.4+): the label
+    /// decides, whatever the code; an unlabelled listed code is surfaced; 43 still resumes.
+    #[test]
+    fn error_label_table_4_4_and_later() {
+        let label = labels(&["ResumableChangeStreamError"]);
+        for code in RESUMABLE_CODES.iter().chain([&50, &12345]) {
+            assert!(
+                is_resumable_server_error(*code, &label, MODERN),
+                "labelled {code}"
+            );
+        }
+        // "change stream does not resume if error does not contain ResumableChangeStreamError"
+        assert!(!is_resumable_server_error(6, &[], MODERN));
+        for code in RESUMABLE_CODES {
+            assert!(
+                !is_resumable_server_error(*code, &[], MODERN),
+                "unlabelled {code}"
+            );
+        }
+        assert!(is_resumable_server_error(43, &[], MODERN));
+        // Wire version 9 is the boundary; unknown counts as current.
+        let wire9 = Rules::ChangeStream {
+            wire_version: Some(9),
+        };
+        assert!(!is_resumable_server_error(6, &[], wire9));
+        let unknown = Rules::ChangeStream { wire_version: None };
+        assert!(!is_resumable_server_error(6, &[], unknown));
     }
 
     #[test]
-    fn label_makes_unknown_code_resumable() {
+    fn generic_rule_keeps_the_code_list() {
+        for code in RESUMABLE_CODES.iter().chain([&43]) {
+            assert!(
+                is_resumable_server_error(*code, &[], Rules::Generic),
+                "code {code}"
+            );
+        }
+        assert!(!is_resumable_server_error(12345, &[], Rules::Generic));
         assert!(is_resumable_server_error(
             12345,
-            &labels(&["ResumableChangeStreamError"])
+            &labels(&["ResumableChangeStreamError"]),
+            Rules::Generic
         ));
-        assert!(!is_resumable_server_error(12345, &[]));
     }
 
     #[test]
     fn history_lost_is_fatal_even_with_a_resumable_label() {
-        assert!(!is_resumable_server_error(
-            286,
-            &labels(&["ResumableChangeStreamError"])
-        ));
-        assert!(!is_resumable_server_error(
-            6,
-            &labels(&["NonResumableChangeStreamError"])
-        ));
+        for rules in [MODERN, WIRE_4_2, Rules::Generic] {
+            assert!(!is_resumable_server_error(
+                286,
+                &labels(&["ResumableChangeStreamError"]),
+                rules
+            ));
+            assert!(!is_resumable_server_error(
+                6,
+                &labels(&["NonResumableChangeStreamError"]),
+                rules
+            ));
+        }
         assert_eq!(
             code_for_server_error(286),
             ErrorCode::ChangeStreamHistoryLost

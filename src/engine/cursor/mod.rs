@@ -14,7 +14,7 @@ use mongodb::raw_batch_cursor::RawBatchCursor;
 use mongodb::Client;
 
 use crate::engine::durable::position::Position;
-use crate::engine::errors::{EngineError, ErrorCode};
+use crate::engine::errors::{EngineError, ErrorCode, Rules};
 use crate::engine::reader::reply::{doc_at, read_docs};
 use crate::engine::reader::source::{AfterLoss, Exhausted, ReadBatch, Reply, Source};
 use crate::engine::reader::{EndReason, Reader, ReaderItem};
@@ -56,6 +56,11 @@ impl Source for CursorSource {
             spec,
             lost_reported_for: None,
         }
+    }
+
+    /// Not a change stream: the server does not label its errors, the code list decides.
+    fn rules(_wire_version: Option<i32>) -> Rules {
+        Rules::Generic
     }
 
     fn await_time(&self) -> Duration {

@@ -184,8 +184,8 @@ impl<S: Source> Run<S> {
                 None => Flow::Stop,
                 Some(Err(silent)) => self.stalled(silent).await,
                 Some(Ok(Err(e))) => {
-                    self.after_error(EngineError::from_driver(&e), &client)
-                        .await
+                    let error = classify::<S>(&e, &client);
+                    self.after_error(error, &client).await
                 }
                 Some(Ok(Ok(cursor))) => match self.check_open(&client).await {
                     None => self.pump(cursor, &client).await,
@@ -204,7 +204,7 @@ impl<S: Source> Run<S> {
             None => Some(Flow::Stop),
             Some(Ok(Ok(None))) => None,
             Some(Ok(Ok(Some(lost)))) => Some(self.lost(lost, client).await),
-            Some(Ok(Err(e))) => Some(self.after_error(EngineError::from_driver(&e), client).await),
+            Some(Ok(Err(e))) => Some(self.after_error(classify::<S>(&e, client), client).await),
             Some(Err(silent)) => Some(self.stalled(silent).await),
         }
     }
@@ -232,7 +232,7 @@ impl<S: Source> Run<S> {
                 Some(Err(e)) => {
                     drop(permit);
                     drop(cursor);
-                    return self.after_error(EngineError::from_driver(&e), client).await;
+                    return self.after_error(classify::<S>(&e, client), client).await;
                 }
                 None => {
                     return match self.source.on_exhausted() {
@@ -380,4 +380,9 @@ impl<S: Source> Run<S> {
     async fn or_cancel<F: Future>(&self, f: F) -> Option<F::Output> {
         self.recovery.or_cancel(f).await
     }
+}
+
+/// A read's driver error, classified by the source's rule for the server's wire version.
+fn classify<S: Source>(error: &mongodb::error::Error, client: &ClientLease) -> EngineError {
+    EngineError::classify(error, S::rules(client.max_wire_version()))
 }

@@ -14,7 +14,7 @@ use mongodb::Client;
 use super::item::{EndReason, ReaderItem};
 use super::options::ReaderOptions;
 use crate::engine::durable::position::{fingerprint_of, Owner, Position, ReaderKind};
-use crate::engine::errors::EngineError;
+use crate::engine::errors::{EngineError, Rules};
 
 /// A reader's immutable arguments.
 pub trait ReaderSpec: Send + Sync + 'static {
@@ -89,6 +89,10 @@ pub trait Source: Send + Sync + Sized + 'static {
     const WHAT: &'static str;
 
     fn new(spec: Arc<Self::Spec>) -> Self;
+
+    /// Which resumability rule its read's server errors follow, given the server's wire
+    /// version (`errors.rs` applies it).
+    fn rules(wire_version: Option<i32>) -> Rules;
 
     /// How long the server may hold a round trip by design (its await time): the stall
     /// watchdog waits this plus `stallTimeoutMS`.

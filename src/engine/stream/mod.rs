@@ -13,12 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{RawDocument, RawDocumentBuf, Timestamp};
+use mongodb::options::SelectionCriteria;
 use mongodb::raw_batch_cursor::RawBatchCursor;
 use mongodb::Client;
 
 use crate::engine::client_pool::client_for;
 use crate::engine::durable::position::Position;
-use crate::engine::errors::{EngineError, ErrorCode};
+use crate::engine::errors::{EngineError, ErrorCode, Rules};
 use crate::engine::reader::reply::doc_at;
 use crate::engine::reader::source::{AfterLoss, Exhausted, ReadBatch, Reply, Source};
 use crate::engine::reader::{EndReason, Reader, ReaderItem};
@@ -69,6 +70,11 @@ impl Source for StreamSource {
             idle_advance_seen: false,
             last_progress: Instant::now(),
         }
+    }
+
+    /// The change-streams spec's rule: labels decide on 4.4+ servers.
+    fn rules(wire_version: Option<i32>) -> Rules {
+        Rules::ChangeStream { wire_version }
     }
 
     fn await_time(&self) -> Duration {
@@ -264,6 +270,9 @@ async fn open_cursor(
     }
     if let Some(c) = &spec.comment {
         action = action.comment(c.clone());
+    }
+    if let Some(rp) = &spec.read_preference {
+        action = action.selection_criteria(SelectionCriteria::ReadPreference(rp.clone()));
     }
     action.batch().await
 }

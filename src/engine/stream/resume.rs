@@ -151,6 +151,7 @@ pub fn aggregate_command(spec: &WatchSpec, start: &StartPoint) -> Document {
     if let Some(c) = &spec.comment {
         cmd.insert("comment", c.clone());
     }
+    cmd.extend(spec.command_options.clone());
     cmd
 }
 

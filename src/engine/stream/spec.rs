@@ -1,9 +1,11 @@
 //! The immutable arguments of a watch, parsed and validated from one BSON document
 //! (what the native layer receives from JS). Mutable resume state lives in `resume.rs`.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, Document, Timestamp};
+use mongodb::options::{ReadPreference, ReadPreferenceOptions};
 
 use crate::engine::durable::position::ReaderKind;
 use crate::engine::errors::{EngineError, ErrorCode};
@@ -74,6 +76,11 @@ pub struct WatchSpec {
     pub max_await_time: Option<Duration>,
     pub collation: Option<Document>,
     pub comment: Option<Bson>,
+    /// Fields of the `aggregate` command itself, as the driver sends them: `readConcern`,
+    /// `maxTimeMS`, `hint`, `let`, `allowDiskUse`, `bypassDocumentValidation`.
+    pub command_options: Document,
+    /// Where the `aggregate` (and its getMores) may run; `None`: the connection's default.
+    pub read_preference: Option<ReadPreference>,
     pub on_history_lost: HistoryLostPolicy,
     pub on_invalidate: InvalidatePolicy,
 }
@@ -93,6 +100,13 @@ const WATCH_FIELDS: &[&str] = &[
     "showExpandedEvents",
     "collation",
     "comment",
+    "readConcern",
+    "readPreference",
+    "maxTimeMS",
+    "hint",
+    "let",
+    "allowDiskUse",
+    "bypassDocumentValidation",
     "onHistoryLost",
     "onInvalidate",
 ];
@@ -156,6 +170,8 @@ impl WatchSpec {
             .get("comment")
             .filter(|c| !matches!(c, Bson::Null))
             .cloned();
+        let command_options = parse_command_options(doc)?;
+        let read_preference = parse_read_preference(doc)?;
         let on_history_lost = match optional_string(doc, "onHistoryLost")?.as_deref() {
             None | Some("error") => HistoryLostPolicy::Error,
             Some("resumeFromNow") => HistoryLostPolicy::ResumeFromNow,
@@ -188,6 +204,8 @@ impl WatchSpec {
             max_await_time,
             collation,
             comment,
+            command_options,
+            read_preference,
             on_history_lost,
             on_invalidate,
         })
@@ -212,11 +230,17 @@ impl ReaderSpec for WatchSpec {
     /// A change stream's events are shaped by the pipeline, and the `$changeStream` and
     /// collation options.
     fn shape(&self) -> Document {
-        doc! {
+        let mut shape = doc! {
             "pipeline": self.pipeline.iter().cloned().map(Bson::Document).collect::<Vec<_>>(),
             "stage": self.stage_options.clone(),
             "collation": self.collation.clone().map(Bson::Document).unwrap_or(Bson::Null),
+        };
+        // `let` variables shape what the pipeline computes. Only when given, so positions
+        // stored before the option existed keep their fingerprint.
+        if let Some(vars) = self.command_options.get("let") {
+            shape.insert("let", vars.clone());
         }
+        shape
     }
 
     /// A namespace label for logs and stored records (never contains the URI).
@@ -227,6 +251,129 @@ impl ReaderSpec for WatchSpec {
             Scope::Collection { db, coll } => format!("{db}.{coll}"),
         }
     }
+}
+
+/// The `aggregate` command's own options, checked and copied as the driver sends them.
+fn parse_command_options(doc: &Document) -> Result<Document, EngineError> {
+    let mut out = Document::new();
+    if let Some(rc) = optional_document(doc, "readConcern")? {
+        match rc.get("level") {
+            None | Some(Bson::String(_)) => {}
+            Some(other) => {
+                return Err(EngineError::invalid_option(
+                    "readConcern.level",
+                    "a string",
+                    type_name(other),
+                ))
+            }
+        }
+        out.insert("readConcern", rc);
+    }
+    if let Some(ms) = optional_whole(doc, "maxTimeMS", u32::MAX as u64)? {
+        out.insert("maxTimeMS", ms as i64);
+    }
+    match doc.get("hint") {
+        None | Some(Bson::Null) => {}
+        Some(h @ (Bson::String(_) | Bson::Document(_))) => {
+            out.insert("hint", h.clone());
+        }
+        Some(other) => {
+            return Err(EngineError::invalid_option(
+                "hint",
+                "an index name or an index specification document",
+                type_name(other),
+            ))
+        }
+    }
+    if let Some(vars) = optional_document(doc, "let")? {
+        out.insert("let", vars);
+    }
+    if let Some(flag) = optional_bool(doc, "allowDiskUse")? {
+        out.insert("allowDiskUse", flag);
+    }
+    // The driver sends it only when true.
+    if optional_bool(doc, "bypassDocumentValidation")? == Some(true) {
+        out.insert("bypassDocumentValidation", true);
+    }
+    Ok(out)
+}
+
+/// `readPreference: { mode, tags?, maxStalenessSeconds? }` (the facade turns the driver's
+/// ReadPreference into this).
+fn parse_read_preference(doc: &Document) -> Result<Option<ReadPreference>, EngineError> {
+    let Some(rp) = optional_document(doc, "readPreference")? else {
+        return Ok(None);
+    };
+    let mode = optional_string(&rp, "mode")?.ok_or_else(|| {
+        EngineError::invalid_option("readPreference.mode", "a read preference mode", "nothing")
+    })?;
+    let tag_sets = match rp.get("tags") {
+        None | Some(Bson::Null) => None,
+        Some(Bson::Array(sets)) => Some(
+            sets.iter()
+                .map(|set| match set {
+                    Bson::Document(d) => d
+                        .iter()
+                        .map(|(k, v)| match v {
+                            Bson::String(v) => Ok((k.clone(), v.clone())),
+                            other => Err(EngineError::invalid_option(
+                                "readPreference.tags",
+                                "an array of documents of strings",
+                                type_name(other),
+                            )),
+                        })
+                        .collect::<Result<HashMap<_, _>, _>>(),
+                    other => Err(EngineError::invalid_option(
+                        "readPreference.tags",
+                        "an array of documents of strings",
+                        type_name(other),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(other) => {
+            return Err(EngineError::invalid_option(
+                "readPreference.tags",
+                "an array of documents of strings",
+                type_name(other),
+            ))
+        }
+    };
+    let tag_sets = tag_sets.filter(|t| !t.is_empty());
+    let max_staleness = match rp.get("maxStalenessSeconds") {
+        // The driver's "no maximum".
+        Some(Bson::Int32(-1)) | Some(Bson::Int64(-1)) => None,
+        _ => optional_whole(&rp, "maxStalenessSeconds", u32::MAX as u64)?.map(Duration::from_secs),
+    };
+    let options = || {
+        Some(
+            ReadPreferenceOptions::builder()
+                .tag_sets(tag_sets.clone())
+                .max_staleness(max_staleness)
+                .build(),
+        )
+    };
+    let plain = tag_sets.is_none() && max_staleness.is_none();
+    Ok(Some(match mode.as_str() {
+        "primary" if plain => ReadPreference::Primary,
+        "primary" => {
+            return Err(EngineError::new(
+                ErrorCode::InvalidOption,
+                "option \"readPreference\": mode 'primary' cannot have tags or maxStalenessSeconds",
+            ))
+        }
+        "primaryPreferred" => ReadPreference::PrimaryPreferred { options: options() },
+        "secondary" => ReadPreference::Secondary { options: options() },
+        "secondaryPreferred" => ReadPreference::SecondaryPreferred { options: options() },
+        "nearest" => ReadPreference::Nearest { options: options() },
+        other => {
+            return Err(EngineError::invalid_option(
+                "readPreference.mode",
+                "'primary', 'primaryPreferred', 'secondary', 'secondaryPreferred' or 'nearest'",
+                &format!("'{other}'"),
+            ))
+        }
+    }))
 }
 
 fn parse_start(doc: &Document) -> Result<StartPoint, EngineError> {
@@ -268,6 +415,44 @@ mod tests {
     use super::*;
     use crate::engine::backoff::BackoffPolicy;
     use crate::engine::durable::store::StoreConfig;
+
+    #[test]
+    fn command_options_go_to_the_aggregate() {
+        let spec = test_spec(doc! {
+            "readConcern": {"level": "majority"},
+            "maxTimeMS": 5000,
+            "hint": {"_id": 1},
+            "let": {"x": 1},
+            "allowDiskUse": true,
+            "bypassDocumentValidation": false,
+            "readPreference": {"mode": "secondaryPreferred", "tags": [{"dc": "a"}], "maxStalenessSeconds": 120},
+        });
+        assert_eq!(
+            spec.command_options,
+            doc! {"readConcern": {"level": "majority"}, "maxTimeMS": 5000_i64, "hint": {"_id": 1}, "let": {"x": 1}, "allowDiskUse": true}
+        );
+        let Some(ReadPreference::SecondaryPreferred { options: Some(o) }) = &spec.read_preference
+        else {
+            panic!("{:?}", spec.read_preference);
+        };
+        assert_eq!(o.max_staleness, Some(Duration::from_secs(120)));
+        assert_eq!(o.tag_sets.as_ref().map(|t| t.len()), Some(1));
+        let bad = WatchSpec::from_document(
+            &doc! {"uri": "mongodb://h", "readPreference": {"mode": "sometimes"}},
+        )
+        .unwrap_err();
+        assert!(
+            bad.message
+                .starts_with("option \"readPreference.mode\" must be"),
+            "{}",
+            bad.message
+        );
+        let bad = WatchSpec::from_document(&doc! {"uri": "mongodb://h", "hint": 1}).unwrap_err();
+        assert_eq!(
+            bad.message,
+            "option \"hint\" must be an index name or an index specification document, got number"
+        );
+    }
 
     #[test]
     fn minimal_collection_spec() {
