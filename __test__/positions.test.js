@@ -241,3 +241,43 @@ test('usage errors exit 2 and never echo a connection string', async () => {
     assert.ok(!result.stderr.includes('s3cr3t') && !result.stderr.includes('alice'), result.stderr);
   }
 });
+
+test('on a terminal, a change is asked for first: "n" leaves the position, "y" changes it', async (t) => {
+  const { spawnSync } = require('node:child_process');
+  if (process.platform !== 'linux' || spawnSync('script', ['--version']).status !== 0) {
+    t.skip('needs util-linux script(1) for a pseudo-terminal');
+    return;
+  }
+  const { coll } = await setup(t);
+  const file = tempFile('asked.position.json');
+  await consume(coll, { name: 'asked', tokenStore: { type: 'file', path: file } }, 1, () => insertSeq(coll, 0, 1));
+  const stored = fs.readFileSync(file, 'utf8');
+  const quote = (s) => `'${s.replaceAll("'", "'\\''")}'`;
+  /** Runs `reset` on a pseudo-terminal (script(1)) and types `answer` once it asks. */
+  const resetOnTerminal = async (answer) => {
+    const command = `exec ${[process.execPath, BIN, 'positions', 'reset', file, 'asked'].map(quote).join(' ')}`;
+    const child = spawn('script', ['-qfec', command, '/dev/null'], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: { ...process.env, SHELL: '/bin/sh', MONGODB_URI: '' },
+    });
+    let screen = '';
+    for (const s of [child.stdout, child.stderr]) s.setEncoding('utf8').on('data', (d) => (screen += d));
+    const exited = new Promise((resolve) => child.on('close', (code) => resolve(code)));
+    // (readline may move the cursor after the question: match it anywhere)
+    await waitUntil(() => /\[y\/N\] /.test(screen), 'the question').catch((err) => {
+      throw new Error(`${err.message}; screen: ${JSON.stringify(screen)}`);
+    });
+    child.stdin.write(`${answer}\r`);
+    const code = await exited;
+    return { code, screen };
+  };
+  const no = await resetOnTerminal('n');
+  assert.equal(no.code, 1, no.screen);
+  assert.match(no.screen, /reset "asked" .*delete its position\? \[y\/N\] /);
+  assert.match(no.screen, /not changed/);
+  assert.equal(fs.readFileSync(file, 'utf8'), stored, 'answered no: the position is unchanged');
+  const yes = await resetOnTerminal('y');
+  assert.equal(yes.code, 0, yes.screen);
+  assert.match(yes.screen, /reset: "asked"/);
+  assert.equal(fs.existsSync(file), false, 'answered yes: the position is gone');
+});
