@@ -67,6 +67,14 @@ export interface WatchOptions {
    * advance for this long, emit `stalled` and re-open from the last position. `0` turns it
    * off. @default 30000
    */
+  /**
+   * Emitter mode: up to this many `change` listeners run at once, never two for the same
+   * `documentKey`, and each document's events in order (an event without a documentKey runs
+   * alone, after everything before it). The position (resume token, checkpoints) moves only
+   * over the contiguous prefix of finished events: a crash never skips an unfinished one.
+   * Iterators stay sequential. 1 to 1000. @default 1
+   */
+  concurrency?: number;
   stallTimeoutMS?: number;
   /**
    * Where the engine's log lines go: a pino- or console-style object; each line is
@@ -791,6 +799,12 @@ export interface ResilientCursorOptions {
    * Stall watchdog: no reply to a find/getMore within `maxAwaitTimeMS` plus this emits
    * `stalled` and re-opens after the last key. `0` turns it off. @default 30000
    */
+  /**
+   * Emitter mode: up to this many `data` listeners run at once (documents have distinct
+   * keys); the position moves only over the contiguous prefix of finished documents.
+   * Iterators stay sequential. 1 to 1000. @default 1
+   */
+  concurrency?: number;
   stallTimeoutMS?: number;
   /**
    * Names this read's position. With a name, the key of the last processed document is

@@ -91,7 +91,7 @@ class ResilientCursor extends PullSource {
    *   checkpoint, allowPositionMismatch, logger, uri, BSON decode options
    */
   constructor(target, options = {}) {
-    const { decode, logger, rest } = readerOptions('ResilientCursor', options);
+    const { decode, logger, concurrency, rest } = readerOptions('ResilientCursor', options);
     const { uri: uriOption, lastKey, ...cursorOptions } = rest;
     const { uri, db, collection } = connectionOf(target, uriOption);
     super(CURSOR_KIND, {
@@ -99,6 +99,7 @@ class ResilientCursor extends PullSource {
       spec: { ...cursorOptions, uri, db, collection, lastKey },
       decode,
       logger,
+      concurrency,
     });
     this._key = cursorOptions.key ?? '_id';
     /** The options state() records (everything but the connection). */
@@ -224,7 +225,13 @@ class ResilientCursor extends PullSource {
     return true;
   }
 
-  /** @param {unknown} document */
+  /** @param {any} document */
+  _orderKey(document) {
+    // Every document has its own key: under `concurrency` no two share one.
+    return JSON.stringify(valueAt(document, this._key) ?? null);
+  }
+
+  /** @param {any} document */
   _handlerFields(document) {
     return { document };
   }

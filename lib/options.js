@@ -11,19 +11,31 @@ const { checkLogger } = require('./logger');
  * as it is).
  * @param {string} className for the message
  * @param {unknown} options
- * @returns {{ decode: Record<string, boolean>, logger: object | null, rest: Record<string, any> }}
+ * @returns {{ decode: Record<string, boolean>, logger: object | null, concurrency: number, rest: Record<string, any> }}
  */
 function readerOptions(className, options) {
   if (options === null || typeof options !== 'object' || Array.isArray(options)) {
     throw new InvalidOptionError(`${className} options must be an object, got ${describeType(options)}`);
   }
   const { decode, rest: withLogger } = takeDecodeOptions(options);
-  const { logger, ...rest } = withLogger;
+  const { logger, concurrency, ...rest } = withLogger;
   if (rest.group !== null && typeof rest.group === 'object' && !Array.isArray(rest.group) && rest.group.member == null) {
     // What only this side knows names the member best: the host and the process.
     rest.group = { ...rest.group, member: defaultMember() };
   }
-  return { decode, logger: checkLogger(logger), rest };
+  return { decode, logger: checkLogger(logger), concurrency: checkConcurrency(concurrency), rest };
+}
+
+/** The most item listeners a reader runs at once (`concurrency`, JS-only: the pump's). */
+const MAX_CONCURRENCY = 1000;
+
+/** @param {unknown} value */
+function checkConcurrency(value) {
+  if (value === undefined || value === null) return 1;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > MAX_CONCURRENCY) {
+    throw invalidOption('concurrency', `a whole number from 1 to ${MAX_CONCURRENCY}`, value);
+  }
+  return value;
 }
 
 /** `host:pid:nonce`: unique per process, readable in health() and the lease collection. */

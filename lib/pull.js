@@ -11,6 +11,7 @@ const { emitObserved, handlerError } = require('./listeners');
 const { Lifecycle } = require('./lifecycle');
 const { logSink } = require('./logger');
 const { tokenStoreOption } = require('./store');
+const { KeyedPump } = require('./keyed-pump');
 const { metricsSnapshot } = require('./metrics');
 
 // The engine's default group.leaseMs (src/engine/group/mod.rs): paces the heartbeat.
@@ -67,9 +68,9 @@ class PullSource extends EventEmitter {
    * and the shared state.
    * @param {ReaderKind} kind
    * @param {{ create: (spec: Buffer, store?: any) => NativeReader, spec: Record<string, any>,
-   *   decode: Record<string, boolean>, logger: object | null }} setup
+   *   decode: Record<string, boolean>, logger: object | null, concurrency?: number }} setup
    */
-  constructor(kind, { create, spec, decode, logger }) {
+  constructor(kind, { create, spec, decode, logger, concurrency = 1 }) {
     super();
     this._kind = kind;
     const store = tokenStoreOption(spec.tokenStore);
@@ -117,6 +118,10 @@ class PullSource extends EventEmitter {
     this._tryNextWaitMs = TRY_NEXT_WAIT_MS;
 
     this._checkpoints = new Checkpoints(this._native, (error) => this._terminate(error));
+    /** Bumped when a group member's tenure ends: what was in flight no longer counts. */
+    this._tenure = 0;
+    /** Emitter mode with `concurrency` > 1: the keyed pump (lib/keyed-pump.js). */
+    this._keyed = concurrency > 1 ? new KeyedPump(this._keyedSource(), concurrency) : null;
 
     /**
      * A consumer group's member (`group` option): what it holds, and until when (on
@@ -363,6 +368,16 @@ class PullSource extends EventEmitter {
    */
   async _flow() {
     const eventName = this._kind.itemEvent;
+    if (this._keyed) {
+      try {
+        await this._keyed.run();
+      } catch (err) {
+        this._terminate(err);
+      } finally {
+        this._lifecycle.toMode('paused');
+      }
+      return;
+    }
     try {
       while (this._lifecycle.reading && this.listenerCount(eventName) > 0) {
         if (this._head === null) {
@@ -400,6 +415,41 @@ class PullSource extends EventEmitter {
       // Synchronous with the loop's last check, so a listener added later starts a new pump.
       this._lifecycle.toMode('paused');
     }
+  }
+
+  /**
+   * Every item listener in turn, each one's promise awaited before the next (as the
+   * sequential pump); rejects with what one threw.
+   * @param {any} item
+   */
+  async _runListeners(item) {
+    this._itemListeners ??= this.rawListeners(this._kind.itemEvent);
+    for (const listener of this._itemListeners) {
+      const result = listener.call(this, item, this._eventContext);
+      if (result !== null && typeof result?.then === 'function') await result;
+    }
+  }
+
+  /** What the keyed pump (`concurrency` > 1) needs of this reader. @returns {import('./keyed-pump').KeyedSource} */
+  _keyedSource() {
+    const eventName = this._kind.itemEvent;
+    return {
+      reading: () => this._lifecycle.reading,
+      hasListeners: () => this.listenerCount(eventName) > 0,
+      available: () => this._available(),
+      pull: () => this._pull(),
+      mayHandOut: () => this._checkpoints.mayHandOut(this._ordinal()),
+      admit: () => this._checkpoints.admit(this._ordinal()),
+      report: () => this._checkpoints.report(),
+      holdsLease: () => this._holdsLease(),
+      peek: () => this._peek(),
+      keyOf: (item) => this._orderKey(item),
+      dispatch: () => this._dispatch(),
+      runListeners: (item) => this._runListeners(item),
+      handlerError: (item, thrown) => this._handlerError(eventName, thrown, item),
+      fail: (error) => this._terminate(error),
+      tenure: () => this._tenure,
+    };
   }
 
   // --- pulling from the engine -----------------------------------------------------------
@@ -564,6 +614,8 @@ class PullSource extends EventEmitter {
 
   /** The tenure ended: nothing read under it is handed out, or counted as processed. */
   _dropTenure() {
+    this._tenure += 1;
+    this._keyed?.drop();
     this._lease = null;
     this._eventContext = undefined;
     this._leaseDeadline = 0;
@@ -579,7 +631,11 @@ class PullSource extends EventEmitter {
     const { seq, ordinal, events, count } = item;
     checkBatch(events, count);
     const batch = { seq, ordinal, events, count, endToken: item.endToken ?? null };
-    if (count === 0) return this._onEmptyBatch(batch);
+    if (count === 0) {
+      // With items in flight (keyed pump), the position moves past them first.
+      if (this._keyed?.holding) return this._keyed.quiet(batch, (b) => this._onEmptyBatch(b));
+      return this._onEmptyBatch(batch);
+    }
     this._head = batch;
     this._wanted = false;
     this._index = 0;
@@ -608,17 +664,23 @@ class PullSource extends EventEmitter {
   /** Hands out the next item, moving the position past it. */
   _take() {
     const item = this._peek();
+    this._dispatch()();
+    return item;
+  }
+
+  /**
+   * Takes the next item from its batch; returns what moves the position past it (run at
+   * once by `_take`, or when the keyed pump's finished prefix reaches it). That may throw
+   * (a resumeTokenChanged listener): the reader then closes and the position stays.
+   * @returns {() => void}
+   */
+  _dispatch() {
+    const item = this._peek();
     const batch = /** @type {Batch} */ (this._head);
     const offset = this._offset;
     const index = this._index;
     const length = batch.events.readInt32LE(offset);
     const last = index === batch.count - 1;
-    try {
-      this._keepPosition(item, batch, offset, length, last);
-    } catch (err) {
-      this._terminate(err);
-      throw err;
-    }
     this._peeked = null;
     if (last) {
       this._head = null; // what came after it is applied when the next item is asked for
@@ -626,11 +688,18 @@ class PullSource extends EventEmitter {
       this._index += 1;
       this._offset = offset + length;
     }
-    this._delivered += 1;
-    this._lastDeliveredAt = Date.now();
-    this._checkpoints.handedOut(batch, index, this._lifecycle.emitter);
-    this._afterTake(item);
-    return item;
+    return () => {
+      try {
+        this._keepPosition(item, batch, offset, length, last);
+      } catch (err) {
+        this._terminate(err);
+        throw err;
+      }
+      this._delivered += 1;
+      this._lastDeliveredAt = Date.now();
+      this._checkpoints.handedOut(batch, index, this._lifecycle.emitter);
+      this._afterTake(item);
+    };
   }
 
   // --- hooks: what differs between the readers ------------------------------------------
@@ -698,6 +767,17 @@ class PullSource extends EventEmitter {
    */
   _ownHealth(_native) {
     throw new Error('PullSource subclasses implement _ownHealth');
+  }
+
+  /**
+   * The key whose items must stay in order under `concurrency` (a string; null: an item that
+   * runs alone, after everything before it).
+   * @abstract
+   * @param {any} _item
+   * @returns {string | null}
+   */
+  _orderKey(_item) {
+    throw new Error('PullSource subclasses implement _orderKey');
   }
 
   /** @param {Batch} _batch a batch without items (the position may have moved) */

@@ -31,13 +31,13 @@ const STREAM_KIND = {
 class ResilientChangeStream extends PullSource {
   /** @param {Record<string, any>} options */
   constructor(options) {
-    const { decode, logger, rest: ownOptions } = readerOptions('ResilientChangeStream', options);
+    const { decode, logger, concurrency, rest: ownOptions } = readerOptions('ResilientChangeStream', options);
     // The driver's options that are not the engine's own (lib/driver-options.js).
     const { rest } = takeDriverOptions(ownOptions);
     // JS-only options: the headroom watch runs here, not in the engine.
     const { headroomLowFraction, headroomCheckIntervalMS, ...spec } = rest;
     const headroom = headroomOptions({ headroomLowFraction, headroomCheckIntervalMS });
-    super(STREAM_KIND, { create: (encoded, store) => nativeReader().changeStream(encoded, store), spec, decode, logger });
+    super(STREAM_KIND, { create: (encoded, store) => nativeReader().changeStream(encoded, store), spec, decode, logger, concurrency });
     this._headroom = headroom;
     /** The last oplog window read (metrics()): `{ headroomMs, at }`. @type {{ headroomMs: number | null, at: number } | null} */
     this._lastOplogWindow = null;
@@ -179,6 +179,16 @@ class ResilientChangeStream extends PullSource {
       this._token = previous;
       throw this._handlerError('resumeTokenChanged', thrown, event);
     }
+  }
+
+  /**
+   * Events of one document stay in order under `concurrency`; an event without a
+   * documentKey (invalidate, drop, …) runs alone.
+   * @param {any} event
+   */
+  _orderKey(event) {
+    const key = event?.documentKey;
+    return key === undefined || key === null ? null : JSON.stringify(key);
   }
 
   /** @param {unknown} event */

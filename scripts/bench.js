@@ -30,7 +30,7 @@ const DB = 'rcs_bench';
 const RECOVERY_APP = 'rcs-bench-recovery';
 let packageRoot = null;
 const PACKAGE_ROOT = () => packageRoot || REPO_ROOT;
-const ALL_SCENARIOS = ['catchup', 'decode', 'live', 'recovery', 'checkpoint', 'metrics', 'group', 'slow', 'fanout'];
+const ALL_SCENARIOS = ['catchup', 'decode', 'live', 'recovery', 'checkpoint', 'metrics', 'group', 'concurrency', 'slow', 'fanout'];
 
 // ---------------------------------------------------------------------------
 // Options
@@ -757,6 +757,35 @@ async function measureFailover(ctx, rep) {
   }
 }
 
+/**
+ * Key-ordered concurrency (issue #14): a 5 ms async handler, every event a different
+ * document; ours at concurrency 1 and 32 (the driver's emitter runs handlers without
+ * waiting, so it is not a like-for-like row: its "throughput" is how fast it starts them).
+ */
+const CONCURRENCY_VARIANTS = [
+  { name: 'concurrency 1', concurrency: 1, events: 400 },
+  { name: 'concurrency 32', concurrency: 32, events: 4000 },
+];
+const HANDLER_MS = 5;
+
+async function scenarioConcurrency(outer) {
+  return withServer(outer, {}, async (ctx) => {
+    const startAt = await queueEvents(ctx.client, 'concurrency', 4000);
+    const runs = Object.fromEntries(CONCURRENCY_VARIANTS.map((v) => [v.name, []]));
+    for (let rep = 0; rep < ctx.opts.reps; rep++) {
+      for (const v of alternate(CONCURRENCY_VARIANTS, rep)) {
+        const r = await runWorker(ctx, {
+          scenario: 'concurrency', client: 'ours', db: DB, collection: 'concurrency', startAt,
+          events: v.events, handlerMs: HANDLER_MS, extraOptions: { concurrency: v.concurrency }, timeoutMs: 300_000,
+        });
+        runs[v.name].push(r);
+        log(`  concurrency rep ${rep + 1} ${v.name.padEnd(14)}: ${fmt(r.eventsPerSec, 0)} ev/s (${HANDLER_MS} ms handler)`);
+      }
+    }
+    return { scenario: 'concurrency', runs };
+  });
+}
+
 async function scenarioSlow(outer) {
   return withServer(outer, {}, async (ctx) => {
     const { opts } = ctx;
@@ -951,6 +980,12 @@ function buildRows(results, opts) {
       rows.push([S, 'failover p99 ms', '', fmt(f.p99, 0), '', `≤ leaseMs + 1000`, f.p99 <= GROUP_LEASE_MS + 1000 ? 'PASS' : 'MISS']);
     }
   }
+  if (results.concurrency) {
+    const S = 'concurrency';
+    const [one, many] = CONCURRENCY_VARIANTS.map((v) => pick(results, 'concurrency', v.name, (r) => r.eventsPerSec));
+    const ratio = one && many !== null ? many / one : null;
+    rows.push([S, `ev/s, ${HANDLER_MS} ms async handler: concurrency 1 | 32`, fmt(one, 0), fmt(many, 0), ratio === null ? '—' : `${fmt(ratio, 1)}×`, '≥ 20×', ratio === null ? '' : ratio >= 20 ? 'PASS' : 'MISS']);
+  }
   if (results.slow) {
     const S = 'slow consumer';
     const g = (get) => [pick(results, 'slow', 'driver', get), pick(results, 'slow', 'ours', get)];
@@ -1128,6 +1163,7 @@ async function main() {
       checkpoint: scenarioCheckpoint,
       metrics: scenarioMetrics,
       group: scenarioGroup,
+      concurrency: scenarioConcurrency,
       slow: scenarioSlow,
       fanout: scenarioFanout,
     };

@@ -534,7 +534,34 @@ async function fanOut() {
   });
 }
 
+// ---------------------------------------------------------------------------
+// concurrency: n queued events to an async handler that takes params.handlerMs, with our
+// `concurrency` option (extraOptions) or the driver's one-at-a-time emitter
+
+async function slowHandlers() {
+  const client = await connect();
+  const coll = client.db(params.db).collection(params.collection);
+  if (isOurs()) loadOurs();
+  const n = params.events;
+  let count = 0;
+  const m = meter();
+  const stream = open(coll, streamOptions({ startAtOperationTime: ts(params.startAt) }));
+  await new Promise((resolve, reject) => {
+    stream.on('error', reject);
+    stream.on('change', async () => {
+      await new Promise((r) => setTimeout(r, params.handlerMs));
+      count += 1;
+      if (count === n) resolve();
+    });
+  });
+  const r = m.stop();
+  await stream.close();
+  await client.close();
+  finish(throughput(count, r));
+}
+
 const SCENARIOS = {
+  concurrency: slowHandlers,
   catchup: catchUp,
   checkpoint: catchUp,
   group: catchUp,
