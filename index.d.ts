@@ -122,6 +122,35 @@ export interface WatchOptions {
    * and re-created collection keeps streaming. `invalidate` is emitted either way. @default 'close'
    */
   onInvalidate?: 'close' | 'restart';
+  /**
+   * Open with `$changeStreamSplitLargeEvent` (MongoDB 7.0+, 6.0.9+) from the start. Without
+   * it the stage is added only after the server fails the stream on an event over 16 MB
+   * (BSONObjectTooLarge, 10334): the stream re-opens from its last position with the stage
+   * and keeps it. Either way events split into fragments are joined (see `onLargeEvent`), and
+   * no position inside a fragment group is ever stored. @default false
+   */
+  splitLargeEvents?: boolean;
+  /**
+   * An event over 16 MB (split into fragments by `$changeStreamSplitLargeEvent`): `'split'`
+   * joins the fragments and hands out the event whole, as if there were no limit; `'error'`
+   * closes the stream with an error (`serverCode` 10334) naming its token, documentKey and
+   * size; `'skip'` emits `largeEventSkipped` instead and the position moves past it.
+   * A server without the stage closes the stream with an `InvalidPipeline` error naming the
+   * position and what to do. @default 'split'
+   */
+  onLargeEvent?: 'split' | 'error' | 'skip';
+  /**
+   * `'group'`: the events of one multi-document transaction (same `lsid` and `txnNumber`) are
+   * handed out together, as one {@link TransactionGroup} (`operationType: 'transaction'`):
+   * to `transaction` listeners if there are any (else to `change` listeners), or from
+   * `next()`. Positions move only at transaction boundaries, so a consumer that stops never
+   * resumes inside a transaction. A transaction is handed out once the next event (or the
+   * server's position) shows it ended: at the end of the oplog that is the next write, or
+   * the server's idle position advance (mongod: about every 10 s). A transaction counts as
+   * one item for `checkpoint.everyEvents`/`maxUnsavedEvents`. Events outside transactions
+   * flow as usual. @default 'separate'
+   */
+  transactions?: 'separate' | 'group';
 
   // How events are decoded, as the driver's BSON options (defaults: the driver's, or those of
   // the watch() target). JS-only: they never reach the engine.
@@ -266,6 +295,36 @@ export interface CheckpointOptions {
    * @default max(10000, 10 × everyEvents)
    */
   maxUnsavedEvents?: number;
+}
+
+/**
+ * The events of one multi-document transaction, handed out together (`transactions: 'group'`).
+ * With it, type the stream's items as `TChange | TransactionGroup<TChange>`.
+ */
+export interface TransactionGroup<TChange extends Document = ChangeStreamDocument> {
+  operationType: 'transaction';
+  /** The resume token after the whole transaction (its last event's `_id`). */
+  _id: ResumeToken;
+  /** The session and transaction number every event of it carries. */
+  lsid: Document;
+  txnNumber: number | bigint | import('mongodb').Long;
+  /** The cluster time of its last event. */
+  clusterTime?: Timestamp;
+  /** Its events, in order (with `onLargeEvent: 'skip'`, a skipped one is its notice document). */
+  events: TChange[];
+}
+
+/** Payload of `largeEventSkipped` (`onLargeEvent: 'skip'`): the event over 16 MB that was not handed out. */
+export interface LargeEventSkippedEvent {
+  /** Its token: the stored position moves past it. */
+  resumeToken: ResumeToken;
+  operationType: string | null;
+  ns: { db: string; coll?: string } | null;
+  documentKey: Document | null;
+  clusterTime: Timestamp | null;
+  /** The size of the event joined from its fragments. */
+  sizeBytes: number;
+  fragments: number;
 }
 
 /** Payload of `historyLost`: events in (from, to] may be missing; backfill them. */
@@ -550,6 +609,18 @@ export interface ResilientChangeStreamEvents<TChange extends Document = ChangeSt
   more: (response: Document) => void;
   response: () => void;
   end: () => void;
+  /**
+   * `transactions: 'group'`: one whole transaction, its events in order. Processing, like
+   * `change` (awaited; a throw closes the stream with a {@link HandlerError} and the position
+   * stays before the transaction). Without a `transaction` listener they go to `change`
+   * listeners. `change` listeners drive the stream: add one too.
+   */
+  transaction: (
+    transaction: TransactionGroup<Exclude<TChange, TransactionGroup<any>>>,
+    context?: ChangeContext,
+  ) => void | Promise<void>;
+  /** `onLargeEvent: 'skip'`: an event over 16 MB was skipped; the position moved past it. */
+  largeEventSkipped: (info: LargeEventSkippedEvent) => void;
   /**
    * The resume token moved (after each event, and when the server advanced an idle stream).
    * Part of processing (persist the token here): a throw closes the stream with a

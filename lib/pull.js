@@ -59,7 +59,8 @@ const TRY_NEXT_WAIT_MS = 10;
  *   `_annotate(error)` what the error that closes it should carry,
  *   `_handlerFields(item)` what a HandlerError says about the item (event / document, position),
  *   `_ownHealth(native)` its own health() fields,
- * and optionally `_onEmptyBatch(batch)`, `_afterTake(item)`, `_beforeRequest()`, `_onClosing()`.
+ * and optionally `_onEmptyBatch(batch)`, `_afterTake(item)`, `_beforeRequest()`, `_onClosing()`,
+ * `_isNotice(item)` (an item announced by an event of its own, not handed out), `_itemEventOf(item)`.
  */
 class PullSource extends EventEmitter {
   /**
@@ -261,7 +262,10 @@ class PullSource extends EventEmitter {
         clearTimeout(timer);
       }
     }
-    if (this._available() && this._checkpoints.mayHandOut(this._ordinal()) && this._holdsLease()) return this._take();
+    while (this._available() && this._checkpoints.mayHandOut(this._ordinal()) && this._holdsLease()) {
+      const item = this._take();
+      if (!this._isNotice(item)) return item;
+    }
     if (!this._lifecycle.reading) this._throwIfFailed();
     return null;
   }
@@ -391,11 +395,17 @@ class PullSource extends EventEmitter {
         }
         if (!this._holdsLease()) continue; // what it read is dropped; the engine says why next
         const item = this._peek();
+        if (this._isNotice(item)) {
+          this._take(); // a notice is not the listeners' to process: the position moves past it
+          continue;
+        }
+        const itemEvent = this._itemEventOf(item);
         // rawListeners, not listeners: once() wrappers must run so they remove themselves.
         // A listener added or removed meanwhile counts from the next item on.
         this._itemListeners ??= this.rawListeners(eventName);
+        const listeners = itemEvent === eventName ? this._itemListeners : this.rawListeners(itemEvent);
         try {
-          for (const listener of this._itemListeners) {
+          for (const listener of listeners) {
             const result = listener.call(this, item, this._eventContext);
             if (result !== null && typeof result?.then === 'function') {
               // The listener may take long: what was processed before it is reported now.
@@ -404,7 +414,7 @@ class PullSource extends EventEmitter {
             }
           }
         } catch (thrown) {
-          throw this._handlerError(eventName, thrown, item);
+          throw this._handlerError(itemEvent, thrown, item);
         }
         if (!this._lifecycle.reading) break; // a listener closed it: the item was dropped
         this._take();
@@ -423,8 +433,13 @@ class PullSource extends EventEmitter {
    * @param {any} item
    */
   async _runListeners(item) {
-    this._itemListeners ??= this.rawListeners(this._kind.itemEvent);
-    for (const listener of this._itemListeners) {
+    // A notice is not the listeners' to process: its completion announces it.
+    if (this._isNotice(item)) return;
+    const eventName = this._kind.itemEvent;
+    const itemEvent = this._itemEventOf(item);
+    this._itemListeners ??= this.rawListeners(eventName);
+    const listeners = itemEvent === eventName ? this._itemListeners : this.rawListeners(itemEvent);
+    for (const listener of listeners) {
       const result = listener.call(this, item, this._eventContext);
       if (result !== null && typeof result?.then === 'function') await result;
     }
@@ -446,7 +461,7 @@ class PullSource extends EventEmitter {
       keyOf: (item) => this._orderKey(item),
       dispatch: () => this._dispatch(),
       runListeners: (item) => this._runListeners(item),
-      handlerError: (item, thrown) => this._handlerError(eventName, thrown, item),
+      handlerError: (item, thrown) => this._handlerError(this._itemEventOf(item), thrown, item),
       fail: (error) => this._terminate(error),
       tenure: () => this._tenure,
     };
@@ -474,7 +489,10 @@ class PullSource extends EventEmitter {
       if (this._available()) {
         if (!checkpoints.mayHandOut(this._ordinal())) await checkpoints.admit(this._ordinal());
         // Closed while waiting for room (or the lease is gone): what was buffered is gone.
-        if (this._available() && this._holdsLease()) return this._take();
+        if (this._available() && this._holdsLease()) {
+          const item = this._take();
+          if (!this._isNotice(item)) return item;
+        }
         continue;
       }
       if (!this._lifecycle.reading) {
@@ -778,6 +796,24 @@ class PullSource extends EventEmitter {
    */
   _orderKey(_item) {
     throw new Error('PullSource subclasses implement _orderKey');
+  }
+
+  /**
+   * Whether an item is a notice the reader announces itself (an event of its own) rather
+   * than hands to the consumer; the position moves past it all the same.
+   * @param {any} _item
+   */
+  _isNotice(_item) {
+    return false;
+  }
+
+  /**
+   * The event an item goes to in emitter mode (default: the kind's item event).
+   * @param {any} _item
+   * @returns {string}
+   */
+  _itemEventOf(_item) {
+    return this._kind.itemEvent;
   }
 
   /** @param {Batch} _batch a batch without items (the position may have moved) */

@@ -64,6 +64,12 @@ class ResilientChangeStream extends PullSource {
     this._historyLost = null;
     /** The position that fell off the oplog, as the engine had it (may come from the store). */
     this._lostToken = null;
+    /**
+     * What the engine makes of large events and transactions (src/engine/stream/assemble.rs):
+     * with these options on, some items are its own documents, told by their operationType.
+     */
+    this._groupsTransactions = options.transactions === 'group';
+    this._skipsLargeEvents = options.onLargeEvent === 'skip';
   }
 
   /** Resume token after the last event handed out; before any: startAfter/resumeAfter or null. */
@@ -160,6 +166,26 @@ class ResilientChangeStream extends PullSource {
   /** @param {any} event */
   _afterTake(event) {
     if (event.operationType === 'invalidate') this.emit('invalidate', event);
+    else if (this._isNotice(event)) this.emit('largeEventSkipped', largeEventSkipped(event));
+  }
+
+  /**
+   * `onLargeEvent: 'skip'`: the engine's notice in place of an event over 16 MB.
+   * @param {any} item
+   */
+  _isNotice(item) {
+    return this._skipsLargeEvents && item.operationType === 'largeEventSkipped';
+  }
+
+  /**
+   * `transactions: 'group'`: a whole transaction goes to 'transaction' listeners, if any
+   * (else to 'change' ones, told by `operationType: 'transaction'`).
+   * @param {any} item
+   */
+  _itemEventOf(item) {
+    return this._groupsTransactions && item.operationType === 'transaction' && this.listenerCount('transaction') > 0
+      ? 'transaction'
+      : 'change';
   }
 
   /**
@@ -195,6 +221,23 @@ class ResilientChangeStream extends PullSource {
   _handlerFields(event) {
     return { event, resumeToken: this._token };
   }
+}
+
+/**
+ * What 'largeEventSkipped' says: the event's token (the stored position moves past it), where
+ * it was, and how large it was.
+ * @param {any} notice the engine's document (src/engine/stream/assemble.rs skip_notice)
+ */
+function largeEventSkipped(notice) {
+  return {
+    resumeToken: notice._id,
+    operationType: notice.skippedOperationType ?? null,
+    ns: notice.ns ?? null,
+    documentKey: notice.documentKey ?? null,
+    clusterTime: notice.clusterTime ?? null,
+    sizeBytes: Number(notice.size),
+    fragments: Number(notice.fragments),
+  };
 }
 
 module.exports = { ResilientChangeStream };

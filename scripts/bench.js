@@ -30,7 +30,7 @@ const DB = 'rcs_bench';
 const RECOVERY_APP = 'rcs-bench-recovery';
 let packageRoot = null;
 const PACKAGE_ROOT = () => packageRoot || REPO_ROOT;
-const ALL_SCENARIOS = ['catchup', 'decode', 'live', 'recovery', 'checkpoint', 'metrics', 'group', 'concurrency', 'slow', 'fanout'];
+const ALL_SCENARIOS = ['catchup', 'decode', 'live', 'recovery', 'checkpoint', 'metrics', 'group', 'concurrency', 'large', 'slow', 'fanout'];
 
 // ---------------------------------------------------------------------------
 // Options
@@ -706,6 +706,70 @@ async function scenarioGroup(outer) {
   });
 }
 
+/**
+ * Large events (issue #16). (1) The price of `$changeStreamSplitLargeEvent` on a stream that
+ * meets no large event: catch-up without and with `splitLargeEvents: true` (on the Python
+ * server every event then carries `splitEvent: {1, 1}`, which the engine strips). (2) The
+ * join: one ~40 MB event (14 MB document, 14 MB pre-image, 14 MB update description) handed
+ * out whole without the stage (the test servers do not enforce 16 MB) vs split into
+ * fragments and joined; ms from open to the event in hand, same process, alternating.
+ */
+const LARGE_VARIANTS = [
+  { name: 'without stage', split: false },
+  { name: 'with split stage', split: true },
+];
+
+async function scenarioLarge(outer) {
+  return withServer(outer, {}, async (ctx) => {
+    ctx.catchupStartAt = await queueEvents(ctx.client, 'catchup', ctx.opts.events);
+    const runs = Object.fromEntries(LARGE_VARIANTS.map((v) => [v.name, []]));
+    for (let rep = 0; rep < ctx.opts.reps; rep++) {
+      for (const v of alternate(LARGE_VARIANTS, rep)) {
+        const r = await runWorker(ctx, {
+          scenario: 'large', client: 'ours', db: DB, collection: 'catchup', startAt: ctx.catchupStartAt,
+          events: ctx.opts.events, extraOptions: v.split ? { splitLargeEvents: true } : {}, timeoutMs: 600_000,
+        });
+        runs[v.name].push(r);
+        log(`  large rep ${rep + 1} ${v.name.padEnd(16)}: ${fmt(r.eventsPerSec, 0)} ev/s, ${fmt(r.cpuMsPer1k, 1)} CPU ms/1k`);
+      }
+    }
+    runs.join = [await measureJoin(ctx)];
+    return { scenario: 'large', runs };
+  });
+}
+
+/** Open → the ~40 MB event in hand, whole vs joined from fragments (ms, each rep). */
+async function measureJoin(ctx) {
+  const { ResilientChangeStream } = require(PACKAGE_ROOT());
+  const db = ctx.client.db(DB);
+  const coll = await db.createCollection('large', { changeStreamPreAndPostImages: { enabled: true } });
+  const MB = 1024 * 1024;
+  await coll.insertOne({ _id: 'big', a: 'a'.repeat(7 * MB), b: 'b'.repeat(7 * MB) });
+  const at = await operationTimeNow(ctx.client);
+  const startAtOperationTime = new (require('mongodb').Timestamp)({ t: at.t, i: at.i });
+  await coll.updateOne({ _id: 'big' }, { $set: { a: 'A'.repeat(7 * MB), b: 'B'.repeat(7 * MB) } });
+  const samples = { whole: [], joined: [] };
+  let size = null;
+  const reps = Math.max(3, ctx.opts.reps);
+  for (let rep = 0; rep < reps; rep++) {
+    for (const split of rep % 2 === 0 ? [false, true] : [true, false]) {
+      const t0 = hrMs();
+      const stream = new ResilientChangeStream({
+        uri: ctx.server.uri, db: DB, collection: 'large', startAtOperationTime,
+        fullDocument: 'updateLookup', fullDocumentBeforeChange: 'required', splitLargeEvents: split,
+      });
+      const event = await stream.next();
+      const ms = hrMs() - t0;
+      await stream.close();
+      if (event?.operationType !== 'update') throw new Error(`large: expected the update, got ${event?.operationType}`);
+      size ??= require('bson').calculateObjectSize(event);
+      samples[split ? 'joined' : 'whole'].push(ms);
+      log(`  large join rep ${rep + 1} ${split ? 'joined' : 'whole '}: ${fmt(ms, 0)} ms (${fmt(size / MB, 1)} MB event)`);
+    }
+  }
+  return { join: { sizeBytes: size, whole: latencyStats(samples.whole), joined: latencyStats(samples.joined), samples } };
+}
+
 /** Two members; the holder killed mid-stream; ms from the kill to the standby's first handled event. */
 async function measureFailover(ctx, rep) {
   const fixture = path.join(PACKAGE_ROOT(), '__test__', 'fixtures', 'group-member.js');
@@ -986,6 +1050,21 @@ function buildRows(results, opts) {
     const ratio = one && many !== null ? many / one : null;
     rows.push([S, `ev/s, ${HANDLER_MS} ms async handler: concurrency 1 | 32`, fmt(one, 0), fmt(many, 0), ratio === null ? '—' : `${fmt(ratio, 1)}×`, '≥ 20×', ratio === null ? '' : ratio >= 20 ? 'PASS' : 'MISS']);
   }
+  if (results.large) {
+    const S = 'large events';
+    const [off, on] = LARGE_VARIANTS.map((v) => pick(results, 'large', v.name, (r) => r.eventsPerSec));
+    const slower = off && on !== null ? (1 - on / off) * 100 : null;
+    const diff = slower === null ? '—' : slower >= 0 ? `${fmt(slower, 1)}% slower` : `${fmt(-slower, 1)}% faster`;
+    rows.push([S, 'catch-up ev/s: without | with split stage', fmt(off, 0), fmt(on, 0), diff, '< 5% slower', slower === null ? '' : slower < 5 ? 'PASS' : 'MISS']);
+    const [offCpu, onCpu] = LARGE_VARIANTS.map((v) => pick(results, 'large', v.name, (r) => r.cpuMsPer1k));
+    const more = offCpu && onCpu !== null ? (onCpu / offCpu - 1) * 100 : null;
+    rows.push([S, 'client CPU ms/1k: without | with', fmt(offCpu, 1), fmt(onCpu, 1), more === null ? '—' : `${fmt(more, 1)}% ${more >= 0 ? 'more' : 'less'}`, '', '']);
+    const j = results.large.runs.join?.[0]?.join;
+    if (j) {
+      const mb = fmt(j.sizeBytes / (1024 * 1024), 1);
+      rows.push([S, `${mb} MB event, open→in hand p50 ms: whole | joined`, fmt(j.whole.p50, 0), fmt(j.joined.p50, 0), `${fmt(j.joined.p50 - j.whole.p50, 0)} ms join`, '', '']);
+    }
+  }
   if (results.slow) {
     const S = 'slow consumer';
     const g = (get) => [pick(results, 'slow', 'driver', get), pick(results, 'slow', 'ours', get)];
@@ -1164,6 +1243,7 @@ async function main() {
       metrics: scenarioMetrics,
       group: scenarioGroup,
       concurrency: scenarioConcurrency,
+      large: scenarioLarge,
       slow: scenarioSlow,
       fanout: scenarioFanout,
     };

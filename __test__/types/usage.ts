@@ -18,6 +18,8 @@ import {
   type ReconnectingEvent,
   type ResumeToken,
   type WatchOptions,
+  type TransactionGroup,
+  type LargeEventSkippedEvent,
 } from 'resilient-change-stream';
 
 interface Order {
@@ -248,3 +250,37 @@ async function replicas(client: MongoClient): Promise<void> {
   await grouped.close();
 }
 export { replicas };
+
+// Large events and transactions (issue #16).
+async function transactionsAndLargeEvents(client: MongoClient): Promise<void> {
+  type Change = ChangeStreamDocument<Order>;
+  const orders = client.db('shop').collection<Order>('orders');
+  const stream = watch<Order, Change | TransactionGroup<Change>>(orders, [], {
+    transactions: 'group',
+    onLargeEvent: 'skip',
+    splitLargeEvents: true,
+  });
+  stream.on('transaction', async (txn, context) => {
+    const events: Change[] = txn.events;
+    const token: ResumeToken = txn._id;
+    void [events, token, txn.lsid, txn.txnNumber, context?.epoch];
+  });
+  stream.on('change', (item) => {
+    if (item.operationType === 'transaction') {
+      const count: number = item.events.length; // no 'transaction' listener: it comes here
+      void count;
+    }
+  });
+  stream.on('largeEventSkipped', (info: LargeEventSkippedEvent) => {
+    const size: number = info.sizeBytes;
+    void [size, info.resumeToken, info.documentKey, info.ns?.db];
+  });
+  const item = await stream.next().catch(() => null);
+  if (item && item.operationType === 'transaction') void item.events[0];
+  // @ts-expect-error not a policy
+  watch(orders, [], { onLargeEvent: 'truncate' });
+  // @ts-expect-error not a mode
+  watch(orders, [], { transactions: true });
+  await stream.close();
+}
+void transactionsAndLargeEvents;

@@ -566,6 +566,7 @@ const SCENARIOS = {
   checkpoint: catchUp,
   group: catchUp,
   metrics: catchUp,
+  large: catchUp,
   decode: () => (params.client === 'decode' ? decodeLimit() : facadeLimit()),
   live,
   recovery,

@@ -233,6 +233,27 @@ pub fn is_resumable_server_error(code: i32, labels: &[String], rules: Rules) -> 
     }
 }
 
+/// The server's BSONObjectTooLarge: on a change stream, an event (with its images and
+/// update description) exceeded 16 MB. Every resume hits the same event again unless the
+/// stream re-opens with `$changeStreamSplitLargeEvent` (MongoDB 7.0+, 6.0.9+).
+pub const EVENT_TOO_LARGE: i32 = 10334;
+
+/// "Unrecognized pipeline stage name": on a re-open with `$changeStreamSplitLargeEvent`,
+/// the server does not have that stage.
+pub const UNKNOWN_STAGE: i32 = 40324;
+
+impl EngineError {
+    /// The server failed a change stream on an event larger than 16 MB.
+    pub fn is_event_too_large(&self) -> bool {
+        self.server_code == Some(EVENT_TOO_LARGE)
+    }
+
+    /// The server rejected a pipeline stage it does not know.
+    pub fn is_unknown_stage(&self) -> bool {
+        self.server_code == Some(UNKNOWN_STAGE)
+    }
+}
+
 /// A write refused because a document with its `_id` exists (11000): how conditional
 /// upserts (fenced writes, lease creation) learn that another writer got there first.
 pub fn is_duplicate_key(err: &DriverError) -> bool {
@@ -383,6 +404,21 @@ mod tests {
         );
         assert_eq!(code_for_server_error(260), ErrorCode::InvalidResumeToken);
         assert_eq!(code_for_server_error(280), ErrorCode::ChangeStreamFatal);
+    }
+
+    #[test]
+    fn event_too_large_and_unknown_stage_are_told_by_server_code() {
+        let mut e = EngineError::new(ErrorCode::ServerError, "BSONObjectTooLarge");
+        assert!(!e.is_event_too_large());
+        e.server_code = Some(10334);
+        assert!(e.is_event_too_large());
+        assert!(
+            !is_resumable_server_error(10334, &[]),
+            "a plain resume hits it again"
+        );
+        e.server_code = Some(40324);
+        assert!(e.is_unknown_stage());
+        assert_eq!(code_for_server_error(40324), ErrorCode::InvalidPipeline);
     }
 
     #[test]

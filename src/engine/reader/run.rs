@@ -15,7 +15,7 @@ use tracing::Instrument;
 use super::commits::Commits;
 use super::item::ReaderItem;
 use super::recovery::Recoverer;
-use super::source::{AfterLoss, Exhausted, ReaderSpec, Reply, Source};
+use super::source::{Adapted, AfterLoss, Exhausted, ReaderSpec, Reply, Source};
 use super::status::{ReaderState, ReaderStatus};
 use crate::engine::client_pool::ClientLease;
 use crate::engine::durable::checkpoint::Checkpointer;
@@ -304,6 +304,10 @@ impl<S: Source> Run<S> {
     }
 
     async fn after_error(&mut self, error: EngineError, client: &ClientLease) -> Flow {
+        let error = match self.source.adapt(error) {
+            Adapted::Reopen => return Flow::Reopen,
+            Adapted::Handle(error) => error,
+        };
         if self.source.is_loss(&error) {
             return self.lost(error, client).await;
         }

@@ -82,6 +82,15 @@ pub enum AfterLoss {
     Continue,
 }
 
+/// What a failure means to the source, before the runtime's usual handling.
+pub enum Adapted {
+    /// The source changed how it opens (e.g. a change stream now splits large events): re-open
+    /// at once from where it stands, without counting an outage.
+    Reopen,
+    /// Handle this (possibly explained) error as usual: retry, loss, or fail.
+    Handle(EngineError),
+}
+
 /// How a reader reads. `&mut self` is the mutable resume state; the spec is immutable.
 pub trait Source: Send + Sync + Sized + 'static {
     type Spec: ReaderSpec;
@@ -121,6 +130,12 @@ pub trait Source: Send + Sync + Sized + 'static {
 
     /// The server ended the cursor.
     fn on_exhausted(&mut self) -> Exhausted;
+
+    /// A failed open or read, first shown to the source: it may get past it by opening
+    /// differently (once), or explain it better. Default: handle as usual.
+    fn adapt(&mut self, error: EngineError) -> Adapted {
+        Adapted::Handle(error)
+    }
 
     /// Whether `error` means the position is gone (rather than a failure to retry).
     fn is_loss(&self, error: &EngineError) -> bool;

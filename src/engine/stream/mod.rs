@@ -2,6 +2,7 @@
 //! spec's cached resume token (`resume.rs`), and re-opens with THE start option
 //! `choose_start` picks. Everything else is the reader runtime's.
 
+pub mod assemble;
 pub mod oplog;
 pub mod reply;
 pub mod resume;
@@ -21,12 +22,13 @@ use crate::engine::client_pool::client_for;
 use crate::engine::durable::position::Position;
 use crate::engine::errors::{EngineError, ErrorCode, Rules};
 use crate::engine::reader::reply::doc_at;
-use crate::engine::reader::source::{AfterLoss, Exhausted, ReadBatch, Reply, Source};
+use crate::engine::reader::source::{Adapted, AfterLoss, Exhausted, ReadBatch, Reply, Source};
 use crate::engine::reader::{EndReason, Reader, ReaderItem};
+use assemble::Assembler;
 use oplog::{read_window, OplogWindow};
 use reply::parse_reply;
 use resume::{aggregate_command, choose_start, ResumeState};
-use spec::{HistoryLostPolicy, InvalidatePolicy, StartPoint, WatchSpec};
+use spec::{HistoryLostPolicy, InvalidatePolicy, StartPoint, TransactionMode, WatchSpec};
 use token_time::keystring_token_time;
 
 /// One change stream.
@@ -35,6 +37,24 @@ pub type ChangeStreamEngine = Reader<StreamSource>;
 /// How long a getMore may take when the user sets no `maxAwaitTimeMS` (the server's
 /// default await time).
 const SERVER_DEFAULT_AWAIT: Duration = Duration::from_secs(1);
+
+/// Whether the stream opens with `$changeStreamSplitLargeEvent`. A stream that never meets
+/// a large event never pays for it: the stage is added only on request or after the server
+/// failed the stream with 10334, and then stays for this stream's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SplitStage {
+    Off,
+    /// `splitLargeEvents: true`.
+    Requested,
+    /// Turned on by a BSONObjectTooLarge (or a resume token only the stage can resume).
+    AfterFailure,
+}
+
+impl SplitStage {
+    fn is_on(self) -> bool {
+        self != SplitStage::Off
+    }
+}
 
 pub struct StreamSource {
     spec: Arc<WatchSpec>,
@@ -46,6 +66,9 @@ pub struct StreamSource {
     idle_advance_seen: bool,
     /// When the position last moved (or the cursor was opened).
     last_progress: Instant,
+    split: SplitStage,
+    /// Joins split events, groups transactions, and holds what is incomplete.
+    assembler: Assembler,
 }
 
 impl StreamSource {
@@ -56,6 +79,21 @@ impl StreamSource {
         let silent = self.last_progress.elapsed();
         (self.idle_advance_seen && silent > stall).then_some(silent)
     }
+
+    /// Whether replies go through the assembler (else their events are handed out as read).
+    fn assembles(&self) -> bool {
+        self.split.is_on() || self.spec.transactions == TransactionMode::Group
+    }
+
+    /// The position, for messages: the token as extended JSON, or what stands for it.
+    fn position_for_message(&self) -> String {
+        match self.resume.token().and_then(|t| t.to_document().ok()) {
+            Some(token) => mongodb::bson::Bson::Document(token)
+                .into_relaxed_extjson()
+                .to_string(),
+            None => String::from("(the stream's start: no resume token yet)"),
+        }
+    }
 }
 
 impl Source for StreamSource {
@@ -65,10 +103,19 @@ impl Source for StreamSource {
     fn new(spec: Arc<WatchSpec>) -> Self {
         StreamSource {
             resume: ResumeState::new(&spec),
-            spec,
             invalidated: false,
             idle_advance_seen: false,
             last_progress: Instant::now(),
+            split: if spec.split_large_events {
+                SplitStage::Requested
+            } else {
+                SplitStage::Off
+            },
+            assembler: Assembler::new(
+                spec.on_large_event,
+                spec.transactions == TransactionMode::Group,
+            ),
+            spec,
         }
     }
 
@@ -113,7 +160,9 @@ impl Source for StreamSource {
         let start = choose_start(&self.spec, &self.resume);
         tracing::debug!(start = start.kind(), "opening the change stream cursor");
         self.last_progress = Instant::now();
-        open_cursor(client, &self.spec, start)
+        // It opens after the last position handed out: what was held is read again.
+        self.assembler.reset();
+        open_cursor(client, &self.spec, start, self.split.is_on())
     }
 
     async fn check_open(
@@ -127,6 +176,18 @@ impl Source for StreamSource {
         let parsed = parse_reply(reply)?;
         if opening {
             self.resume.record_open(&self.spec, parsed.operation_time);
+        }
+        let read = parsed.count;
+        let parsed = if self.assembles() {
+            self.assembler.feed(parsed, self.split.is_on())?
+        } else {
+            parsed
+        };
+        if parsed.count == 0 && read > 0 && self.assembler.holds() {
+            // Only part of a split event or a transaction: nothing to hand out or position
+            // at yet, but the server is answering with events.
+            self.last_progress = Instant::now();
+            return Ok(Reply::Nothing { progress: true });
         }
         // After an invalidate, the position is the invalidate event's own token: the only
         // one `startAfter` can continue from.
@@ -186,6 +247,69 @@ impl Source for StreamSource {
         tracing::info!("restarting after invalidate");
         self.resume.restart_after_invalidate();
         Exhausted::Reopen(Duration::ZERO)
+    }
+
+    /// 10334: re-open from the last position with `$changeStreamSplitLargeEvent` (once; the
+    /// policy then decides what the too-large event becomes). A server without the stage
+    /// fails the re-open: that error says which event and what to do.
+    fn adapt(&mut self, error: EngineError) -> Adapted {
+        if error.is_event_too_large() {
+            if self.split == SplitStage::Off {
+                tracing::warn!(
+                    "a change event is larger than 16 MB; re-opening with $changeStreamSplitLargeEvent"
+                );
+                self.split = SplitStage::AfterFailure;
+                return Adapted::Reopen;
+            }
+            let mut explained = EngineError::new(
+                ErrorCode::ChangeStreamFatal,
+                format!(
+                    "the change event after resume token {} is larger than 16 MB even with \
+                     $changeStreamSplitLargeEvent (the stage splits only by top-level field: \
+                     is one field over 16 MB?); $project fewer fields, or start after that \
+                     event ({})",
+                    self.position_for_message(),
+                    error.message
+                ),
+            );
+            explained.server_code = error.server_code;
+            explained.code_name = error.code_name;
+            return Adapted::Handle(explained);
+        }
+        if self.split == SplitStage::Off && error.message.contains("changeStreamSplitLargeEvent") {
+            // A stored token of a split event (saved while the stage was on) resumes only
+            // with the stage.
+            tracing::warn!(
+                "the resume token needs $changeStreamSplitLargeEvent; re-opening with it"
+            );
+            self.split = SplitStage::AfterFailure;
+            return Adapted::Reopen;
+        }
+        if error.is_unknown_stage() && self.split.is_on() {
+            let why = match self.split {
+                SplitStage::AfterFailure => {
+                    "the server failed the stream with BSONObjectTooLarge \
+                    (10334): the event after it is larger than 16 MB, and"
+                }
+                _ => "splitLargeEvents is on, but",
+            };
+            let mut explained = EngineError::new(
+                ErrorCode::InvalidPipeline,
+                format!(
+                    "at resume token {}: {why} this server does not support \
+                     $changeStreamSplitLargeEvent (MongoDB 7.0+ or 6.0.9+). To go on: upgrade \
+                     the server; or make the event smaller (request fewer images: fullDocument / \
+                     fullDocumentBeforeChange, or $project fewer fields); or start after that \
+                     event (startAtOperationTime past it). The server said: {}",
+                    self.position_for_message(),
+                    error.message
+                ),
+            );
+            explained.server_code = error.server_code;
+            explained.code_name = error.code_name;
+            return Adapted::Handle(explained);
+        }
+        Adapted::Handle(error)
     }
 
     fn is_loss(&self, error: &EngineError) -> bool {
@@ -258,8 +382,10 @@ async fn open_cursor(
     client: &Client,
     spec: &WatchSpec,
     start: StartPoint,
+    split_large_events: bool,
 ) -> Result<RawBatchCursor, mongodb::error::Error> {
-    let command = RawDocumentBuf::from_document(&aggregate_command(spec, &start))?;
+    let command =
+        RawDocumentBuf::from_document(&aggregate_command(spec, &start, split_large_events))?;
     let db = client.database(spec.command_db());
     let mut action = db.run_raw_cursor_command(command);
     if let Some(n) = spec.batch_size {

@@ -114,8 +114,13 @@ pub fn choose_start(spec: &WatchSpec, state: &ResumeState) -> StartPoint {
     }
 }
 
-/// The `aggregate` command for a start point. Returns the database to run it on too.
-pub fn aggregate_command(spec: &WatchSpec, start: &StartPoint) -> Document {
+/// The `aggregate` command for a start point; `split_large_events`: with
+/// `$changeStreamSplitLargeEvent` as the last stage (the server requires it last).
+pub fn aggregate_command(
+    spec: &WatchSpec,
+    start: &StartPoint,
+    split_large_events: bool,
+) -> Document {
     let mut stage = spec.stage_options.clone();
     match start {
         StartPoint::Now => {}
@@ -137,9 +142,12 @@ pub fn aggregate_command(spec: &WatchSpec, start: &StartPoint) -> Document {
         Scope::Database(_) => Bson::Int32(1),
         Scope::Collection { coll, .. } => Bson::String(coll.clone()),
     };
-    let mut pipeline: Vec<Bson> = Vec::with_capacity(spec.pipeline.len() + 1);
+    let mut pipeline: Vec<Bson> = Vec::with_capacity(spec.pipeline.len() + 2);
     pipeline.push(Bson::Document(doc! {"$changeStream": stage}));
     pipeline.extend(spec.pipeline.iter().cloned().map(Bson::Document));
+    if split_large_events {
+        pipeline.push(Bson::Document(doc! {"$changeStreamSplitLargeEvent": {}}));
+    }
     let mut cursor = Document::new();
     if let Some(n) = spec.batch_size {
         cursor.insert("batchSize", n as i64);
@@ -309,7 +317,7 @@ mod tests {
         let s = spec(
             doc! {"fullDocument": "updateLookup", "batchSize": 5, "pipeline": [{"$match": {"x": 1}}]},
         );
-        let cmd = aggregate_command(&s, &StartPoint::ResumeAfter(doc! {"_data": "01"}));
+        let cmd = aggregate_command(&s, &StartPoint::ResumeAfter(doc! {"_data": "01"}), false);
         assert_eq!(
             cmd,
             doc! {
@@ -322,11 +330,19 @@ mod tests {
             }
         );
         let cluster = WatchSpec::from_document(&doc! {"uri": "mongodb://h"}).unwrap();
-        let cmd = aggregate_command(&cluster, &StartPoint::Now);
+        let cmd = aggregate_command(&cluster, &StartPoint::Now, false);
         assert_eq!(
             cmd,
             doc! {"aggregate": 1, "pipeline": [{"$changeStream": {"allChangesForCluster": true}}], "cursor": {}}
         );
         assert_eq!(cluster.command_db(), "admin");
+        // The split stage goes last, after the user's stages (the server requires it).
+        let cmd = aggregate_command(&s, &StartPoint::Now, true);
+        let stages = cmd.get_array("pipeline").unwrap();
+        assert_eq!(stages.len(), 3);
+        assert_eq!(
+            stages[2],
+            Bson::Document(doc! {"$changeStreamSplitLargeEvent": {}})
+        );
     }
 }

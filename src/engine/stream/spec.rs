@@ -62,6 +62,29 @@ pub enum InvalidatePolicy {
     Restart,
 }
 
+/// What to do with an event larger than the server's 16 MB limit (BSONObjectTooLarge,
+/// 10334), once `$changeStreamSplitLargeEvent` has split it into fragments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LargeEventPolicy {
+    /// Join the fragments and hand out the event whole.
+    #[default]
+    Split,
+    /// Fail the stream, naming the event.
+    Error,
+    /// Hand out a `largeEventSkipped` notice instead, and move the position past it.
+    Skip,
+}
+
+/// How the events of one multi-document transaction are handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransactionMode {
+    /// One by one, like every other event.
+    #[default]
+    Separate,
+    /// Together, as one `transaction` document; positions only at transaction boundaries.
+    Group,
+}
+
 /// Immutable watch arguments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatchSpec {
@@ -83,6 +106,11 @@ pub struct WatchSpec {
     pub read_preference: Option<ReadPreference>,
     pub on_history_lost: HistoryLostPolicy,
     pub on_invalidate: InvalidatePolicy,
+    /// Open with `$changeStreamSplitLargeEvent` from the start (otherwise it is added only
+    /// after the server failed the stream with 10334).
+    pub split_large_events: bool,
+    pub on_large_event: LargeEventPolicy,
+    pub transactions: TransactionMode,
 }
 
 /// A watch's own options (besides `ReaderOptions`).
@@ -109,6 +137,9 @@ const WATCH_FIELDS: &[&str] = &[
     "bypassDocumentValidation",
     "onHistoryLost",
     "onInvalidate",
+    "splitLargeEvents",
+    "onLargeEvent",
+    "transactions",
 ];
 
 impl WatchSpec {
@@ -194,6 +225,30 @@ impl WatchSpec {
                 ))
             }
         };
+        let split_large_events = optional_bool(doc, "splitLargeEvents")?.unwrap_or(false);
+        let on_large_event = match optional_string(doc, "onLargeEvent")?.as_deref() {
+            None | Some("split") => LargeEventPolicy::Split,
+            Some("error") => LargeEventPolicy::Error,
+            Some("skip") => LargeEventPolicy::Skip,
+            Some(other) => {
+                return Err(EngineError::invalid_option(
+                    "onLargeEvent",
+                    "'split', 'error' or 'skip'",
+                    &format!("'{other}'"),
+                ))
+            }
+        };
+        let transactions = match optional_string(doc, "transactions")?.as_deref() {
+            None | Some("separate") => TransactionMode::Separate,
+            Some("group") => TransactionMode::Group,
+            Some(other) => {
+                return Err(EngineError::invalid_option(
+                    "transactions",
+                    "'separate' or 'group'",
+                    &format!("'{other}'"),
+                ))
+            }
+        };
         Ok(WatchSpec {
             common,
             scope,
@@ -208,6 +263,9 @@ impl WatchSpec {
             read_preference,
             on_history_lost,
             on_invalidate,
+            split_large_events,
+            on_large_event,
+            transactions,
         })
     }
 
@@ -572,6 +630,45 @@ mod tests {
             "collation": Bson::Null,
         });
         assert_eq!(spec.owner("n").fingerprint, written);
+    }
+
+    #[test]
+    fn large_event_and_transaction_options_parse() {
+        let plain = test_spec(doc! {});
+        assert!(!plain.split_large_events);
+        assert_eq!(plain.on_large_event, LargeEventPolicy::Split);
+        assert_eq!(plain.transactions, TransactionMode::Separate);
+        let spec = test_spec(
+            doc! {"splitLargeEvents": true, "onLargeEvent": "skip", "transactions": "group"},
+        );
+        assert!(spec.split_large_events);
+        assert_eq!(spec.on_large_event, LargeEventPolicy::Skip);
+        assert_eq!(spec.transactions, TransactionMode::Group);
+        assert_eq!(
+            spec.shape(),
+            plain.shape(),
+            "positions stay valid across these options"
+        );
+        let cases = [
+            (
+                doc! {"uri": "mongodb://h", "onLargeEvent": "drop"},
+                "option \"onLargeEvent\" must be 'split', 'error' or 'skip', got 'drop'",
+            ),
+            (
+                doc! {"uri": "mongodb://h", "transactions": true},
+                "option \"transactions\" must be a non-empty string, got boolean",
+            ),
+            (
+                doc! {"uri": "mongodb://h", "splitLargeEvents": 1},
+                "option \"splitLargeEvents\" must be a boolean, got number",
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                WatchSpec::from_document(&input).unwrap_err().message,
+                expected
+            );
+        }
     }
 
     #[test]
