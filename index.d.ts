@@ -5,7 +5,7 @@ import { EventEmitter } from 'node:events';
 import { Readable } from 'node:stream';
 // @ts-ignore -- `mongodb` is an optional peer: without it these driver types are `any` and
 // everything still type-checks under `strict`; with it, events have the driver's own types.
-import type { ChangeStreamDocument, Collection, CollationOptions, Db, Document, MongoClient, ResumeToken, Timestamp } from 'mongodb';
+import type { ChangeStreamDocument, Collection, CollationOptions, Db, Document, Long, MongoClient, ResumeToken, Timestamp } from 'mongodb';
 
 export type { ResumeToken };
 
@@ -307,7 +307,7 @@ export interface TransactionGroup<TChange extends Document = ChangeStreamDocumen
   _id: ResumeToken;
   /** The session and transaction number every event of it carries. */
   lsid: Document;
-  txnNumber: number | bigint | import('mongodb').Long;
+  txnNumber: number | bigint | Long;
   /** The cluster time of its last event. */
   clusterTime?: Timestamp;
   /** Its events, in order (with `onLargeEvent: 'skip'`, a skipped one is its notice document). */

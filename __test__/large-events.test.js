@@ -189,7 +189,7 @@ test("onLargeEvent 'error' closes the stream naming the event's token, documentK
     (e) => e,
   );
   assert.ok(err instanceof ChangeStreamFatalError, err.name);
-  assert.equal(err.serverCode, 10334);
+  assert.equal(err.code, 10334);
   assert.match(err.message, /larger than 16 MB \(\d+ bytes: update of documentKey \{"_id":"big"\}/);
   assert.match(err.message, /resume token \{"_data":"[0-9a-f]+"\}/);
   assert.match(err.message, /onLargeEvent 'split'/);
@@ -209,7 +209,7 @@ test('a server without the stage: a clear error naming the position and what to 
     (e) => e,
   );
   assert.ok(err instanceof InvalidPipelineError, err.name);
-  assert.equal(err.serverCode, 40324);
+  assert.equal(err.code, 40324);
   assert.match(err.message, /does not support \$changeStreamSplitLargeEvent \(MongoDB 7\.0\+ or 6\.0\.9\+\)/);
   assert.match(err.message, /upgrade/);
 });
@@ -226,6 +226,6 @@ test('a 10334 again with the stage on (one field over 16 MB) fails instead of lo
     (e) => e,
   );
   assert.ok(err instanceof ChangeStreamFatalError, err.name);
-  assert.equal(err.serverCode, 10334);
+  assert.equal(err.code, 10334);
   assert.match(err.message, /even with \$changeStreamSplitLargeEvent/);
 });

@@ -474,7 +474,7 @@ test('a missing, mismatched or broken binary package: one clear error naming the
     `const rcs = require('resilient-change-stream');
      let stream;
      try { stream = new rcs.ResilientChangeStream({ uri: 'mongodb://127.0.0.1:1', db: 'x' }); }
-     catch (e) { console.log(JSON.stringify({ name: e.name, code: e.code, message: e.message, packageName: e.packageName, exported: e instanceof rcs.NativeAddonError && e instanceof rcs.ResilientChangeStreamError })); }
+     catch (e) { console.log(JSON.stringify({ name: e.name, kind: e.kind, message: e.message, packageName: e.packageName, exported: e instanceof rcs.NativeAddonError && e instanceof rcs.ResilientChangeStreamError })); }
      if (stream) stream.close().then(() => console.log('{}'));`,
   ];
   const expectOneClearError = async (what, pattern) => {
