@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, Document, Timestamp};
 
+use super::snapshot::SnapshotOptions;
 use crate::engine::durable::position::ReaderKind;
 use crate::engine::errors::{EngineError, ErrorCode};
 use crate::engine::options::{
@@ -49,6 +50,9 @@ pub enum HistoryLostPolicy {
     #[default]
     Error,
     ResumeFromNow,
+    /// Copy the collection again (as an initial snapshot), then stream from the copy's
+    /// start time: bounded recovery instead of a hand-run resync. Collection streams only.
+    Resnapshot,
 }
 
 /// What to do after an `invalidate` event (drop/rename of what is watched).
@@ -76,6 +80,8 @@ pub struct WatchSpec {
     pub comment: Option<Bson>,
     pub on_history_lost: HistoryLostPolicy,
     pub on_invalidate: InvalidatePolicy,
+    /// `initialSnapshot`: copy the collection first (`stream/snapshot.rs`).
+    pub snapshot: Option<SnapshotOptions>,
 }
 
 /// A watch's own options (besides `ReaderOptions`).
@@ -95,6 +101,7 @@ const WATCH_FIELDS: &[&str] = &[
     "comment",
     "onHistoryLost",
     "onInvalidate",
+    "initialSnapshot",
 ];
 
 impl WatchSpec {
@@ -159,10 +166,11 @@ impl WatchSpec {
         let on_history_lost = match optional_string(doc, "onHistoryLost")?.as_deref() {
             None | Some("error") => HistoryLostPolicy::Error,
             Some("resumeFromNow") => HistoryLostPolicy::ResumeFromNow,
+            Some("resnapshot") => HistoryLostPolicy::Resnapshot,
             Some(other) => {
                 return Err(EngineError::invalid_option(
                     "onHistoryLost",
-                    "'error' or 'resumeFromNow'",
+                    "'error', 'resumeFromNow' or 'resnapshot'",
                     &format!("'{other}'"),
                 ))
             }
@@ -178,7 +186,31 @@ impl WatchSpec {
                 ))
             }
         };
+        let snapshot = SnapshotOptions::parse(doc)?;
+        let copies = snapshot.is_some() || on_history_lost == HistoryLostPolicy::Resnapshot;
+        if copies && !matches!(scope, Scope::Collection { .. }) {
+            let what = if snapshot.is_some() {
+                "option \"initialSnapshot\""
+            } else {
+                "onHistoryLost: 'resnapshot'"
+            };
+            return Err(EngineError::new(
+                ErrorCode::InvalidOption,
+                format!(
+                    "{what} copies one collection: use it on a collection stream, not a \
+                     database or cluster stream (watch each collection with its own name)"
+                ),
+            ));
+        }
+        if snapshot.is_some() && start != StartPoint::Now {
+            return Err(EngineError::new(
+                ErrorCode::InvalidOption,
+                "option \"initialSnapshot\" chooses the start (the copy's start time): it \
+                 cannot be used with \"resumeAfter\", \"startAfter\" or \"startAtOperationTime\"",
+            ));
+        }
         Ok(WatchSpec {
+            snapshot,
             common,
             scope,
             pipeline,
@@ -211,12 +243,18 @@ impl ReaderSpec for WatchSpec {
 
     /// A change stream's events are shaped by the pipeline, and the `$changeStream` and
     /// collation options.
+    /// With an initial snapshot, its filter too (what the copy delivers); without one the
+    /// shape is exactly what records were always written with.
     fn shape(&self) -> Document {
-        doc! {
+        let mut shape = doc! {
             "pipeline": self.pipeline.iter().cloned().map(Bson::Document).collect::<Vec<_>>(),
             "stage": self.stage_options.clone(),
             "collation": self.collation.clone().map(Bson::Document).unwrap_or(Bson::Null),
+        };
+        if let Some(snapshot) = &self.snapshot {
+            shape.insert("snapshotFilter", snapshot.filter.clone());
         }
+        shape
     }
 
     /// A namespace label for logs and stored records (never contains the URI).
@@ -366,7 +404,7 @@ mod tests {
             (doc! {"uri": "mongodb://h", "name": "n", "tokenStore": {"type": "memory", "extra": 1}}, "unknown option \"tokenStore.extra\""),
             (doc! {"uri": "mongodb://h", "name": "n", "tokenStore": {"type": "file", "path": "/p", "mode": 420}}, "unknown option \"tokenStore.mode\""),
             (doc! {"uri": "mongodb://h", "name": "n", "tokenStore": {"type": "mongodb", "db": "d", "collection": "c", "coll": "x"}}, "unknown option \"tokenStore.coll\""),
-            (doc! {"uri": "mongodb://h", "onHistoryLost": "skip"}, "option \"onHistoryLost\" must be 'error' or 'resumeFromNow', got 'skip'"),
+            (doc! {"uri": "mongodb://h", "onHistoryLost": "skip"}, "option \"onHistoryLost\" must be 'error', 'resumeFromNow' or 'resnapshot', got 'skip'"),
         ];
         for (input, expected) in cases {
             assert_eq!(
@@ -387,6 +425,55 @@ mod tests {
             "collation": Bson::Null,
         });
         assert_eq!(spec.owner("n").fingerprint, written);
+    }
+
+    #[test]
+    fn a_snapshot_is_for_collection_streams_without_a_start_option() {
+        let db_stream = WatchSpec::from_document(
+            &doc! {"uri": "mongodb://h", "db": "d", "initialSnapshot": true},
+        )
+        .unwrap_err();
+        assert!(
+            db_stream
+                .message
+                .contains("not a database or cluster stream"),
+            "{}",
+            db_stream.message
+        );
+        let cluster =
+            WatchSpec::from_document(&doc! {"uri": "mongodb://h", "onHistoryLost": "resnapshot"})
+                .unwrap_err();
+        assert!(
+            cluster
+                .message
+                .starts_with("onHistoryLost: 'resnapshot' copies one collection"),
+            "{}",
+            cluster.message
+        );
+        let started = WatchSpec::from_document(
+            &doc! {"uri": "mongodb://h", "db": "d", "collection": "c", "initialSnapshot": true, "startAtOperationTime": Timestamp { time: 1, increment: 1 }},
+        )
+        .unwrap_err();
+        assert!(
+            started.message.contains("cannot be used with"),
+            "{}",
+            started.message
+        );
+        let ok = test_spec(
+            doc! {"initialSnapshot": {"filter": {"a": 1}}, "onHistoryLost": "resnapshot"},
+        );
+        assert_eq!(ok.on_history_lost, HistoryLostPolicy::Resnapshot);
+        // The copy's filter is part of the shape; a stream without a snapshot keeps its own.
+        assert_ne!(
+            ok.owner("n").fingerprint,
+            test_spec(doc! {}).owner("n").fingerprint
+        );
+        assert_eq!(
+            test_spec(doc! {"onHistoryLost": "resnapshot"})
+                .owner("n")
+                .fingerprint,
+            test_spec(doc! {}).owner("n").fingerprint
+        );
     }
 
     #[test]
