@@ -321,7 +321,7 @@ test("history lost during the copy, initialSnapshot.onHistoryLost 'error': histo
 
 test("history lost during the copy, initialSnapshot.onHistoryLost 'restart': historyLost, then a full copy with a new start time, then changes; the events after it equal the collection", async (t) => {
   if (skipIfExternal(t, 'prune its oplog')) return;
-  const { env, stream, seen } = await copyWithPrunedStart(t, 'restart');
+  const { env, seen } = await copyWithPrunedStart(t, 'restart');
   await waitUntil(() => seen.historyLost.length === 1, "'historyLost'");
   // After the loss: a new copy of the whole collection, then live changes.
   const lostAt = seen.events.findIndex((e) => e.historyLost);
