@@ -9,7 +9,6 @@ pub mod snapshot;
 pub mod spec;
 pub mod token_time;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -158,31 +157,25 @@ impl Source for StreamSource {
         }
     }
 
-    fn open<'a>(
-        &'a mut self,
-        client: &'a Client,
-    ) -> impl Future<Output = Result<RawBatchCursor, mongodb::error::Error>> + Send + 'a {
-        async move {
-            if let Phase::Starting = self.phase {
-                // The seam: the start time is read BEFORE the copy's first find.
-                let (Some(copy), Some((db, coll))) = (self.copy_spec.clone(), self.collection())
-                else {
-                    return Err(mongodb::error::Error::custom(
-                        "an initial snapshot needs a collection stream".to_string(),
-                    ));
-                };
-                let start_time = read_start_time(client, db, coll).await?;
-                tracing::info!(start_time = ?start_time, "initial snapshot: copying the collection");
-                self.phase = Phase::copying(&copy, start_time, None);
-            }
-            if let Phase::Copying { copy, .. } = &mut self.phase {
-                return copy.open(client).await;
-            }
-            let start = choose_start(&self.spec, &self.resume);
-            tracing::debug!(start = start.kind(), "opening the change stream cursor");
-            self.last_progress = Instant::now();
-            open_cursor(client, &self.spec, start).await
+    async fn open(&mut self, client: &Client) -> Result<RawBatchCursor, mongodb::error::Error> {
+        if let Phase::Starting = self.phase {
+            // The seam: the start time is read BEFORE the copy's first find.
+            let (Some(copy), Some((db, coll))) = (self.copy_spec.clone(), self.collection()) else {
+                return Err(mongodb::error::Error::custom(
+                    "an initial snapshot needs a collection stream".to_string(),
+                ));
+            };
+            let start_time = read_start_time(client, db, coll).await?;
+            tracing::info!(start_time = ?start_time, "initial snapshot: copying the collection");
+            self.phase = Phase::copying(&copy, start_time, None);
         }
+        if let Phase::Copying { copy, .. } = &mut self.phase {
+            return copy.open(client).await;
+        }
+        let start = choose_start(&self.spec, &self.resume);
+        tracing::debug!(start = start.kind(), "opening the change stream cursor");
+        self.last_progress = Instant::now();
+        open_cursor(client, &self.spec, start).await
     }
 
     /// During a copy (and at the seam, before the stream moved past its start time): is the
