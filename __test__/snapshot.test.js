@@ -335,7 +335,10 @@ test("history lost during the copy, initialSnapshot.onHistoryLost 'restart': his
   }, 'the re-copy and the changes after it to give the collection state');
   const after = seen.events.slice(lostAt + 1);
   const copies = after.filter((e) => e.operationType === 'snapshot');
-  assert.equal(copies.length, 300 - 1 + 50, 'the re-copy delivers every document there is (one deleted, 50 inserted)');
+  // Every document there is (one deleted, 50 inserted), each once; _id 5000 was inserted
+  // while the re-copy may still have been running: copied, or not, and streamed either way.
+  const copiedIds = copies.map((e) => e.documentKey._id).filter((id) => id !== 5000);
+  assert.deepEqual(copiedIds, [...expected.keys()].filter((id) => id !== 5000), 'the re-copy delivers every document there is, in _id order');
   const firstChange = after.findIndex((e) => e.operationType !== 'snapshot');
   assert.ok(firstChange >= copies.length, 'every copied document comes before the first change');
   assert.deepEqual(seen.errors, []);
@@ -399,7 +402,8 @@ test("onHistoryLost 'resnapshot' on a plain named stream: after a stop long enou
     for (const e of events) applyEvent(map, e);
     return sameState(map, expected);
   }, 'the re-copy and the change after it to give the collection state');
-  assert.equal(events.findIndex((e) => e.operationType !== 'snapshot'), 105, 'changes come after the copy');
+  // _id 999 was inserted once 105 were copied: the copy's last getMore may still see it.
+  assert.ok(events.findIndex((e) => e.operationType !== 'snapshot') >= 105, 'changes come after the copy');
   assert.deepEqual(errors, []);
   await second.close();
 });
