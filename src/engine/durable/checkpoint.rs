@@ -172,6 +172,8 @@ impl Checkpointer {
             pending.saved_generation = pending.generation;
             pending.unsaved_events = 0;
             pending.save_failure = None;
+            // The next tenure starts from the stored position, not where this one read to.
+            pending.cluster_time = None;
         }
         self.room.notify_waiters();
     }
@@ -198,6 +200,14 @@ impl Checkpointer {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The reader continues from a stored position of this cluster time: a position that
+    /// advances without a time of its own (a quiet batch) is at least there.
+    pub fn note_restored(&self, time: Option<Timestamp>) {
+        if time.is_some() {
+            self.lock().cluster_time = time;
+        }
     }
 
     /// The consumer processed `events` more events (or documents), up to `position`.

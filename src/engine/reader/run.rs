@@ -81,6 +81,7 @@ impl<S: Source> Run<S> {
             Some(Some(position)) => {
                 let time = self.source.restore(position);
                 self.status.record_progress(0, time);
+                ck.note_restored(time);
                 true
             }
         }

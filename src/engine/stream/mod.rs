@@ -313,10 +313,14 @@ impl Source for StreamSource {
         if parsed.count == 0 && !opening {
             self.idle_advance_seen = true;
         }
-        let position_time = parsed
-            .last_cluster_time
-            .or(parsed.operation_time)
-            .or_else(|| self.resume.token().and_then(|t| keystring_token_time(t)));
+        let token_time = || self.resume.token().and_then(|t| keystring_token_time(t));
+        let position_time = match parsed.last_cluster_time {
+            Some(time) => Some(time),
+            // An empty reply's operationTime is the server's "now": when it answers an open
+            // (a resume, maybe far behind) it is not the position's time.
+            None if opening => token_time(),
+            None => parsed.operation_time.or_else(token_time),
+        };
         Ok(Reply::Batch {
             progress: parsed.count > 0 || !opening,
             batch: ReadBatch {
