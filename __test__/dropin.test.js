@@ -35,6 +35,8 @@ test('MongoClient settings given besides the URL reach the engine connection str
     serverSelectionTimeoutMS: 5000,
     maxPoolSize: 50,
     heartbeatFrequencyMS: 2000,
+    compressors: ['zstd', 'zlib'],
+    zlibCompressionLevel: 6,
   });
   const uri = connectionString(client);
   assert.ok(uri.startsWith('mongodb://us%20er:p%40ss%3Aw%2Frd@h1:27017,h2:27018/app?'), uri);
@@ -51,6 +53,8 @@ test('MongoClient settings given besides the URL reach the engine connection str
     ['readPreferenceTags', 'dc:east'],
     ['maxStalenessSeconds', '120'],
     ['readConcernLevel', 'majority'],
+    ['compressors', 'zstd,zlib'],
+    ['zlibCompressionLevel', '6'],
     ['tlsAllowInvalidHostnames', 'true'],
     ['authMechanism', 'SCRAM-SHA-256'],
     ['authSource', 'admin'],
@@ -213,4 +217,17 @@ test('the driver options against a server: accepted, passed to the aggregate, in
       session.endSession().catch(() => {});
     }
   });
+});
+
+test('a client with wire compressors: the stream connects with them and delivers', async (t) => {
+  const { server, dbName, collName } = await setup(t);
+  const client = new MongoClient(server.uri, { compressors: ['zstd', 'zlib', 'snappy'], zlibCompressionLevel: 4 });
+  t.after(() => client.close());
+  const coll = client.db(dbName).collection(collName);
+  const stream = watch(coll, [], { maxAwaitTimeMS: 100 });
+  t.after(() => stream.close());
+  const { pending } = await startIterating(stream);
+  await insertSeq(coll, 1, 2);
+  const event = await withTimeout(pending, DEADLINE_MS, 'the event');
+  assert.equal(event.fullDocument.seq, 1);
 });

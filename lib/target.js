@@ -121,6 +121,12 @@ function clientParams(o) {
     }
   }
   if (typeof o.readConcern?.level === 'string') params.push(['readConcernLevel', o.readConcern.level]);
+  // Wire compression: the engine's driver speaks zstd, zlib and snappy too ('none' is the default).
+  const compressors = Array.isArray(o.compressors) ? o.compressors.filter((c) => c !== 'none') : [];
+  if (compressors.length > 0) params.push(['compressors', compressors.join(',')]);
+  if (compressors.includes('zlib') && typeof o.zlibCompressionLevel === 'number' && o.zlibCompressionLevel > 0) {
+    params.push(['zlibCompressionLevel', String(o.zlibCompressionLevel)]);
+  }
   // The driver resolves tlsAllowInvalidCertificates / tlsAllowInvalidHostnames (and
   // tlsInsecure, both) into Node's TLS options.
   if (o.rejectUnauthorized === false) params.push(['tlsAllowInvalidCertificates', 'true']);
