@@ -151,16 +151,8 @@ impl LeaseStore {
         member: &str,
         epoch: u64,
     ) -> Result<bool, EngineError> {
-        let updated = self
-            .leases()
-            .await?
-            .update_one(
-                doc! {"_id": name, "epoch": int(epoch), "holder": member},
-                doc! {"$inc": {"renewals": 1i64}, "$set": {"renewedAt": DateTime::now()}},
-            )
-            .await
-            .map_err(|e| self.error("renew", &e))?;
-        Ok(updated.matched_count == 1)
+        let update = doc! {"$inc": {"renewals": 1i64}, "$set": {"renewedAt": DateTime::now()}};
+        self.update_held(name, member, epoch, update, "renew").await
     }
 
     /// Moves the lease held at `epoch` to epoch `to` (above what a token store holds, e.g.
@@ -172,16 +164,8 @@ impl LeaseStore {
         epoch: u64,
         to: u64,
     ) -> Result<bool, EngineError> {
-        let updated = self
-            .leases()
-            .await?
-            .update_one(
-                doc! {"_id": name, "epoch": int(epoch), "holder": member},
-                doc! {"$set": {"epoch": int(to), "renewedAt": DateTime::now()}},
-            )
-            .await
-            .map_err(|e| self.error("raise", &e))?;
-        Ok(updated.matched_count == 1)
+        let update = doc! {"$set": {"epoch": int(to), "renewedAt": DateTime::now()}};
+        self.update_held(name, member, epoch, update, "raise").await
     }
 
     /// Gives the lease up (a graceful close): standbys take it at once.
@@ -191,15 +175,30 @@ impl LeaseStore {
         member: &str,
         epoch: u64,
     ) -> Result<bool, EngineError> {
+        let update = doc! {"$set": {"released": true, "renewedAt": DateTime::now()}};
+        self.update_held(name, member, epoch, update, "release")
+            .await
+    }
+
+    /// Applies `update` to the lease only while `member` holds it at `epoch`; false when it
+    /// does not (any more).
+    async fn update_held(
+        &self,
+        name: &str,
+        member: &str,
+        epoch: u64,
+        update: Document,
+        what: &str,
+    ) -> Result<bool, EngineError> {
         let updated = self
             .leases()
             .await?
             .update_one(
                 doc! {"_id": name, "epoch": int(epoch), "holder": member},
-                doc! {"$set": {"released": true, "renewedAt": DateTime::now()}},
+                update,
             )
             .await
-            .map_err(|e| self.error("release", &e))?;
+            .map_err(|e| self.error(what, &e))?;
         Ok(updated.matched_count == 1)
     }
 }
