@@ -3,6 +3,7 @@
 //! Unsaved progress is bounded: the stream stops handing out events while too much of it
 //! waits for a store that is down.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -11,7 +12,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::position::{Owner, Position, PositionRecord};
-use super::store::{load_record, within, TokenStore, STORE_CALL_DEADLINE};
+use super::store::{load_record, within, TokenStore, STORE_CALL_DEADLINE, WRITE_SEQ_FIELD};
 use crate::engine::backoff::BackoffPolicy;
 use crate::engine::errors::{EngineError, ErrorCode};
 
@@ -38,6 +39,9 @@ impl Default for CheckpointPolicy {
         }
     }
 }
+
+/// How long a save already sent may still finish when the reader closes.
+const IN_FLIGHT_GRACE: Duration = Duration::from_secs(1);
 
 /// The least time a save gets when `save_until`'s limit is (nearly) reached.
 const LAST_CALL_AT_LEAST: Duration = Duration::from_secs(1);
@@ -110,6 +114,8 @@ pub struct Checkpointer {
     room: Notify,
     /// A consumer group's: saves are fenced, and dropped outside a tenure.
     grouped: bool,
+    /// Numbers fenced writes (`WRITE_SEQ_FIELD`).
+    write_seq: AtomicU64,
 }
 
 impl Checkpointer {
@@ -128,6 +134,7 @@ impl Checkpointer {
             changed: Notify::new(),
             room: Notify::new(),
             grouped: false,
+            write_seq: AtomicU64::new(0),
         }
     }
 
@@ -381,15 +388,26 @@ impl Checkpointer {
                         .await
                         .map(|()| true),
                     Some(epoch) => {
-                        self.store
-                            .save_fenced(self.name(), record.to_document(), epoch)
-                            .await
+                        // Within a tenure, each write is numbered: one that lands late
+                        // (abandoned, retried) never replaces a newer one.
+                        let mut document = record.to_document();
+                        let seq = self.write_seq.fetch_add(1, Ordering::Relaxed) + 1;
+                        document.insert(WRITE_SEQ_FIELD, seq.min(i64::MAX as u64) as i64);
+                        self.store.save_fenced(self.name(), document, epoch).await
                     }
                 }
             };
+            let call = within(deadline, self.store.as_ref(), "save", save);
+            tokio::pin!(call);
             let saved = tokio::select! {
-                _ = cancel.cancelled() => return Ok(Saved::Done),
-                saved = within(deadline, self.store.as_ref(), "save", save) => saved,
+                saved = &mut call => saved,
+                // A close. A save already sent may still land; dropped now it could land
+                // after the close's own (newer) save and move the position back. It gets a
+                // moment to finish first.
+                _ = cancel.cancelled() => match tokio::time::timeout(IN_FLIGHT_GRACE, &mut call).await {
+                    Ok(saved) => saved,
+                    Err(_) => return Ok(Saved::Done),
+                },
             };
             match saved {
                 Ok(false) => {

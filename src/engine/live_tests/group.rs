@@ -232,3 +232,49 @@ async fn a_fenced_holder_cannot_write_and_takes_a_higher_epoch_later() {
     a.close().await.expect("close");
     assert_eq!(stored(&fx, &name).await.get_i64("epoch"), Ok(6));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_write_of_a_tenure_never_replaces_a_newer_one() {
+    use crate::engine::durable::store::{MongoStore, TokenStore, WRITE_SEQ_FIELD};
+    let fx = Fixture::start().await;
+    let name = unique_name("late");
+    let store = MongoStore::new(fx.server.uri.clone(), fx.db.clone(), "positions".into());
+    assert_eq!(store.fence(&name, 3).await.unwrap(), None, "fenced at 3");
+    let record =
+        |seq: i64, at: &str| doc! {"version": 1, "token": {"_data": at}, WRITE_SEQ_FIELD: seq};
+    assert!(store
+        .save_fenced(&name, record(2, "newer"), 3)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .save_fenced(&name, record(1, "older"), 3)
+            .await
+            .unwrap(),
+        "a lower write number of the same epoch is refused"
+    );
+    assert!(
+        !store
+            .save_fenced(&name, record(9, "zombie"), 2)
+            .await
+            .unwrap(),
+        "an earlier epoch is refused"
+    );
+    assert_eq!(
+        stored(&fx, &name).await.get_document("token").unwrap(),
+        &doc! {"_data": "newer"}
+    );
+    assert_eq!(
+        store.fence(&name, 3).await.unwrap(),
+        Some(3),
+        "a fence never repeats an epoch"
+    );
+    assert_eq!(store.fence(&name, 4).await.unwrap(), None);
+    assert!(
+        store
+            .save_fenced(&name, record(1, "next tenure"), 4)
+            .await
+            .unwrap(),
+        "a new tenure numbers its writes afresh"
+    );
+}

@@ -69,6 +69,10 @@ pub trait TokenStore: Send + Sync {
 /// The field of a stored record that holds the epoch of the group member that wrote it.
 pub const EPOCH_FIELD: &str = "epoch";
 
+/// The field numbering a group member's writes within its tenure (a fence clears it): a
+/// write that lands late never replaces a newer one of the same tenure.
+pub const WRITE_SEQ_FIELD: &str = "writeSeq";
+
 /// How long one call into a store may take before it counts as failed (and is retried like
 /// any failure): a store that never answers must not hang a start, the saves or a close.
 pub const STORE_CALL_DEADLINE: Duration = Duration::from_secs(10);

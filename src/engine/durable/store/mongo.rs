@@ -5,7 +5,7 @@ use futures_util::future::BoxFuture;
 use mongodb::bson::{doc, Document};
 use mongodb::options::ReplaceOptions;
 
-use super::{TokenStore, EPOCH_FIELD};
+use super::{TokenStore, EPOCH_FIELD, WRITE_SEQ_FIELD};
 use crate::engine::client_pool::{client_for, ClientLease};
 use crate::engine::errors::{is_duplicate_key, EngineError, ErrorCode};
 
@@ -22,6 +22,24 @@ pub struct MongoStore {
     collection: String,
     /// Held for the store's life: the shared client stays up while the store may write.
     client: tokio::sync::OnceCell<ClientLease>,
+}
+
+/// `name`'s record if a fenced write of `epoch` numbered as in `record` may replace it: an
+/// earlier epoch, or this epoch with a lower write number (or none yet), or no epoch at all.
+fn newer_write(name: &str, epoch: u64, record: &Document) -> Document {
+    let epoch = epoch.min(i64::MAX as u64) as i64;
+    let mut same_epoch = vec![doc! {EPOCH_FIELD: epoch, WRITE_SEQ_FIELD: {"$exists": false}}];
+    if let Ok(seq) = record.get_i64(WRITE_SEQ_FIELD) {
+        same_epoch.push(doc! {EPOCH_FIELD: epoch, WRITE_SEQ_FIELD: {"$lt": seq}});
+    } else {
+        same_epoch.push(doc! {EPOCH_FIELD: epoch});
+    }
+    let mut or = vec![
+        doc! {EPOCH_FIELD: {"$lt": epoch}},
+        doc! {EPOCH_FIELD: {"$exists": false}},
+    ];
+    or.extend(same_epoch);
+    doc! {"_id": name, "$or": or}
 }
 
 impl MongoStore {
@@ -108,7 +126,7 @@ impl TokenStore for MongoStore {
                 // collection that was reset starts again at 1, and is lifted above the store).
                 .update_one(
                     epoch_filter(name, "$lt", epoch),
-                    doc! {"$set": {EPOCH_FIELD: stored_epoch}},
+                    doc! {"$set": {EPOCH_FIELD: stored_epoch}, "$unset": {WRITE_SEQ_FIELD: ""}},
                 )
                 .upsert(true)
                 .await;
@@ -144,7 +162,7 @@ impl TokenStore for MongoStore {
             let saved = self
                 .collection()
                 .await?
-                .replace_one(epoch_filter(name, "$lte", epoch), stored)
+                .replace_one(newer_write(name, epoch, &stored), stored)
                 .with_options(ReplaceOptions::builder().upsert(true).build())
                 .await;
             match saved {
