@@ -189,7 +189,7 @@ test('3 members: kill -9 the holder twice, pause one past its lease, close one â
 
   const last = await w.stop();
   const everything = () => group.members.flatMap((m) => m.deliveries());
-  await waitUntil(() => new Set(everything().map((d) => d.seq)).size >= last, `all ${last} events delivered`, 30000);
+  await waitUntil(() => new Set(everything().map((d) => d.seq)).size >= last, `all ${last} events delivered`, 90000);
   for (const m of live()) m.signal('SIGTERM');
   await Promise.all(group.members.map((m) => m.exited));
 
@@ -292,13 +292,15 @@ test('lease store outages (fail points, then its server killed and restarted emp
   // A later epoch than any before (a member may take one and lose it again while the server
   // comes back), delivering.
   const later = () => group.members.flatMap((m) => m.deliveries()).filter((d) => d.epoch > before);
-  await waitUntil(() => later().length >= 20, 'a later epoch delivering').catch((err) => {
+  // Generous: on a loaded machine a getMore cut by the restart can wait out the 30 s stall
+  // watchdog before the stream re-opens; what is asserted is that nothing is lost.
+  await waitUntil(() => later().length >= 20, 'a later epoch delivering', 90000).catch((err) => {
     for (const m of group.members) t.diagnostic(`${m.id}: ${m.lines.join(' | ')} (delivered ${m.deliveries().length})`);
     throw err;
   });
   const last = await w.stop();
   const everything = () => group.members.flatMap((m) => m.deliveries());
-  await waitUntil(() => new Set(everything().map((d) => d.seq)).size >= last, `all ${last} events delivered`, 30000);
+  await waitUntil(() => new Set(everything().map((d) => d.seq)).size >= last, `all ${last} events delivered`, 90000);
   checkDeliveries(everything(), last);
 });
 
