@@ -189,3 +189,36 @@ fn lease_existing(uri: &str) -> Option<ClientLease> {
         wire: pooled.wire.clone(),
     })
 }
+
+/// One collection on the shared client of its deployment, connected on first use and held
+/// for the owner's life (a MongoDB token store, a group's lease collection).
+pub struct SharedCollection {
+    uri: String,
+    db: String,
+    collection: String,
+    client: tokio::sync::OnceCell<ClientLease>,
+}
+
+impl SharedCollection {
+    pub fn new(uri: String, db: String, collection: String) -> Self {
+        SharedCollection {
+            uri,
+            db,
+            collection,
+            client: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    pub async fn get(&self) -> Result<mongodb::Collection<mongodb::bson::Document>, EngineError> {
+        let client = self
+            .client
+            .get_or_try_init(|| client_for(&self.uri))
+            .await?;
+        Ok(client.database(&self.db).collection(&self.collection))
+    }
+
+    /// `db.collection`, for messages (never the URI).
+    pub fn namespace(&self) -> String {
+        format!("{}.{}", self.db, self.collection)
+    }
+}

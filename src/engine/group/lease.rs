@@ -9,7 +9,7 @@
 use mongodb::bson::{doc, DateTime, Document};
 use mongodb::options::ReturnDocument;
 
-use crate::engine::client_pool::{client_for, ClientLease};
+use crate::engine::client_pool::SharedCollection;
 use crate::engine::errors::{is_duplicate_key, EngineError, ErrorCode};
 
 /// What a standby sees of the lease.
@@ -43,10 +43,7 @@ impl LeaseState {
 }
 
 pub(crate) struct LeaseStore {
-    uri: String,
-    db: String,
-    collection: String,
-    client: tokio::sync::OnceCell<ClientLease>,
+    leases: SharedCollection,
 }
 
 fn int(n: u64) -> i64 {
@@ -56,19 +53,12 @@ fn int(n: u64) -> i64 {
 impl LeaseStore {
     pub(crate) fn new(uri: String, db: String, collection: String) -> Self {
         LeaseStore {
-            uri,
-            db,
-            collection,
-            client: tokio::sync::OnceCell::new(),
+            leases: SharedCollection::new(uri, db, collection),
         }
     }
 
     async fn leases(&self) -> Result<mongodb::Collection<Document>, EngineError> {
-        let client = self
-            .client
-            .get_or_try_init(|| client_for(&self.uri))
-            .await?;
-        Ok(client.database(&self.db).collection(&self.collection))
+        self.leases.get().await
     }
 
     fn error(&self, what: &str, e: &mongodb::error::Error) -> EngineError {
@@ -76,8 +66,9 @@ impl LeaseStore {
         EngineError {
             code: ErrorCode::LeaseStore,
             message: format!(
-                "cannot {what} the lease in mongodb {}.{}: {}",
-                self.db, self.collection, cause.message
+                "cannot {what} the lease in mongodb {}: {}",
+                self.leases.namespace(),
+                cause.message
             ),
             resumable: true,
             ..cause

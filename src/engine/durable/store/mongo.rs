@@ -6,7 +6,7 @@ use mongodb::bson::{doc, Document};
 use mongodb::options::ReplaceOptions;
 
 use super::{TokenStore, EPOCH_FIELD, WRITE_SEQ_FIELD};
-use crate::engine::client_pool::{client_for, ClientLease};
+use crate::engine::client_pool::SharedCollection;
 use crate::engine::errors::{is_duplicate_key, EngineError, ErrorCode};
 
 /// `name`'s record, if its epoch is `op` (`$lte`, `$lt`) `epoch`, or it has none. An upsert
@@ -17,11 +17,8 @@ fn epoch_filter(name: &str, op: &str, epoch: u64) -> Document {
 }
 
 pub struct MongoStore {
-    uri: String,
-    db: String,
-    collection: String,
     /// Held for the store's life: the shared client stays up while the store may write.
-    client: tokio::sync::OnceCell<ClientLease>,
+    records: SharedCollection,
 }
 
 /// `name`'s record if a fenced write of `epoch` numbered as in `record` may replace it: an
@@ -45,19 +42,12 @@ fn newer_write(name: &str, epoch: u64, record: &Document) -> Document {
 impl MongoStore {
     pub fn new(uri: String, db: String, collection: String) -> Self {
         MongoStore {
-            uri,
-            db,
-            collection,
-            client: tokio::sync::OnceCell::new(),
+            records: SharedCollection::new(uri, db, collection),
         }
     }
 
     async fn collection(&self) -> Result<mongodb::Collection<Document>, EngineError> {
-        let client = self
-            .client
-            .get_or_try_init(|| client_for(&self.uri))
-            .await?;
-        Ok(client.database(&self.db).collection(&self.collection))
+        self.records.get().await
     }
 
     fn error(&self, what: &str, e: &mongodb::error::Error) -> EngineError {
@@ -106,7 +96,7 @@ impl TokenStore for MongoStore {
     }
 
     fn describe(&self) -> String {
-        format!("mongodb {}.{}", self.db, self.collection)
+        format!("mongodb {}", self.records.namespace())
     }
 
     fn fencing(&self) -> bool {
