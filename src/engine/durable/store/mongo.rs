@@ -9,11 +9,11 @@ use super::{TokenStore, EPOCH_FIELD, WRITE_SEQ_FIELD};
 use crate::engine::client_pool::SharedCollection;
 use crate::engine::errors::{is_duplicate_key, EngineError, ErrorCode};
 
-/// `name`'s record, if its epoch is `op` (`$lte`, `$lt`) `epoch`, or it has none. An upsert
-/// with this filter fails with a duplicate key when the record holds another: the fence.
-fn epoch_filter(name: &str, op: &str, epoch: u64) -> Document {
+/// `name`'s record, if its epoch is below `epoch` or it has none. An upsert with this filter
+/// fails with a duplicate key when the record holds `epoch` or a higher one: the fence.
+fn below_epoch(name: &str, epoch: u64) -> Document {
     let epoch = epoch.min(i64::MAX as u64) as i64;
-    doc! {"_id": name, "$or": [{EPOCH_FIELD: {op: epoch}}, {EPOCH_FIELD: {"$exists": false}}]}
+    doc! {"_id": name, "$or": [{EPOCH_FIELD: {"$lt": epoch}}, {EPOCH_FIELD: {"$exists": false}}]}
 }
 
 pub struct MongoStore {
@@ -115,7 +115,7 @@ impl TokenStore for MongoStore {
                 // Strictly below: a tenure never shares its epoch with an earlier one (a lease
                 // collection that was reset starts again at 1, and is lifted above the store).
                 .update_one(
-                    epoch_filter(name, "$lt", epoch),
+                    below_epoch(name, epoch),
                     doc! {"$set": {EPOCH_FIELD: stored_epoch}, "$unset": {WRITE_SEQ_FIELD: ""}},
                 )
                 .upsert(true)
