@@ -25,6 +25,8 @@ class Member extends EventEmitter {
     this.id = config.member;
     this.out = path.join(dir, `${this.id}.log`);
     this.lines = [];
+    /** Its stream is open (it said so once). */
+    this.reading = false;
     this.proc = spawn(process.execPath, [FIXTURE, JSON.stringify(config), this.out], {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
@@ -40,6 +42,7 @@ class Member extends EventEmitter {
         const [kind, ...rest] = line.split(' ');
         if (kind === 'acquired') this.emit('acquired', { epoch: Number(rest[0]), at: Number(rest[1]), member: this });
         else if (kind === 'lost') this.emit('lost', { epoch: Number(rest[0]), reason: rest[1], at: Number(rest[2]) });
+        else if (kind === 'reading') this.reading = true;
         else if (kind === 'error') this.emit('failed', line);
       }
     });
@@ -141,6 +144,8 @@ test('3 members: kill -9 the holder twice, pause one past its lease, close one â
 
   let current = await nextAcquisition(group.members, 0);
   assert.ok(current, 'a member took the lease');
+  // Written before its stream opens, an event is not in it: a new stream starts at "now".
+  await waitUntil(() => current.member.reading, `${current.member.id}'s stream open`);
   const w = writer(ctx.coll);
   const deliveredBy = (m, epoch) => m.deliveries().filter((d) => d.epoch === epoch).length;
   const failovers = [];
@@ -216,6 +221,28 @@ test('3 members: kill -9 the holder twice, pause one past its lease, close one â
  * or before where the last stopped (a repeated prefix, bounded by the checkpoint window), never
  * after (a gap); never two members handing out at once.
  */
+/** What each member handed out per tenure, and which seqs nobody did: for a failure's report. */
+function describeDeliveries(members, last) {
+  const lines = [];
+  const seen = new Set();
+  for (const m of members) {
+    const tenures = new Map();
+    for (const d of m.deliveries()) {
+      seen.add(d.seq);
+      const t = tenures.get(d.epoch) ?? { first: d, last: d, count: 0 };
+      t.last = d;
+      t.count++;
+      tenures.set(d.epoch, t);
+    }
+    const spans = [...tenures].map(([e, t]) => `epoch ${e}: ${t.count} seq ${t.first.seq}..${t.last.seq} at ${t.first.at}..${t.last.at}`);
+    lines.push(`${m.id}: ${m.lines.join(' | ')} || ${spans.join('; ')}`);
+  }
+  const missing = [];
+  for (let seq = 1; seq <= last; seq++) if (!seen.has(seq)) missing.push(seq);
+  lines.push(`missing ${missing.length}: ${missing.slice(0, 20).join(',')}${missing.length > 20 ? ',â€¦' : ''}`);
+  return lines.join('\n');
+}
+
 function checkDeliveries(all, last) {
   const seen = new Set(all.map((d) => d.seq));
   for (let seq = 1; seq <= last; seq++) assert.ok(seen.has(seq), `seq ${seq} was delivered`);
@@ -259,6 +286,8 @@ test('lease store outages (fail points, then its server killed and restarted emp
   group.start();
   let current = await nextAcquisition(group.members, 0);
   assert.ok(current, 'a member took the lease');
+  // Written before its stream opens, an event is not in it: a new stream starts at "now".
+  await waitUntil(() => current.member.reading, `${current.member.id}'s stream open`);
   const w = writer(ctx.coll);
   const deliveredBy = (m, epoch) => m.deliveries().filter((d) => d.epoch === epoch).length;
   /** The holder's tenure ends by renewFailed; nothing of it is handed out after that. */
@@ -295,12 +324,15 @@ test('lease store outages (fail points, then its server killed and restarted emp
   // Generous: on a loaded machine a getMore cut by the restart can wait out the 30 s stall
   // watchdog before the stream re-opens; what is asserted is that nothing is lost.
   await waitUntil(() => later().length >= 20, 'a later epoch delivering', 90000).catch((err) => {
-    for (const m of group.members) t.diagnostic(`${m.id}: ${m.lines.join(' | ')} (delivered ${m.deliveries().length})`);
+    t.diagnostic(describeDeliveries(group.members, w.written()));
     throw err;
   });
   const last = await w.stop();
   const everything = () => group.members.flatMap((m) => m.deliveries());
-  await waitUntil(() => new Set(everything().map((d) => d.seq)).size >= last, `all ${last} events delivered`, 90000);
+  await waitUntil(() => new Set(everything().map((d) => d.seq)).size >= last, `all ${last} events delivered`, 90000).catch((err) => {
+    t.diagnostic(describeDeliveries(group.members, last));
+    throw err;
+  });
   checkDeliveries(everything(), last);
 });
 
