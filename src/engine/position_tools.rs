@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, DateTime, Document, RawDocumentBuf, Timestamp};
 
-use crate::engine::client_pool::client_for;
+use crate::engine::client_pool::{client_for, SharedCollection};
 use crate::engine::durable::position::{Position, PositionRecord, ReaderKind};
 use crate::engine::durable::store::{FileStore, MongoStore, TokenStore, EPOCH_FIELD};
 use crate::engine::errors::{EngineError, ErrorCode};
@@ -89,7 +89,7 @@ pub async fn list_positions(
             db,
             collection,
         } => {
-            let client = client_for(uri).await?;
+            let records = SharedCollection::new(uri.clone(), db.clone(), collection.clone());
             let filter = name.map_or_else(Document::new, |n| doc! {"_id": n});
             let failed = |e: mongodb::error::Error| {
                 let cause = EngineError {
@@ -98,9 +98,9 @@ pub async fn list_positions(
                 };
                 prefixed(cause, &format!("cannot read {}: ", store.describe()))
             };
-            let docs: Vec<Document> = client
-                .database(db)
-                .collection::<Document>(collection)
+            let docs: Vec<Document> = records
+                .get()
+                .await?
                 .find(filter)
                 .sort(doc! {"_id": 1})
                 .await
@@ -189,20 +189,10 @@ pub struct LeaseLocation {
     pub collection: String,
 }
 
-async fn lease_collection(
-    at: &LeaseLocation,
-) -> Result<
-    (
-        crate::engine::client_pool::ClientLease,
-        mongodb::Collection<Document>,
-    ),
-    EngineError,
-> {
-    let client = client_for(&at.uri).await?;
-    let coll = client
-        .database(&at.db)
-        .collection::<Document>(&at.collection);
-    Ok((client, coll))
+impl LeaseLocation {
+    fn leases(&self) -> SharedCollection {
+        SharedCollection::new(self.uri.clone(), self.db.clone(), self.collection.clone())
+    }
 }
 
 fn lease_error(at: &LeaseLocation, what: &str, e: &mongodb::error::Error) -> EngineError {
@@ -214,8 +204,10 @@ fn lease_error(at: &LeaseLocation, what: &str, e: &mongodb::error::Error) -> Eng
 
 /// The lease on `name`, if there is one.
 pub async fn read_lease(at: &LeaseLocation, name: &str) -> Result<Option<Lease>, EngineError> {
-    let (_client, coll) = lease_collection(at).await?;
-    let found = coll
+    let leases = at.leases();
+    let found = leases
+        .get()
+        .await?
         .find_one(doc! {"_id": name})
         .await
         .map_err(|e| lease_error(at, "read", &e))?;
@@ -224,8 +216,11 @@ pub async fn read_lease(at: &LeaseLocation, name: &str) -> Result<Option<Lease>,
 
 /// Raises the lease's epoch to at least `epoch`: the holder is fenced.
 async fn fence_lease(at: &LeaseLocation, name: &str, epoch: i64) -> Result<(), EngineError> {
-    let (_client, coll) = lease_collection(at).await?;
-    coll.update_one(doc! {"_id": name}, doc! {"$max": {"epoch": epoch}})
+    let leases = at.leases();
+    leases
+        .get()
+        .await?
+        .update_one(doc! {"_id": name}, doc! {"$max": {"epoch": epoch}})
         .await
         .map_err(|e| lease_error(at, "fence", &e))?;
     Ok(())
@@ -480,8 +475,8 @@ async fn delete(store: &StoreLocation, name: &str, fence: Option<i64>) -> Result
             db,
             collection,
         } => {
-            let client = client_for(uri).await?;
-            let records = client.database(db).collection::<Document>(collection);
+            let shared = SharedCollection::new(uri.clone(), db.clone(), collection.clone());
+            let records = shared.get().await?;
             let deleted = match fence {
                 None => records.delete_one(doc! {"_id": name}).await.map(|_| ()),
                 Some(epoch) => records
