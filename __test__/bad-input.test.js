@@ -80,10 +80,14 @@ test('a function, a Symbol or a cycle in a cursor option (and its lastKey) is an
   }
 });
 
-test('a circular comment, collation, filter or unknown option is an InvalidOptionError, not a raw BSONError', () => {
+test('a circular comment, collation, filter, pipeline or unknown option is an InvalidOptionError, not a raw BSONError', () => {
   assertInvalid(() => new ResilientChangeStream({ uri: URI, ...NS, comment: circular() }), /option "comment\.self" is circular/, 'comment');
   assertInvalid(() => new ResilientChangeStream({ uri: URI, ...NS, collation: circular() }), /option "collation\.self" is circular/, 'collation');
   assertInvalid(() => new ResilientCursor({ uri: URI, ...NS }, { filter: { $and: [circular()] } }), /option "filter\.\$and\[0\]\.self" is circular/, 'filter');
+  // watch() copies a pipeline as the driver's serializer would (found by the fuzz: the copy
+  // recursed until the stack ran out).
+  assertInvalid(() => watch(COLLECTION, [{ $match: circular() }]), /option "pipeline\[0\]\.\$match\.self.*" is circular/, 'pipeline argument');
+  assertInvalid(() => watch(COLLECTION, { pipeline: [circular()] }), /option "pipeline\[0\]\.self.*" is circular/, 'pipeline option');
   // A shared (not circular) object is fine: it is encoded twice.
   const shared = { x: 1 };
   const ok = new ResilientChangeStream({ uri: URI, ...NS, comment: { a: shared, b: shared } });

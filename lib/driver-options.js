@@ -91,24 +91,32 @@ function takeDriverOptions(options, inherited = {}) {
  * would drop them), undefined becomes null unless `ignoreUndefined`.
  * @param {unknown} value
  * @param {{ serializeFunctions?: boolean, ignoreUndefined?: boolean }} flags
+ * @param {Set<object>} [ancestors] the containers being copied (a cycle stops the copy)
  * @returns {unknown}
  */
-function asCommandValue(value, flags) {
+function asCommandValue(value, flags, ancestors = new Set()) {
   if (typeof value === 'function' && flags.serializeFunctions) return new (bson().Code)(value.toString());
   if (value === null || typeof value !== 'object' || '_bsontype' in value || value instanceof Date || value instanceof RegExp || ArrayBuffer.isView(value)) {
     return value;
   }
-  if (Array.isArray(value)) return value.map((v) => (v === undefined && !flags.ignoreUndefined ? null : asCommandValue(v, flags)));
-  if (Object.getPrototypeOf(value) !== Object.prototype && Object.getPrototypeOf(value) !== null) return value;
-  const out = {};
-  for (const [key, v] of Object.entries(value)) {
-    if (v === undefined) {
-      if (!flags.ignoreUndefined) out[key] = null;
-      continue;
+  // A cycle is left as it is: the options check refuses it, naming where it is.
+  if (ancestors.has(value)) return value;
+  ancestors.add(value);
+  try {
+    if (Array.isArray(value)) return value.map((v) => (v === undefined && !flags.ignoreUndefined ? null : asCommandValue(v, flags, ancestors)));
+    if (Object.getPrototypeOf(value) !== Object.prototype && Object.getPrototypeOf(value) !== null) return value;
+    const out = {};
+    for (const [key, v] of Object.entries(value)) {
+      if (v === undefined) {
+        if (!flags.ignoreUndefined) out[key] = null;
+        continue;
+      }
+      out[key] = asCommandValue(v, flags, ancestors);
     }
-    out[key] = asCommandValue(v, flags);
+    return out;
+  } finally {
+    ancestors.delete(value);
   }
-  return out;
 }
 
 const READ_PREFERENCE_MODES = ['primary', 'primaryPreferred', 'secondary', 'secondaryPreferred', 'nearest'];
