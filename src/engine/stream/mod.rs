@@ -30,8 +30,8 @@ use oplog::{read_window, OplogWindow};
 use reply::parse_reply;
 use resume::{aggregate_command, choose_start, ResumeState};
 use snapshot::{
-    check_start_time, copy_spec, position_after, read_start_time, wrap_as_events, Phase,
-    SnapshotLostPolicy, COPY_WINDOW_CHECK,
+    check_start_time, copy_spec, next_window_check, position_after, read_start_time,
+    wrap_as_events, Phase, SnapshotLostPolicy,
 };
 use spec::{HistoryLostPolicy, InvalidatePolicy, Scope, StartPoint, TransactionMode, WatchSpec};
 use token_time::keystring_token_time;
@@ -244,14 +244,22 @@ impl Source for StreamSource {
         let Some(start_time) = self.phase.copy_start() else {
             return Ok(None);
         };
-        if let Phase::Copying { window_checked, .. } = &mut self.phase {
+        let began = Instant::now();
+        let checked = check_start_time(client, start_time).await;
+        if let Phase::Copying {
+            window_checked,
+            window_check_every,
+            ..
+        } = &mut self.phase
+        {
             *window_checked = Instant::now();
+            *window_check_every = next_window_check(began.elapsed());
         }
-        check_start_time(client, start_time).await
+        checked
     }
 
     fn position_check_due(&self) -> bool {
-        matches!(&self.phase, Phase::Copying { window_checked, .. } if window_checked.elapsed() >= COPY_WINDOW_CHECK)
+        matches!(&self.phase, Phase::Copying { window_checked, window_check_every, .. } if window_checked.elapsed() >= *window_check_every)
     }
 
     fn on_reply(&mut self, reply: &RawDocument, opening: bool) -> Result<Reply, EngineError> {

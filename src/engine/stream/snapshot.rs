@@ -30,9 +30,20 @@ use crate::engine::reader::source::{ReadBatch, Source};
 /// The `operationType` of a copied document's event.
 pub const SNAPSHOT_OPERATION: &str = "snapshot";
 
-/// How often a running copy compares its start time with the oldest oplog entry (besides
-/// every open and the seam).
+/// How often, at most, a running copy compares its start time with the oldest oplog entry
+/// (besides every open and the seam).
 pub const COPY_WINDOW_CHECK: Duration = Duration::from_secs(5);
+
+/// A check costs the server a read of both ends of the oplog: cheap on mongod, a scan of the
+/// whole oplog on some test servers (seconds with 50k entries). The next check waits at least
+/// this many times as long as the last one took, so checking never takes more than a small
+/// share of the server's time from the copy it watches.
+pub const COPY_WINDOW_CHECK_COST_FACTOR: u32 = 20;
+
+/// When the next in-copy check is due, after one that took `cost`.
+pub fn next_window_check(cost: Duration) -> Duration {
+    COPY_WINDOW_CHECK.max(cost.saturating_mul(COPY_WINDOW_CHECK_COST_FACTOR))
+}
 
 /// What to do when the copy's start time fell off the oplog before the stream began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -125,6 +136,8 @@ pub enum Phase {
         copy: Box<CursorSource>,
         /// When the start time was last compared with the oldest oplog entry.
         window_checked: Instant,
+        /// How long after that the next comparison is due (`next_window_check`).
+        window_check_every: Duration,
     },
     /// Streaming. `seam`: the copy's start time, while the stream has not moved past it (a
     /// loss there is the copy's, under `initialSnapshot.onHistoryLost`).
@@ -150,6 +163,7 @@ impl Phase {
             start_time,
             copy: Box::new(copy),
             window_checked: Instant::now(),
+            window_check_every: COPY_WINDOW_CHECK,
         }
     }
 
@@ -375,6 +389,18 @@ mod tests {
             })
         );
         assert_eq!(position_after(&wrapped, 0).unwrap(), None);
+    }
+
+    #[test]
+    fn in_copy_window_checks_wait_in_proportion_to_their_cost() {
+        assert_eq!(
+            next_window_check(Duration::from_millis(3)),
+            COPY_WINDOW_CHECK
+        );
+        assert_eq!(
+            next_window_check(Duration::from_secs(4)),
+            Duration::from_secs(80)
+        );
     }
 
     #[test]
