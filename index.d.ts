@@ -122,7 +122,9 @@ export interface WatchOptions {
    * Deliver every document that exists first (as {@link SnapshotEvent}s, `operationType:
    * 'snapshot'`, in `_id` order), then every change from the moment the copy began: no gap
    * at the seam. A document changed while the copy ran may arrive twice (its copied state,
-   * then its changes), never zero times. A named stream stores the copy's progress: a
+   * then its changes), never zero times. One updated and then deleted before the copy reached
+   * it is not copied, but its `update` still arrives, then its `delete`: skip an update of a
+   * document you do not hold. A named stream stores the copy's progress: a
    * restart continues after the last processed document. Collection streams only; not with
    * `resumeAfter`/`startAfter`/`startAtOperationTime`. Use {@link watch} (its overloads type
    * the events) or `ResilientChangeStream<TSchema, ChangeStreamWithSnapshot<TSchema>>`.
