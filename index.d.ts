@@ -112,10 +112,24 @@ export interface WatchOptions {
   group?: GroupOptions;
   /**
    * The position fell off the oplog (286): `'error'` closes the stream with a
-   * {@link ChangeStreamHistoryLostError}; `'resumeFromNow'` continues from the present.
+   * {@link ChangeStreamHistoryLostError}; `'resumeFromNow'` continues from the present;
+   * `'resnapshot'` (collection streams) copies the collection again — {@link SnapshotEvent}s
+   * — then streams from the copy's start time.
    * Either way `historyLost` is emitted first. @default 'error'
    */
-  onHistoryLost?: 'error' | 'resumeFromNow';
+  onHistoryLost?: 'error' | 'resumeFromNow' | 'resnapshot';
+  /**
+   * Deliver every document that exists first (as {@link SnapshotEvent}s, `operationType:
+   * 'snapshot'`, in `_id` order), then every change from the moment the copy began: no gap
+   * at the seam. A document changed while the copy ran may arrive twice (its copied state,
+   * then its changes), never zero times. One updated and then deleted before the copy reached
+   * it is not copied, but its `update` still arrives, then its `delete`: skip an update of a
+   * document you do not hold. A named stream stores the copy's progress: a
+   * restart continues after the last processed document. Collection streams only; not with
+   * `resumeAfter`/`startAfter`/`startAtOperationTime`. Use {@link watch} (its overloads type
+   * the events) or `ResilientChangeStream<TSchema, ChangeStreamWithSnapshot<TSchema>>`.
+   */
+  initialSnapshot?: true | InitialSnapshotOptions;
   /**
    * After an `invalidate` (drop/rename of what is watched): `'close'` ends the stream, like
    * the driver; `'restart'` continues with `startAfter` the invalidate token, so a dropped
@@ -326,6 +340,40 @@ export interface LargeEventSkippedEvent {
   sizeBytes: number;
   fragments: number;
 }
+
+/** `initialSnapshot` as a document. */
+export interface InitialSnapshotOptions {
+  /** Documents per `find` batch of the copy. Default: the server's. */
+  batchSize?: number;
+  /**
+   * Which documents the copy delivers (a `find` filter; the stream's pipeline filters change
+   * events, not documents). Part of the stored position's shape. @default {}
+   */
+  filter?: Document;
+  /**
+   * The copy's start time fell off the oplog before the stream began from it (the copy
+   * outlasted the oplog window): `'error'` closes the stream with a
+   * {@link ChangeStreamHistoryLostError}; `'restart'` copies again from the beginning with
+   * a new start time. `historyLost` is emitted either way. @default 'error'
+   */
+  onHistoryLost?: 'error' | 'restart';
+}
+
+/**
+ * A copied document (`initialSnapshot`, or a re-copy after `onHistoryLost: 'resnapshot'`):
+ * apply it as an upsert. It has no `_id` (no resume token: the copy is no position in the
+ * change stream) and no `clusterTime`; `operationType: 'snapshot'` tells it from a live
+ * `insert`. Every snapshot event comes before the first change of the stream that follows.
+ */
+export interface SnapshotEvent<TSchema extends Document = Document> {
+  operationType: 'snapshot';
+  ns: { db: string; coll: string };
+  documentKey: { _id: TSchema extends { _id: infer I } ? I : unknown };
+  fullDocument: TSchema;
+}
+
+/** The events of a stream with an initial snapshot: copied documents, then changes. */
+export type ChangeStreamWithSnapshot<TSchema extends Document = Document> = SnapshotEvent<TSchema> | ChangeStreamDocument<TSchema>;
 
 /** Payload of `historyLost`: events in (from, to] may be missing; backfill them. */
 export interface HistoryLostEvent {
@@ -689,6 +737,16 @@ export declare function healthCheck(
   handle(req: unknown, res: { writeHead(status: number, headers: Record<string, string>): unknown; end(body: string): unknown }): void;
 };
 
+/** A stream that copies the collection (`initialSnapshot`, or `onHistoryLost: 'resnapshot'`): its events include {@link SnapshotEvent}s. */
+export declare function watch<TSchema extends Document = Document>(
+  target: WatchTarget<TSchema>,
+  pipeline: Document[] | undefined,
+  options: WatchOptions & ({ initialSnapshot: true | InitialSnapshotOptions } | { onHistoryLost: 'resnapshot' }),
+): ResilientChangeStream<TSchema, ChangeStreamWithSnapshot<TSchema>>;
+export declare function watch<TSchema extends Document = Document>(
+  target: WatchTarget<TSchema>,
+  options: WatchOptions & ({ initialSnapshot: true | InitialSnapshotOptions } | { onHistoryLost: 'resnapshot' }),
+): ResilientChangeStream<TSchema, ChangeStreamWithSnapshot<TSchema>>;
 export declare function watch<
   TSchema extends Document = Document,
   TChange extends Document = ChangeStreamDocument<TSchema>,

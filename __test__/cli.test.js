@@ -221,6 +221,32 @@ test('a database stream (<db> without a collection)', async () => {
   assert.match(dotted.stderr, new RegExp(`written for namespace ${db}, not ${db}\\.b\\.with\\.dots`));
 });
 
+test('--snapshot: the documents first (snapshot lines, _id order), then the changes; a restart after the copy prints no document again', async () => {
+  const { db, coll, ns, tokenFile } = await namespace();
+  await coll.insertMany(Array.from({ length: 20 }, (_, i) => ({ _id: i, v: 0 })));
+  const run = cli(['tail', server.uri, ns, '--snapshot', '--token-file', tokenFile]);
+  await run.waitFor((r) => r.lines.length >= 20, 'the 20 copied documents');
+  await coll.insertOne({ _id: 20, v: 1 });
+  await run.waitFor((r) => r.lines.length >= 21, 'the insert after the copy');
+  assert.equal((await run.stop('SIGINT')).code, 0, run.stderr);
+  const events = run.events();
+  assert.deepEqual(events.slice(0, 20).map((e) => [e.operationType, Number(e.documentKey._id)]), Array.from({ length: 20 }, (_, i) => ['snapshot', i]));
+  assert.equal(events[20].operationType, 'insert');
+  assert.equal(events.length, 21);
+
+  const again = cli(['tail', server.uri, ns, '--snapshot', '--token-file', tokenFile]);
+  await again.waitFor(() => EJSON.parse(fs.readFileSync(tokenFile, 'utf8')).writtenAt !== undefined, 'the restarted tail');
+  await coll.insertOne({ _id: 21, v: 2 });
+  await again.waitFor((r) => r.lines.length >= 1, 'the next insert');
+  assert.equal((await again.stop('SIGINT')).code, 0, again.stderr);
+  assert.deepEqual(again.events().map((e) => e.operationType), ['insert'], 'nothing copied again');
+
+  const whole = cli(['tail', server.uri, db, '--snapshot']);
+  await whole.exited;
+  assert.equal(whole.exit.code, 2);
+  assert.match(whole.stderr, /--snapshot copies one collection/);
+});
+
 test('refuses a token file of another namespace, pipeline or --full-document, or not a token file; leaves it alone', async () => {
   const { db, coll, ns, tokenFile } = await namespace();
   const run = await startTail(['tail', server.uri, ns, '--token-file', tokenFile], tokenFile);

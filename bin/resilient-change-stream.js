@@ -25,6 +25,11 @@ Options:
                                 string). Written atomically, mode 0600. A file written for
                                 another namespace, pipeline or --full-document is refused.
   --full-document <mode>        updateLookup | whenAvailable | required | default
+  --snapshot                    first print every document of the collection as a
+                                {"operationType":"snapshot",...} line (in _id order), then
+                                every change from the moment the copy began (no gap at the
+                                seam). With --token-file an interrupted copy continues
+                                after the last printed document. Collections only.
   --outlive-parent              keep running when the parent process exits (nohup, &);
                                 by default it then stops as on SIGTERM
   -h, --help                    this text
@@ -85,6 +90,7 @@ async function main(argv) {
         'token-file': { type: 'string' },
         'full-document': { type: 'string' },
         'outlive-parent': { type: 'boolean' },
+        snapshot: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'v' },
       },
@@ -130,6 +136,7 @@ async function main(argv) {
       tokenFile: values['token-file'],
       fullDocument: values['full-document'],
       outliveParent: values['outlive-parent'] === true,
+      snapshot: values.snapshot === true,
     };
   } catch (err) {
     return fail(err.message);

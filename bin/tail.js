@@ -35,10 +35,15 @@ class UsageError extends Error {}
 
 /**
  * Runs `tail` until it ends; resolves with the exit code. `args`:
- * `{ uri, db, coll?, pipeline?, tokenFile?, fullDocument?, outliveParent? }`.
+ * `{ uri, db, coll?, pipeline?, tokenFile?, fullDocument?, outliveParent?, snapshot? }`.
+ * `snapshot`: the collection's documents first (`operationType: 'snapshot'` lines), then
+ * its changes from the moment the copy began (the library's `initialSnapshot`).
  */
 async function tail(args, io = defaultIo()) {
-  const { uri, db, coll, pipeline, tokenFile, fullDocument, outliveParent } = args;
+  const { uri, db, coll, pipeline, tokenFile, fullDocument, outliveParent, snapshot } = args;
+  if (snapshot && coll === undefined) {
+    throw new UsageError('--snapshot copies one collection: give <db>.<coll>, not a whole database');
+  }
   const nsLabel = coll === undefined ? db : `${db}.${coll}`;
   if (tokenFile !== undefined) checkWritableDirectory(tokenFile);
 
@@ -48,6 +53,7 @@ async function tail(args, io = defaultIo()) {
     collection: coll,
     pipeline,
     fullDocument,
+    ...(snapshot ? { initialSnapshot: true } : {}),
     ...(tokenFile === undefined
       ? {}
       : {
@@ -87,6 +93,8 @@ async function tail(args, io = defaultIo()) {
   stream.once('resumeTokenChanged', () => {
     opened = true;
   });
+  // A copy hands out documents before the stream has a token: the cursor is open.
+  if (snapshot) stream.once('change', () => (opened = true));
   stream.on('reconnecting', ({ attempt, delayMs, error }) => {
     status.reconnecting(attempt, delayMs, error);
   });

@@ -160,6 +160,10 @@ class ResilientChangeStream extends PullSource {
    * @param {boolean} last
    */
   _keepPosition(event, batch, _offset, _length, last) {
+    // A copied document (initialSnapshot) is no position in the change stream: the resume
+    // token stays null until the stream after the copy moves it (the engine stores the
+    // copy's progress itself).
+    if (event.operationType === 'snapshot') return;
     this._advance(last ? batch.endToken && decodeToken(batch.endToken) : event._id, event);
   }
 

@@ -30,7 +30,7 @@ const DB = 'rcs_bench';
 const RECOVERY_APP = 'rcs-bench-recovery';
 let packageRoot = null;
 const PACKAGE_ROOT = () => packageRoot || REPO_ROOT;
-const ALL_SCENARIOS = ['catchup', 'decode', 'live', 'recovery', 'checkpoint', 'metrics', 'group', 'concurrency', 'large', 'slow', 'fanout'];
+const ALL_SCENARIOS = ['catchup', 'decode', 'live', 'recovery', 'checkpoint', 'metrics', 'group', 'concurrency', 'large', 'snapshot', 'slow', 'fanout'];
 
 // ---------------------------------------------------------------------------
 // Options
@@ -850,6 +850,65 @@ async function scenarioConcurrency(outer) {
   });
 }
 
+/**
+ * Initial snapshot (issue #15): the copy phase's documents/s vs a driver find() loop over the
+ * same collection (sorted by _id, as the copy reads); and documents re-read after a kill -9
+ * mid-copy (the test fixture, a file store; the parent kills it halfway and restarts it).
+ */
+const SNAPSHOT_DOCS = 50_000;
+
+async function scenarioSnapshot(outer) {
+  return withServer(outer, {}, async (ctx) => {
+    const coll = ctx.client.db(DB).collection('copy');
+    await coll.drop().catch(() => {});
+    for (let i = 0; i < SNAPSHOT_DOCS; i += 5000) {
+      await coll.insertMany(Array.from({ length: 5000 }, (_, j) => ({ _id: i + j, s: 'small-document', v: (i + j) * 0.5 })));
+    }
+    const runs = { driver: [], ours: [] };
+    for (let rep = 0; rep < ctx.opts.reps; rep++) {
+      for (const client of alternate(['driver', 'ours'], rep)) {
+        const r = await runWorker(ctx, { scenario: 'snapshot', client, db: DB, collection: 'copy', events: SNAPSHOT_DOCS, timeoutMs: 600_000 });
+        runs[client].push(r);
+        log(`  snapshot rep ${rep + 1} ${client.padEnd(6)}: ${fmt(r.eventsPerSec, 0)} docs/s, ${fmt(r.cpuMsPer1k, 1)} CPU ms/1k`);
+      }
+    }
+    const reread = await copyCrashRereads(ctx);
+    log(`  snapshot kill -9 halfway: ${reread} documents read again`);
+    runs.reread = [{ reread }];
+    return { scenario: 'snapshot', runs };
+  });
+}
+
+/** The test fixture copies `copy`; killed once half of it is processed; restarted to the end. */
+async function copyCrashRereads(ctx) {
+  const fixture = path.join(PACKAGE_ROOT(), '__test__', 'fixtures', 'snapshot-consumer.js');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rcs-bench-copy-'));
+  const out = path.join(dir, 'out.jsonl');
+  const args = [fixture, ctx.server.uri, DB, 'copy', path.join(dir, 'position.json'), out];
+  const lines = () => (fs.existsSync(out) ? fs.readFileSync(out, 'utf8').split('\n').filter(Boolean).length : 0);
+  const until = async (predicate, what) => {
+    const deadline = Date.now() + 300_000;
+    while (!predicate()) {
+      if (Date.now() > deadline) throw new Error(`snapshot crash: timed out waiting for ${what}`);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+  };
+  try {
+    const first = spawn(process.execPath, args, { stdio: 'ignore' });
+    await until(() => lines() >= SNAPSHOT_DOCS / 2, 'half the copy');
+    first.kill('SIGKILL');
+    await new Promise((resolve) => first.once('exit', resolve));
+    const second = spawn(process.execPath, args, { stdio: 'ignore' });
+    await until(() => lines() >= SNAPSHOT_DOCS, 'the rest of the copy');
+    second.kill('SIGKILL');
+    // Every line beyond one per document was read again.
+    const keys = new Set(fs.readFileSync(out, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l).k));
+    return lines() - keys.size;
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 async function scenarioSlow(outer) {
   return withServer(outer, {}, async (ctx) => {
     const { opts } = ctx;
@@ -1065,6 +1124,15 @@ function buildRows(results, opts) {
       rows.push([S, `${mb} MB event, open→in hand p50 ms: whole | joined`, fmt(j.whole.p50, 0), fmt(j.joined.p50, 0), `${fmt(j.joined.p50 - j.whole.p50, 0)} ms join`, '', '']);
     }
   }
+  if (results.snapshot) {
+    const S = 'snapshot';
+    const g = (get) => [pick(results, 'snapshot', 'driver', get), pick(results, 'snapshot', 'ours', get)];
+    const [d, o] = g((r) => r.eventsPerSec);
+    row(S, `copy docs/s (${SNAPSHOT_DOCS / 1000}k documents): find() | initialSnapshot`, d, o, { digits: 0, goal: '≥ 0.9×', ok: d && o !== null ? o / d >= 0.9 : null });
+    row(S, 'client CPU ms/1k', ...g((r) => r.cpuMsPer1k), { digits: 1 });
+    const reread = results.snapshot.runs.reread?.[0]?.reread;
+    if (reread !== undefined) rows.push([S, 'documents read again after a kill -9 halfway', '', String(reread), '', '≤ maxUnsavedEvents + 1', '']);
+  }
   if (results.slow) {
     const S = 'slow consumer';
     const g = (get) => [pick(results, 'slow', 'driver', get), pick(results, 'slow', 'ours', get)];
@@ -1243,6 +1311,7 @@ async function main() {
       metrics: scenarioMetrics,
       group: scenarioGroup,
       concurrency: scenarioConcurrency,
+      snapshot: scenarioSnapshot,
       large: scenarioLarge,
       slow: scenarioSlow,
       fanout: scenarioFanout,

@@ -20,6 +20,7 @@ import {
   type WatchOptions,
   type TransactionGroup,
   type LargeEventSkippedEvent,
+  type ChangeStreamWithSnapshot,
 } from 'resilient-change-stream';
 
 interface Order {
@@ -284,3 +285,47 @@ async function transactionsAndLargeEvents(client: MongoClient): Promise<void> {
   await stream.close();
 }
 void transactionsAndLargeEvents;
+
+// Initial snapshot (issue #15): copied documents, then changes; the typings tell them apart.
+async function copyThenStream(client: MongoClient): Promise<void> {
+  const orders = client.db('shop').collection<Order>('orders');
+  const copy = new Map<string, Order>();
+  const stream = watch(orders, [], {
+    name: 'orders-to-search',
+    tokenStore: { type: 'file', path: '/var/lib/app/positions.json' },
+    initialSnapshot: { batchSize: 1000, filter: { total: { $gt: 0 } }, onHistoryLost: 'restart' },
+  });
+  stream.on('change', (event) => {
+    if (event.operationType === 'snapshot') {
+      const key: string = event.documentKey._id;
+      copy.set(key, event.fullDocument);
+      // @ts-expect-error a copied document has no resume token
+      console.log(event._id);
+    } else if (event.operationType === 'insert' || event.operationType === 'replace') {
+      copy.set(event.documentKey._id, event.fullDocument);
+    } else if (event.operationType === 'delete') {
+      copy.delete(event.documentKey._id);
+    }
+  });
+  const simple = watch(orders, { initialSnapshot: true, name: 'simple' });
+  const first = await simple.next();
+  if (first?.operationType === 'snapshot') console.log(first.fullDocument.total);
+  const recovering = watch(orders, { name: 'cache', onHistoryLost: 'resnapshot' });
+  recovering.on('change', (event: ChangeStreamWithSnapshot<Order>) => console.log(event.operationType));
+  // Without a copy, the events are the driver's (no 'snapshot').
+  const plain = watch(orders, { name: 'plain' });
+  plain.on('change', (event) => {
+    // @ts-expect-error a plain stream has no snapshot events
+    if (event.operationType === 'snapshot') console.log(event);
+  });
+  // @ts-expect-error onHistoryLost of a snapshot is 'error' or 'restart'
+  watch(orders, { initialSnapshot: { onHistoryLost: 'resumeFromNow' } });
+  const explicit = new ResilientChangeStream<Order, ChangeStreamWithSnapshot<Order>>({
+    uri: 'mongodb://localhost',
+    db: 'shop',
+    collection: 'orders',
+    initialSnapshot: true,
+  });
+  await Promise.all([stream.close(), simple.close(), recovering.close(), plain.close(), explicit.close()]);
+}
+export { copyThenStream };

@@ -560,7 +560,43 @@ async function slowHandlers() {
   finish(throughput(count, r));
 }
 
+// ---------------------------------------------------------------------------
+// snapshot: copy a collection of params.events documents — the driver's find() loop (sorted
+// by _id, as the copy reads) or our initialSnapshot phase — and stop at the last document
+
+async function copyCollection() {
+  const client = await connect();
+  const coll = client.db(params.db).collection(params.collection);
+  if (isOurs()) loadOurs();
+  const n = params.events;
+  let count = 0;
+  const m = meter();
+  if (isOurs()) {
+    const stream = open(coll, streamOptions({ name: `bench-copy-${process.pid}`, initialSnapshot: { batchSize: params.batchSize ?? 1000 } }));
+    await new Promise((resolve, reject) => {
+      stream.on('error', reject);
+      stream.on('change', (event) => {
+        if (event.operationType !== 'snapshot') return;
+        count += 1;
+        if (count === n) resolve();
+      });
+    });
+    const r = m.stop();
+    await stream.close();
+    await client.close();
+    return finish(throughput(count, r));
+  }
+  const cursor = coll.find({}).sort({ _id: 1 }).batchSize(params.batchSize ?? 1000);
+  for await (const doc of cursor) {
+    if (doc) count += 1;
+  }
+  const r = m.stop();
+  await client.close();
+  finish(throughput(count, r));
+}
+
 const SCENARIOS = {
+  snapshot: copyCollection,
   concurrency: slowHandlers,
   catchup: catchUp,
   checkpoint: catchUp,

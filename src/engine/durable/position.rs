@@ -8,6 +8,12 @@ use crate::engine::errors::{EngineError, ErrorCode};
 /// Format version of stored records; bumped when the shape changes incompatibly.
 pub const RECORD_VERSION: i32 = 1;
 
+/// The version of a record holding an initial snapshot's progress (`snapshot` field). A
+/// release that knows only version 1 refuses it rather than reading it as a position at a
+/// time (which would skip the rest of the copy); every other record stays version 1, so a
+/// downgrade keeps working for them.
+pub const SNAPSHOT_RECORD_VERSION: i32 = 2;
+
 /// What kind of reader wrote a record (`kind` in the stored document).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReaderKind {
@@ -51,6 +57,14 @@ pub enum Position {
     /// A restartable cursor: the key of the last document processed, exactly as stored in
     /// the collection (an Int64 stays an Int64).
     Cursor { last_key: Bson },
+    /// A change stream in its initial snapshot: the copy processed every document up to
+    /// `last_key` (in `_id` order); then it streams from `start_time`, read before the copy
+    /// began. Stored as a change stream record (version 2) with a null `token`,
+    /// `clusterTime` = the start time, and `snapshot: { startTime, lastKey }`.
+    Snapshot {
+        start_time: Timestamp,
+        last_key: Bson,
+    },
 }
 
 impl Position {
@@ -93,8 +107,12 @@ pub struct PositionRecord {
 impl PositionRecord {
     pub fn to_document(&self) -> Document {
         let owner = &self.owner;
+        let version = match self.position {
+            Position::Snapshot { .. } => SNAPSHOT_RECORD_VERSION,
+            _ => RECORD_VERSION,
+        };
         let mut doc = doc! {
-            "version": RECORD_VERSION,
+            "version": version,
             "kind": owner.kind.as_str(),
             "name": &owner.name,
         };
@@ -119,6 +137,18 @@ impl PositionRecord {
             Position::Cursor { last_key } => {
                 doc.insert("lastKey", last_key.clone());
             }
+            Position::Snapshot {
+                start_time,
+                last_key,
+            } => {
+                doc.insert("token", Bson::Null);
+                doc.insert("clusterTime", *start_time);
+                doc.insert("startAfter", false);
+                doc.insert(
+                    "snapshot",
+                    doc! { "startTime": *start_time, "lastKey": last_key.clone() },
+                );
+            }
         }
         doc.insert("fingerprint", &owner.fingerprint);
         doc.insert("namespace", &owner.namespace);
@@ -135,7 +165,7 @@ impl PositionRecord {
             )
         };
         match doc.get_i32("version") {
-            Ok(RECORD_VERSION) => {}
+            Ok(RECORD_VERSION | SNAPSHOT_RECORD_VERSION) => {}
             Ok(v) => return Err(corrupt(&format!("unsupported format version {v}"))),
             Err(_) => return Err(corrupt("no format version")),
         }
@@ -146,6 +176,21 @@ impl PositionRecord {
             Ok(other) => return Err(corrupt(&format!("unknown kind \"{other}\""))),
         };
         let position = match kind {
+            ReaderKind::ChangeStream if doc.get("snapshot").is_some() => {
+                let snapshot = doc
+                    .get_document("snapshot")
+                    .map_err(|_| corrupt("a snapshot field that is not a document"))?;
+                Position::Snapshot {
+                    start_time: snapshot
+                        .get_timestamp("startTime")
+                        .map_err(|_| corrupt("a snapshot without startTime"))?,
+                    last_key: snapshot
+                        .get("lastKey")
+                        .filter(|k| !matches!(k, Bson::Null | Bson::Array(_)))
+                        .cloned()
+                        .ok_or_else(|| corrupt("a snapshot without lastKey"))?,
+                }
+            }
             ReaderKind::ChangeStream if doc.get("token") == Some(&Bson::Null) => {
                 Position::StreamAt {
                     cluster_time: doc
@@ -429,6 +474,41 @@ mod tests {
         assert_eq!(
             PositionRecord::from_document(&old, "x").unwrap(),
             record(&s)
+        );
+    }
+
+    #[test]
+    fn a_snapshot_record_is_version_2_and_keeps_its_start_time_and_exact_key() {
+        let s = spec(doc! {});
+        let start_time = Timestamp {
+            time: 88,
+            increment: 3,
+        };
+        let r = PositionRecord {
+            position: Position::Snapshot {
+                start_time,
+                last_key: Bson::Int64((1 << 53) + 1),
+            },
+            ..record(&s)
+        };
+        let stored = r.to_document();
+        assert_eq!(stored.get_i32("version"), Ok(SNAPSHOT_RECORD_VERSION));
+        assert_eq!(stored.get("token"), Some(&Bson::Null));
+        assert_eq!(stored.get_timestamp("clusterTime"), Ok(start_time));
+        assert_eq!(PositionRecord::from_document(&stored, "x").unwrap(), r);
+        // Every other record stays version 1 (older releases read it).
+        assert_eq!(record(&s).to_document().get_i32("version"), Ok(1));
+        let mut keyless = stored.clone();
+        keyless.insert("snapshot", doc! {"startTime": start_time});
+        let e = PositionRecord::from_document(&keyless, "x").unwrap_err();
+        assert!(e.message.contains("without lastKey"), "{}", e.message);
+        let mut future = stored;
+        future.insert("version", 3);
+        let e = PositionRecord::from_document(&future, "x").unwrap_err();
+        assert!(
+            e.message.contains("unsupported format version 3"),
+            "{}",
+            e.message
         );
     }
 

@@ -301,6 +301,11 @@ impl<S: Source> Run<S> {
             self.status
                 .record_progress(batch.count, batch.position_time);
             permit.send(ReaderItem::Batch(self.commits.number(batch)));
+            if self.source.position_check_due() {
+                if let Some(flow) = self.check_open(client).await {
+                    return flow;
+                }
+            }
         }
     }
 

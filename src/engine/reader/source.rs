@@ -125,6 +125,12 @@ pub trait Source: Send + Sync + Sized + 'static {
         client: &'a Client,
     ) -> impl Future<Output = Result<Option<EngineError>, mongodb::error::Error>> + Send + 'a;
 
+    /// Whether `check_open` should run again now, on the open cursor (a long copy compares
+    /// its start time with the oplog on the way, not only at opens).
+    fn position_check_due(&self) -> bool {
+        false
+    }
+
     /// Reads one reply; `opening`: it answers the open.
     fn on_reply(&mut self, reply: &RawDocument, opening: bool) -> Result<Reply, EngineError>;
 

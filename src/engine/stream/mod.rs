@@ -6,10 +6,10 @@ pub mod assemble;
 pub mod oplog;
 pub mod reply;
 pub mod resume;
+pub mod snapshot;
 pub mod spec;
 pub mod token_time;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use mongodb::raw_batch_cursor::RawBatchCursor;
 use mongodb::Client;
 
 use crate::engine::client_pool::client_for;
+use crate::engine::cursor::CursorSpec;
 use crate::engine::durable::position::Position;
 use crate::engine::errors::{EngineError, ErrorCode, Rules};
 use crate::engine::reader::reply::doc_at;
@@ -28,7 +29,11 @@ use assemble::Assembler;
 use oplog::{read_window, OplogWindow};
 use reply::parse_reply;
 use resume::{aggregate_command, choose_start, ResumeState};
-use spec::{HistoryLostPolicy, InvalidatePolicy, StartPoint, TransactionMode, WatchSpec};
+use snapshot::{
+    check_start_time, copy_spec, next_window_check, position_after, read_start_time,
+    wrap_as_events, Phase, SnapshotLostPolicy,
+};
+use spec::{HistoryLostPolicy, InvalidatePolicy, Scope, StartPoint, TransactionMode, WatchSpec};
 use token_time::keystring_token_time;
 
 /// One change stream.
@@ -69,6 +74,10 @@ pub struct StreamSource {
     split: SplitStage,
     /// Joins split events, groups transactions, and holds what is incomplete.
     assembler: Assembler,
+    /// Copying (an initial snapshot, or a re-copy after a loss) or streaming.
+    phase: Phase,
+    /// The copy's find (a collection stream only).
+    copy_spec: Option<Arc<CursorSpec>>,
 }
 
 impl StreamSource {
@@ -94,6 +103,30 @@ impl StreamSource {
             None => String::from("(the stream's start: no resume token yet)"),
         }
     }
+
+    /// `(db, collection)` of a collection stream.
+    fn collection(&self) -> Option<(&str, &str)> {
+        match &self.spec.scope {
+            Scope::Collection { db, coll } => Some((db, coll)),
+            _ => None,
+        }
+    }
+
+    /// Copies again from the beginning, with a new start time (read at the next open).
+    fn restart_copy(&mut self) {
+        self.resume.forget_position();
+        self.phase = Phase::Starting;
+    }
+
+    /// What a lost copy start time leads to: the snapshot's policy, or — for a re-copy of a
+    /// plain stream (`onHistoryLost: 'resnapshot'`) — another re-copy.
+    fn copy_lost_policy(&self) -> SnapshotLostPolicy {
+        match (&self.spec.snapshot, self.spec.on_history_lost) {
+            (Some(options), _) => options.on_history_lost,
+            (None, HistoryLostPolicy::Resnapshot) => SnapshotLostPolicy::Restart,
+            (None, _) => SnapshotLostPolicy::Error,
+        }
+    }
 }
 
 impl Source for StreamSource {
@@ -101,8 +134,14 @@ impl Source for StreamSource {
     const WHAT: &'static str = "change stream";
 
     fn new(spec: Arc<WatchSpec>) -> Self {
+        let copy_spec = match &spec.scope {
+            Scope::Collection { db, coll } => Some(Arc::new(copy_spec(&spec, db, coll))),
+            _ => None,
+        };
         StreamSource {
             resume: ResumeState::new(&spec),
+            phase: Phase::initial(&spec),
+            copy_spec,
             invalidated: false,
             idle_advance_seen: false,
             last_progress: Instant::now(),
@@ -142,37 +181,105 @@ impl Source for StreamSource {
                 start_after,
             } => {
                 self.resume.restore(token, start_after);
+                self.phase = Phase::Streaming { seam: None };
                 cluster_time
             }
             Position::StreamAt { cluster_time } => {
                 self.resume.restore_time(cluster_time);
+                self.phase = Phase::Streaming { seam: None };
                 Some(cluster_time)
+            }
+            // A copy stopped in the middle: continue after its last key, then stream from
+            // its original start time.
+            Position::Snapshot {
+                start_time,
+                last_key,
+            } => {
+                self.resume.restore_time(start_time);
+                self.phase = match &self.copy_spec {
+                    Some(copy) => Phase::copying(copy, start_time, Some(last_key)),
+                    // Not a collection stream (allowPositionMismatch): nothing to copy.
+                    None => Phase::Streaming {
+                        seam: Some(start_time),
+                    },
+                };
+                Some(start_time)
             }
             // load_position refuses a cursor's record.
             Position::Cursor { .. } => None,
         }
     }
 
-    fn open<'a>(
-        &'a mut self,
-        client: &'a Client,
-    ) -> impl Future<Output = Result<RawBatchCursor, mongodb::error::Error>> + Send + 'a {
+    async fn open(&mut self, client: &Client) -> Result<RawBatchCursor, mongodb::error::Error> {
+        if let Phase::Starting = self.phase {
+            // The seam: the start time is read BEFORE the copy's first find.
+            let (Some(copy), Some((db, coll))) = (self.copy_spec.clone(), self.collection()) else {
+                return Err(mongodb::error::Error::custom(
+                    "an initial snapshot needs a collection stream".to_string(),
+                ));
+            };
+            let start_time = read_start_time(client, db, coll).await?;
+            tracing::info!(start_time = ?start_time, "initial snapshot: copying the collection");
+            self.phase = Phase::copying(&copy, start_time, None);
+        }
+        if let Phase::Copying { copy, .. } = &mut self.phase {
+            return copy.open(client).await;
+        }
         let start = choose_start(&self.spec, &self.resume);
         tracing::debug!(start = start.kind(), "opening the change stream cursor");
         self.last_progress = Instant::now();
         // It opens after the last position handed out: what was held is read again.
         self.assembler.reset();
-        open_cursor(client, &self.spec, start, self.split.is_on())
+        open_cursor(client, &self.spec, start, self.split.is_on()).await
     }
 
+    /// During a copy (and at the seam, before the stream moved past its start time): is the
+    /// start time still in the oplog? A server may not say so itself (a
+    /// `startAtOperationTime` older than the oplog is answered with 286 by mongod, but not
+    /// by every server), and a copy that outlived the window must not go on unnoticed.
     async fn check_open(
         &mut self,
-        _client: &Client,
+        client: &Client,
     ) -> Result<Option<EngineError>, mongodb::error::Error> {
-        Ok(None)
+        let Some(start_time) = self.phase.copy_start() else {
+            return Ok(None);
+        };
+        let began = Instant::now();
+        let checked = check_start_time(client, start_time).await;
+        if let Phase::Copying {
+            window_checked,
+            window_check_every,
+            ..
+        } = &mut self.phase
+        {
+            *window_checked = Instant::now();
+            *window_check_every = next_window_check(began.elapsed());
+        }
+        checked
+    }
+
+    fn position_check_due(&self) -> bool {
+        matches!(&self.phase, Phase::Copying { window_checked, window_check_every, .. } if window_checked.elapsed() >= *window_check_every)
     }
 
     fn on_reply(&mut self, reply: &RawDocument, opening: bool) -> Result<Reply, EngineError> {
+        if let Phase::Copying {
+            copy, start_time, ..
+        } = &mut self.phase
+        {
+            let start_time = *start_time;
+            let read = copy.on_reply(reply, opening)?;
+            let Some((db, coll)) = self.collection() else {
+                return Ok(read);
+            };
+            return Ok(match read {
+                Reply::Batch { batch, progress } => Reply::Batch {
+                    batch: wrap_as_events(batch, db, coll, start_time)?,
+                    progress,
+                },
+                other => other,
+            });
+        }
         let parsed = parse_reply(reply)?;
         if opening {
             self.resume.record_open(&self.spec, parsed.operation_time);
@@ -207,6 +314,10 @@ impl Source for StreamSource {
             });
         }
         self.last_progress = Instant::now();
+        if let Phase::Streaming { seam } = &mut self.phase {
+            // The stream moved past the copy's start time: a later loss is the stream's.
+            *seam = None;
+        }
         if parsed.count == 0 && !opening {
             self.idle_advance_seen = true;
         }
@@ -232,6 +343,15 @@ impl Source for StreamSource {
     /// The server ends a change stream cursor only after an invalidate (drop, rename,
     /// dropDatabase) — also when the pipeline filtered that event out.
     fn on_exhausted(&mut self) -> Exhausted {
+        if let Phase::Copying { start_time, .. } = self.phase {
+            // The copy is complete: stream every change from its start time.
+            tracing::info!(start_time = ?start_time, "initial snapshot complete; streaming from its start time");
+            self.resume.restore_time(start_time);
+            self.phase = Phase::Streaming {
+                seam: Some(start_time),
+            };
+            return Exhausted::Reopen(Duration::ZERO);
+        }
         let saw_invalidate = std::mem::take(&mut self.invalidated);
         if self.spec.on_invalidate == InvalidatePolicy::Close {
             return Exhausted::End(EndReason::Invalidated);
@@ -341,12 +461,26 @@ impl Source for StreamSource {
     }
 
     fn after_loss(&mut self) -> AfterLoss {
+        if self.phase.copy_start().is_some() {
+            return match self.copy_lost_policy() {
+                SnapshotLostPolicy::Error => AfterLoss::Fail,
+                SnapshotLostPolicy::Restart => {
+                    self.restart_copy();
+                    AfterLoss::Continue
+                }
+            };
+        }
         match self.spec.on_history_lost {
             HistoryLostPolicy::Error => AfterLoss::Fail,
             HistoryLostPolicy::ResumeFromNow => {
                 self.resume.forget_position();
                 AfterLoss::Continue
             }
+            HistoryLostPolicy::Resnapshot if self.copy_spec.is_some() => {
+                self.restart_copy();
+                AfterLoss::Continue
+            }
+            HistoryLostPolicy::Resnapshot => AfterLoss::Fail,
         }
     }
 
@@ -355,6 +489,10 @@ impl Source for StreamSource {
         batch: &ReadBatch,
         n: usize,
     ) -> Result<Option<Position>, EngineError> {
+        // A copied document's position is the copy's progress.
+        if let Some(position) = position_after(batch, n)? {
+            return Ok(Some(position));
+        }
         let bad = || EngineError::new(ErrorCode::ClientError, "commit: a batch without its token");
         if n == 0 {
             // A batch without events moved the position by its token alone.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::options::{ReadPreference, ReadPreferenceOptions};
 
+use super::snapshot::SnapshotOptions;
 use crate::engine::durable::position::ReaderKind;
 use crate::engine::errors::{EngineError, ErrorCode};
 use crate::engine::options::{
@@ -51,6 +52,9 @@ pub enum HistoryLostPolicy {
     #[default]
     Error,
     ResumeFromNow,
+    /// Copy the collection again (as an initial snapshot), then stream from the copy's
+    /// start time: bounded recovery instead of a hand-run resync. Collection streams only.
+    Resnapshot,
 }
 
 /// What to do after an `invalidate` event (drop/rename of what is watched).
@@ -111,6 +115,8 @@ pub struct WatchSpec {
     pub split_large_events: bool,
     pub on_large_event: LargeEventPolicy,
     pub transactions: TransactionMode,
+    /// `initialSnapshot`: copy the collection first (`stream/snapshot.rs`).
+    pub snapshot: Option<SnapshotOptions>,
 }
 
 /// A watch's own options (besides `ReaderOptions`).
@@ -140,6 +146,7 @@ const WATCH_FIELDS: &[&str] = &[
     "splitLargeEvents",
     "onLargeEvent",
     "transactions",
+    "initialSnapshot",
 ];
 
 impl WatchSpec {
@@ -206,10 +213,11 @@ impl WatchSpec {
         let on_history_lost = match optional_string(doc, "onHistoryLost")?.as_deref() {
             None | Some("error") => HistoryLostPolicy::Error,
             Some("resumeFromNow") => HistoryLostPolicy::ResumeFromNow,
+            Some("resnapshot") => HistoryLostPolicy::Resnapshot,
             Some(other) => {
                 return Err(EngineError::invalid_option(
                     "onHistoryLost",
-                    "'error' or 'resumeFromNow'",
+                    "'error', 'resumeFromNow' or 'resnapshot'",
                     &format!("'{other}'"),
                 ))
             }
@@ -249,7 +257,31 @@ impl WatchSpec {
                 ))
             }
         };
+        let snapshot = SnapshotOptions::parse(doc)?;
+        let copies = snapshot.is_some() || on_history_lost == HistoryLostPolicy::Resnapshot;
+        if copies && !matches!(scope, Scope::Collection { .. }) {
+            let what = if snapshot.is_some() {
+                "option \"initialSnapshot\""
+            } else {
+                "onHistoryLost: 'resnapshot'"
+            };
+            return Err(EngineError::new(
+                ErrorCode::InvalidOption,
+                format!(
+                    "{what} copies one collection: use it on a collection stream, not a \
+                     database or cluster stream (watch each collection with its own name)"
+                ),
+            ));
+        }
+        if snapshot.is_some() && start != StartPoint::Now {
+            return Err(EngineError::new(
+                ErrorCode::InvalidOption,
+                "option \"initialSnapshot\" chooses the start (the copy's start time): it \
+                 cannot be used with \"resumeAfter\", \"startAfter\" or \"startAtOperationTime\"",
+            ));
+        }
         Ok(WatchSpec {
+            snapshot,
             common,
             scope,
             pipeline,
@@ -287,6 +319,8 @@ impl ReaderSpec for WatchSpec {
 
     /// A change stream's events are shaped by the pipeline, and the `$changeStream` and
     /// collation options.
+    /// With an initial snapshot, its filter too (what the copy delivers); without one the
+    /// shape is exactly what records were always written with.
     fn shape(&self) -> Document {
         let mut shape = doc! {
             "pipeline": self.pipeline.iter().cloned().map(Bson::Document).collect::<Vec<_>>(),
@@ -297,6 +331,9 @@ impl ReaderSpec for WatchSpec {
         // stored before the option existed keep their fingerprint.
         if let Some(vars) = self.command_options.get("let") {
             shape.insert("let", vars.clone());
+        }
+        if let Some(snapshot) = &self.snapshot {
+            shape.insert("snapshotFilter", snapshot.filter.clone());
         }
         shape
     }
@@ -609,7 +646,7 @@ mod tests {
             (doc! {"uri": "mongodb://h", "name": "n", "tokenStore": {"type": "memory", "extra": 1}}, "unknown option \"tokenStore.extra\""),
             (doc! {"uri": "mongodb://h", "name": "n", "tokenStore": {"type": "file", "path": "/p", "mode": 420}}, "unknown option \"tokenStore.mode\""),
             (doc! {"uri": "mongodb://h", "name": "n", "tokenStore": {"type": "mongodb", "db": "d", "collection": "c", "coll": "x"}}, "unknown option \"tokenStore.coll\""),
-            (doc! {"uri": "mongodb://h", "onHistoryLost": "skip"}, "option \"onHistoryLost\" must be 'error' or 'resumeFromNow', got 'skip'"),
+            (doc! {"uri": "mongodb://h", "onHistoryLost": "skip"}, "option \"onHistoryLost\" must be 'error', 'resumeFromNow' or 'resnapshot', got 'skip'"),
         ];
         for (input, expected) in cases {
             assert_eq!(
@@ -669,6 +706,55 @@ mod tests {
                 expected
             );
         }
+    }
+
+    #[test]
+    fn a_snapshot_is_for_collection_streams_without_a_start_option() {
+        let db_stream = WatchSpec::from_document(
+            &doc! {"uri": "mongodb://h", "db": "d", "initialSnapshot": true},
+        )
+        .unwrap_err();
+        assert!(
+            db_stream
+                .message
+                .contains("not a database or cluster stream"),
+            "{}",
+            db_stream.message
+        );
+        let cluster =
+            WatchSpec::from_document(&doc! {"uri": "mongodb://h", "onHistoryLost": "resnapshot"})
+                .unwrap_err();
+        assert!(
+            cluster
+                .message
+                .starts_with("onHistoryLost: 'resnapshot' copies one collection"),
+            "{}",
+            cluster.message
+        );
+        let started = WatchSpec::from_document(
+            &doc! {"uri": "mongodb://h", "db": "d", "collection": "c", "initialSnapshot": true, "startAtOperationTime": Timestamp { time: 1, increment: 1 }},
+        )
+        .unwrap_err();
+        assert!(
+            started.message.contains("cannot be used with"),
+            "{}",
+            started.message
+        );
+        let ok = test_spec(
+            doc! {"initialSnapshot": {"filter": {"a": 1}}, "onHistoryLost": "resnapshot"},
+        );
+        assert_eq!(ok.on_history_lost, HistoryLostPolicy::Resnapshot);
+        // The copy's filter is part of the shape; a stream without a snapshot keeps its own.
+        assert_ne!(
+            ok.owner("n").fingerprint,
+            test_spec(doc! {}).owner("n").fingerprint
+        );
+        assert_eq!(
+            test_spec(doc! {"onHistoryLost": "resnapshot"})
+                .owner("n")
+                .fingerprint,
+            test_spec(doc! {}).owner("n").fingerprint
+        );
     }
 
     #[test]
