@@ -590,16 +590,26 @@ class PullSource extends EventEmitter {
       case 'stalled': // a re-open follows
         this.emit('stalled', { silentMs: item.silentMs });
         return;
-      case 'leaseAcquired':
-        this._lease = Object.freeze({ epoch: item.epoch, member: item.member, since: new Date(item.sinceMs) });
-        this._eventContext = Object.freeze({ epoch: item.epoch });
+      case 'leaseAcquired': {
+        const partition = item.partition ?? null;
+        /** @type {{ epoch: number, member: string, since: Date, partition?: number }} */
+        const lease = { epoch: item.epoch, member: item.member, since: new Date(item.sinceMs) };
+        if (partition !== null) lease.partition = partition;
+        this._lease = Object.freeze(lease);
+        // A partitioned member's events come from several leases: no one epoch to give.
+        if (partition === null) this._eventContext = Object.freeze({ epoch: item.epoch });
         this._leaseDeadline = 0; // asked on the first hand-out
         this.emit('leaseAcquired', this._lease);
         return;
-      case 'leaseLost':
+      }
+      case 'leaseLost': {
         this._dropTenure();
-        this.emit('leaseLost', { epoch: item.epoch, reason: item.reason });
+        const partition = item.partition ?? null;
+        this.emit('leaseLost', partition === null
+          ? { epoch: item.epoch, reason: item.reason }
+          : { epoch: item.epoch, reason: item.reason, partition });
         return;
+      }
       case 'error':
         return this._terminate(this._annotate(fromNative(/** @type {any} */ (item.error))));
       case 'end': // the engine ended by itself, after everything it sent was handed out
@@ -617,7 +627,8 @@ class PullSource extends EventEmitter {
    */
   _holdsLease() {
     if (!this._grouped || performance.now() < this._leaseDeadline) return true;
-    const validMs = this._native.leaseValidMs();
+    // The batch being handed out: a partitioned member may have dropped it.
+    const validMs = this._native.leaseValidMs(this._head === null ? undefined : this._head.seq);
     if (validMs === null || validMs === undefined) {
       this._leaseDeadline = Infinity;
       return true;
@@ -924,6 +935,9 @@ function groupHealth(g) {
     since: g.sinceMs == null ? null : new Date(g.sinceMs),
     leaseMs: g.leaseMs,
     takeovers: g.takeovers,
+    ...(g.partitions == null
+      ? {}
+      : { partitions: [...g.partitions], partitionCount: g.partitionCount ?? null, membersAlive: g.membersAlive ?? null }),
   };
 }
 

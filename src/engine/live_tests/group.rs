@@ -199,7 +199,8 @@ async fn a_fenced_holder_cannot_write_and_takes_a_higher_epoch_later() {
             i,
             ReaderItem::LeaseLost {
                 epoch: 1,
-                reason: LossReason::Fenced
+                reason: LossReason::Fenced,
+                ..
             }
         )),
         "the refused save ends the tenure: {all:?}"

@@ -96,12 +96,16 @@ pub enum ReaderItem {
         epoch: u64,
         member: String,
         since: SystemTime,
+        /// A partitioned group: the partition whose lease it is.
+        partition: Option<u32>,
     },
     /// A group member stopped holding the lease: nothing more of that tenure is handed
     /// out; it waits as a standby.
     LeaseLost {
         epoch: u64,
         reason: LossReason,
+        /// A partitioned group: the partition whose lease it was.
+        partition: Option<u32>,
     },
     /// Fatal: the reader is closed.
     Failed(EngineError),
