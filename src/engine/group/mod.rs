@@ -76,9 +76,8 @@ impl GroupSpec {
         let partitions = match d.get("partitions") {
             None | Some(Bson::Null) => None,
             Some(v) => {
-                let n = crate::engine::options::as_f64(v).filter(|n| {
-                    n.fract() == 0.0 && *n >= 1.0 && *n <= MAX_PARTITIONS as f64
-                });
+                let n = crate::engine::options::as_f64(v)
+                    .filter(|n| n.fract() == 0.0 && *n >= 1.0 && *n <= MAX_PARTITIONS as f64);
                 match n {
                     Some(n) => Some(n as u32),
                     None => {

@@ -31,10 +31,10 @@ use crate::engine::errors::{EngineError, ErrorCode};
 use crate::engine::group::partitions::{partition_name, Partitions};
 use crate::engine::group::{LossReason, Membership};
 use commits::Commits;
-use partitioned::PartitionSet;
 pub use commits::Marks;
 pub use item::{Batch, EndReason, ReaderItem};
-use run::Run;
+use partitioned::PartitionSet;
+use run::{Grouping, Run};
 use source::{ReaderSpec, Source};
 use status::ReaderStatus;
 pub use status::{Health, ReaderState};
@@ -298,8 +298,11 @@ impl<S: Source> Reader<S> {
             tx,
             self.checkpointer.clone(),
             self.commits.clone(),
-            self.membership.clone(),
-            self.parts.clone(),
+            match (&self.membership, &self.parts) {
+                (Some(m), _) => Some(Grouping::Lease(m.clone())),
+                (None, Some(p)) => Some(Grouping::Partitions(p.clone())),
+                (None, None) => None,
+            },
         );
         *lock(&self.run_task) = Some(tokio::spawn(run.run().instrument(span)));
     }

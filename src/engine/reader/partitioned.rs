@@ -228,7 +228,9 @@ impl PartitionSet {
                 Some(pos) => {
                     let earlier = match (&earliest, After::of(&pos).and_then(|a| a.time)) {
                         (None, _) => true,
-                        (Some(e), Some(t)) => After::of(e).and_then(|a| a.time).is_some_and(|et| t < et),
+                        (Some(e), Some(t)) => {
+                            After::of(e).and_then(|a| a.time).is_some_and(|et| t < et)
+                        }
                         (Some(_), None) => true,
                     };
                     if earlier {
@@ -257,7 +259,9 @@ impl PartitionSet {
             // A position without a time (stored before its holder saw any event) can only be
             // matched by its token, which a stream opened elsewhere may never return: that
             // partition repeats from here instead (at-least-once, in order).
-            if f.as_ref().is_some_and(|a| a.token.as_bytes() == at.token.as_bytes() || a.time.is_none()) {
+            if f.as_ref()
+                .is_some_and(|a| a.token.as_bytes() == at.token.as_bytes() || a.time.is_none())
+            {
                 *f = None;
             }
         }
@@ -322,11 +326,11 @@ impl PartitionSet {
             let partition = partition_of(key, count);
             let p = partition as usize;
             let deliver = inner.held.contains_key(&partition)
-                && inner.filters[p]
-                    .as_ref()
-                    .is_none_or(|f| f.passes(time));
+                && inner.filters[p].as_ref().is_none_or(|f| f.passes(time));
             for f in inner.filters.iter_mut() {
-                if f.as_ref().is_some_and(|a| a.reached(token.as_bytes(), time)) {
+                if f.as_ref()
+                    .is_some_and(|a| a.reached(token.as_bytes(), time))
+                {
                     *f = None;
                 }
             }
@@ -346,7 +350,9 @@ impl PartitionSet {
             };
             // The stream passed a filter's exact position.
             for f in inner.filters.iter_mut() {
-                if f.as_ref().is_some_and(|a| a.token.as_bytes() == end.as_bytes()) {
+                if f.as_ref()
+                    .is_some_and(|a| a.token.as_bytes() == end.as_bytes())
+                {
                     *f = None;
                 }
             }

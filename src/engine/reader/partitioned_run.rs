@@ -27,7 +27,11 @@ const HANDOVER_GRACE: Duration = Duration::from_millis(100);
 
 enum Event {
     Changes(Vec<Change>),
-    Lost { partition: u32, epoch: u64, reason: LossReason },
+    Lost {
+        partition: u32,
+        epoch: u64,
+        reason: LossReason,
+    },
 }
 
 impl<S: Source> Run<S> {
@@ -91,7 +95,9 @@ impl<S: Source> Run<S> {
                     if !parts.holds(partition, epoch) {
                         continue;
                     }
-                    let reopen = self.drop_partition(&parts, partition, epoch, reason, false).await;
+                    let reopen = self
+                        .drop_partition(&parts, partition, epoch, reason, false)
+                        .await;
                     let Some(reopen) = reopen else { return };
                     reopen
                 }
@@ -110,7 +116,13 @@ impl<S: Source> Run<S> {
                                     continue;
                                 }
                                 let again = self
-                                    .drop_partition(&parts, partition, epoch, LossReason::Rebalanced, true)
+                                    .drop_partition(
+                                        &parts,
+                                        partition,
+                                        epoch,
+                                        LossReason::Rebalanced,
+                                        true,
+                                    )
                                     .await;
                                 match again {
                                     None => return,
@@ -204,7 +216,9 @@ impl<S: Source> Run<S> {
         let acquired = ReaderItem::LeaseAcquired {
             epoch,
             member: parts.coord.member().to_string(),
-            since: lease.since(epoch).unwrap_or_else(std::time::SystemTime::now),
+            since: lease
+                .since(epoch)
+                .unwrap_or_else(std::time::SystemTime::now),
             partition: Some(partition),
         };
         if !self.recovery.send(acquired).await {

@@ -29,6 +29,14 @@ enum Flow {
     Stop,
 }
 
+/// How a group member's run loop coordinates with its group.
+pub(crate) enum Grouping {
+    /// One lease for the whole stream.
+    Lease(Arc<Membership>),
+    /// A lease and a position per partition (`group.partitions`).
+    Partitions(Arc<PartitionSet>),
+}
+
 pub(crate) struct Run<S: Source> {
     spec: Arc<S::Spec>,
     source: S,
@@ -52,9 +60,13 @@ impl<S: Source> Run<S> {
         tx: mpsc::Sender<ReaderItem>,
         checkpointer: Option<Arc<Checkpointer>>,
         commits: Arc<Commits<S>>,
-        membership: Option<Arc<Membership>>,
-        parts: Option<Arc<PartitionSet>>,
+        group: Option<Grouping>,
     ) -> Self {
+        let (membership, parts) = match group {
+            None => (None, None),
+            Some(Grouping::Lease(m)) => (Some(m), None),
+            Some(Grouping::Partitions(p)) => (None, Some(p)),
+        };
         let backoff = spec.common().backoff.clone();
         let recovery = Recoverer::new(S::WHAT, status.clone(), tx.clone(), stop, backoff);
         Run {
