@@ -269,7 +269,10 @@ export interface LeaseLostEvent {
   partition?: number;
 }
 
-/** The second argument of `change` listeners in a group: the tenure the event was read under. */
+/**
+ * The second argument of `change` listeners in a group: the tenure the event was read under.
+ * Absent for a partitioned member (`group.partitions`): its events come from several leases.
+ */
 export interface ChangeContext {
   epoch: number;
 }

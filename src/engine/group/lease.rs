@@ -239,6 +239,17 @@ impl LeaseStore {
             .collect())
     }
 
+    /// Removes a member document that has not changed (its `beats` still `beats`): a member
+    /// that died long ago, so the collection does not keep every process that ever ran.
+    pub(crate) async fn forget(&self, member_id: &str, beats: u64) -> Result<(), EngineError> {
+        self.leases()
+            .await?
+            .delete_one(doc! {"_id": member_id, "kind": "member", "beats": int(beats)})
+            .await
+            .map_err(|e| self.error("forget a member of", &e))?;
+        Ok(())
+    }
+
     /// A member leaves its partitioned group (a graceful close): the others rebalance at once.
     pub(crate) async fn leave(&self, member_id: &str) -> Result<(), EngineError> {
         self.leases()

@@ -57,6 +57,14 @@ pub fn partition_name(name: &str, partition: u32) -> String {
     format!("{name}#p{partition}")
 }
 
+/// A member's document in the lease collection.
+fn member_id(name: &str, member: &str) -> String {
+    format!("{name}#member#{member}")
+}
+
+/// A member document unchanged for this many leases is removed (its member is long gone).
+const FORGET_AFTER_LEASES: u32 = 10;
+
 /// The partitions member number `rank` of `members` claims.
 pub fn fair_share(count: u32, members: usize, rank: usize) -> Vec<u32> {
     let members = members.max(1) as u32;
@@ -123,7 +131,7 @@ impl Partitions {
     }
 
     fn member_id(&self) -> String {
-        format!("{}#member#{}", self.name, self.spec.member)
+        member_id(&self.name, &self.spec.member)
     }
 
     /// Partition `partition`'s lease.
@@ -166,7 +174,7 @@ impl Partitions {
                 .await?;
         }
         let seen = self.leases.members(&self.name).await?;
-        let target = {
+        let (target, gone) = {
             let mut views = self.views();
             let now = Instant::now();
             for (member, beats) in &seen {
@@ -194,8 +202,20 @@ impl Partitions {
             let rank = alive.iter().position(|m| m == self.member()).unwrap_or(0);
             let target = fair_share(self.count, alive.len(), rank);
             views.alive = alive;
-            target
+            let gone: Vec<(String, u64)> = views
+                .beats
+                .iter()
+                .filter(|(_, (_, changed))| changed.elapsed() > lease * FORGET_AFTER_LEASES)
+                .map(|(m, (beats, _))| (m.clone(), *beats))
+                .collect();
+            (target, gone)
         };
+        for (member, beats) in gone {
+            // Only while it stays unchanged: a member that came back keeps its document.
+            self.leases
+                .forget(&member_id(&self.name, &member), beats)
+                .await?;
+        }
         let mut changes = Vec::new();
         for p in 0..self.count {
             let held = self.lease(p).holding();
