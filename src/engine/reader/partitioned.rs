@@ -36,9 +36,10 @@ impl After {
                 token: token.clone(),
                 time: *cluster_time,
             }),
+            // Opens at `cluster_time` inclusive: what comes after is at that time or later.
             Position::StreamAt { cluster_time } => Some(After {
                 token: RawDocumentBuf::new(),
-                time: Some(*cluster_time),
+                time: Some(just_before(*cluster_time)),
             }),
             Position::Cursor { .. } => None,
         }
@@ -57,6 +58,54 @@ impl After {
     /// done (later events pass).
     fn reached(&self, token: &[u8], time: Option<Timestamp>) -> bool {
         self.token.as_bytes() == token || self.passes(time)
+    }
+}
+
+/// The cluster time right before `t`.
+fn just_before(t: Timestamp) -> Timestamp {
+    match t.increment {
+        0 => Timestamp {
+            time: t.time.saturating_sub(1),
+            increment: u32::MAX,
+        },
+        i => Timestamp {
+            time: t.time,
+            increment: i - 1,
+        },
+    }
+}
+
+/// The position of an `After` (for a re-open or a commit).
+fn position_of(a: &After) -> Position {
+    Position::Stream {
+        token: a.token.clone(),
+        cluster_time: a.time,
+        start_after: false,
+    }
+}
+
+/// The earlier of two positions, or one at or before both: positions of the same cluster time
+/// cannot be ordered by their (opaque) tokens, so their time itself (startAtOperationTime,
+/// inclusive) is used, and every filter skips by token up to where it was.
+fn first_of(a: &Position, b: &Position) -> Position {
+    let (x, y) = (After::of(a), After::of(b));
+    match (
+        x.as_ref().and_then(|x| x.time),
+        y.as_ref().and_then(|y| y.time),
+    ) {
+        (Some(tx), Some(ty)) if tx < ty => a.clone(),
+        (Some(tx), Some(ty)) if ty < tx => b.clone(),
+        (Some(t), Some(_)) => {
+            let same =
+                matches!((&x, &y), (Some(x), Some(y)) if x.token.as_bytes() == y.token.as_bytes());
+            if same {
+                a.clone()
+            } else {
+                Position::StreamAt { cluster_time: t }
+            }
+        }
+        (None, _) => a.clone(),
+        (_, None) => b.clone(),
     }
 }
 
@@ -92,6 +141,11 @@ struct Inner {
     /// event after that end comes later than it, while a server's "now" may be later than
     /// events still to come.
     last_event_time: Option<Timestamp>,
+    /// The last event the stream returned (its `_id` and time): where the stream stands
+    /// after a batch with events. An event's `_id`, unlike a postBatchResumeToken, is
+    /// returned again when the stream re-reads from earlier, so a filter set to it always
+    /// finds its end, even among events of one cluster time (one insertMany).
+    last_event: Option<After>,
 }
 
 pub(crate) struct PartitionSet {
@@ -141,11 +195,7 @@ impl PartitionSet {
 
     /// Whether the stream has read anything yet (it has a position).
     pub(crate) fn stream_position(&self) -> Option<Position> {
-        self.lock().stream_at.as_ref().map(|a| Position::Stream {
-            token: a.token.clone(),
-            cluster_time: a.time,
-            start_after: false,
-        })
+        self.lock().stream_at.as_ref().map(position_of)
     }
 
     /// Starts serving `partition` (held at `epoch`) from `position` (None: nothing stored).
@@ -167,11 +217,10 @@ impl PartitionSet {
             // Not read anything yet: the stream opens at the earliest when it does.
             (_, None) => None,
             (Some(pos), Some(at)) => {
-                let earlier = match (After::of(pos).and_then(|a| a.time), at.time) {
-                    (Some(t), Some(now)) => t < now,
-                    _ => true,
-                };
-                earlier.then(|| Some(pos.clone()))
+                let here = position_of(at);
+                let from = first_of(pos, &here);
+                // Unless the stream stands at or before it already.
+                (from != here).then_some(Some(from))
             }
             (None, Some(_)) => has_start.then_some(None),
         };
@@ -186,11 +235,7 @@ impl PartitionSet {
         let start = match (&position, &reopen) {
             (Some(pos), _) => Some(pos.clone()),
             // Nothing stored, read from where the stream stands: that is its position.
-            (None, None) => stream_at.as_ref().map(|a| Position::Stream {
-                token: a.token.clone(),
-                cluster_time: a.time,
-                start_after: false,
-            }),
+            (None, None) => stream_at.as_ref().map(position_of),
             (None, Some(_)) => None,
         };
         inner.filters[p] = position.as_ref().and_then(After::of);
@@ -226,16 +271,10 @@ impl PartitionSet {
             match committed {
                 None => from_start = true,
                 Some(pos) => {
-                    let earlier = match (&earliest, After::of(&pos).and_then(|a| a.time)) {
-                        (None, _) => true,
-                        (Some(e), Some(t)) => {
-                            After::of(e).and_then(|a| a.time).is_some_and(|et| t < et)
-                        }
-                        (Some(_), None) => true,
-                    };
-                    if earlier {
-                        earliest = Some(pos);
-                    }
+                    earliest = Some(match &earliest {
+                        None => pos,
+                        Some(e) => first_of(e, &pos),
+                    });
                 }
             }
         }
@@ -286,14 +325,8 @@ impl PartitionSet {
 
     /// The earlier of two re-open points (`None`: the reader's own start, earliest of all).
     pub(crate) fn earlier(a: Option<Position>, b: Option<Position>) -> Option<Position> {
-        let time = |p: &Position| After::of(p).and_then(|a| a.time);
         match (a, b) {
-            (Some(a), Some(b)) => match (time(&a), time(&b)) {
-                (Some(x), Some(y)) if y < x => Some(b),
-                (Some(_), Some(_)) => Some(a),
-                (None, _) => Some(a),
-                (_, None) => Some(b),
-            },
+            (Some(a), Some(b)) => Some(first_of(&a, &b)),
             _ => None,
         }
     }
@@ -305,6 +338,7 @@ impl PartitionSet {
         let mut docs = Vec::with_capacity(batch.docs.len());
         let mut meta = PartMeta::default();
         let mut offset = 0;
+        let read_events = !batch.docs.is_empty();
         while offset + 4 <= batch.docs.len() {
             let len = i32::from_le_bytes([
                 batch.docs[offset],
@@ -334,6 +368,10 @@ impl PartitionSet {
                     *f = None;
                 }
             }
+            inner.last_event = Some(After {
+                token: token.to_raw_document_buf(),
+                time,
+            });
             if deliver {
                 docs.extend_from_slice(bytes);
                 meta.events.push(EventMeta {
@@ -344,9 +382,14 @@ impl PartitionSet {
             }
         }
         if let Some(end) = &batch.end_token {
-            let at = After {
-                token: end.clone(),
-                time: inner.last_event_time,
+            // After events, the last one; after none (the stream caught up: every event of
+            // that time was returned), the postBatchResumeToken.
+            let at = match (&inner.last_event, read_events) {
+                (Some(last), true) => last.clone(),
+                _ => After {
+                    token: end.clone(),
+                    time: inner.last_event_time,
+                },
             };
             // The stream passed a filter's exact position.
             for f in inner.filters.iter_mut() {
@@ -443,5 +486,149 @@ impl PartitionSet {
 
     pub(crate) fn events_of(meta: &PartMeta, from: usize, to: usize) -> &[EventMeta] {
         &meta.events[from.min(meta.events.len())..to.min(meta.events.len())]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::durable::store::MemoryStore;
+    use crate::engine::group::partitions::partition_of;
+    use crate::engine::group::GroupSpec;
+    use crate::engine::reader::source::ReaderSpec;
+    use crate::engine::stream::spec::test_spec;
+    use mongodb::bson::doc;
+
+    fn set(count: u32) -> PartitionSet {
+        let spec = test_spec(doc! {"name": "parts-unit"});
+        let checkpointers = (0..count)
+            .map(|p| {
+                Arc::new(Checkpointer::new(
+                    spec.owner(&format!("parts-unit#p{p}")),
+                    false,
+                    Arc::new(MemoryStore),
+                    Default::default(),
+                ))
+            })
+            .collect();
+        let group = GroupSpec::parse(&doc! {"group": {"member": "a", "partitions": count}})
+            .unwrap()
+            .unwrap();
+        let coord = Partitions::new("parts-unit", group, count, "mongodb://127.0.0.1:9");
+        PartitionSet::new(Arc::new(coord), checkpointers)
+    }
+
+    /// The first document key of each partition of 2.
+    fn keys() -> [i32; 2] {
+        let mut found = [None, None];
+        for id in 0.. {
+            let key = mongodb::bson::to_vec(&doc! {"_id": id}).unwrap();
+            let p = partition_of(Some(&key), 2) as usize;
+            found[p].get_or_insert(id);
+            if let [Some(a), Some(b)] = found {
+                return [a, b];
+            }
+        }
+        unreachable!()
+    }
+
+    /// Events (token, key, time) back to back, ending at `end`.
+    fn batch(events: &[(&str, i32, u32)], end: &str) -> ReadBatch {
+        let mut docs = Vec::new();
+        for (token, key, time) in events {
+            let event = doc! {"_id": {"_data": *token}, "operationType": "update",
+            "clusterTime": Timestamp { time: *time, increment: 1 }, "documentKey": {"_id": *key}};
+            docs.extend(mongodb::bson::to_vec(&event).unwrap());
+        }
+        ReadBatch {
+            docs,
+            count: events.len(),
+            end_token: Some(RawDocumentBuf::from_document(&doc! {"_data": end}).unwrap()),
+            position_time: None,
+        }
+    }
+
+    fn tokens(meta: &PartMeta) -> Vec<String> {
+        meta.events
+            .iter()
+            .map(|e| e.token.get_str("_data").unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn each_partition_skips_up_to_its_own_position_even_within_one_cluster_time() {
+        let parts = set(2);
+        let [k0, k1] = keys();
+        assert_eq!(parts.gain(0, 1, None, false), None, "nothing read yet");
+        assert_eq!(parts.gain(1, 1, None, false), None);
+        // One insertMany: four events of one cluster time.
+        let read = batch(
+            &[("e1", k0, 5), ("e2", k1, 5), ("e3", k0, 5), ("e4", k1, 5)],
+            "pbrt",
+        );
+        let (out, meta) = parts.filter(read).unwrap();
+        assert_eq!(out.count, 4);
+        assert_eq!(tokens(&meta), ["e1", "e2", "e3", "e4"]);
+        // Processed: e1 (partition 0) and e2 (partition 1) only.
+        parts.commit_events(&meta.events[..2]);
+        // A reset: both go back to their committed events, which share a time: the stream
+        // re-opens at that time (inclusive), each partition skipping by token.
+        let reopen = parts.rewind().expect("held").expect("a position");
+        assert_eq!(
+            reopen,
+            Position::StreamAt {
+                cluster_time: Timestamp {
+                    time: 5,
+                    increment: 1
+                }
+            }
+        );
+        let again = batch(
+            &[("e1", k0, 5), ("e2", k1, 5), ("e3", k0, 5), ("e4", k1, 5)],
+            "pbrt",
+        );
+        let (out, meta) = parts.filter(again).unwrap();
+        assert_eq!(tokens(&meta), ["e3", "e4"], "each after its own position");
+        assert_eq!(out.count, 2);
+        // Partition 1 handed over: only partition 0's events go out.
+        parts.drop_partition(1);
+        let (_, meta) = parts
+            .filter(batch(&[("e5", k1, 6), ("e6", k0, 6)], "pbrt2"))
+            .unwrap();
+        assert_eq!(tokens(&meta), ["e6"]);
+        assert_eq!(meta.covers, vec![0]);
+    }
+
+    #[test]
+    fn a_partition_taken_at_an_earlier_position_re_reads_and_the_others_skip_what_they_had() {
+        let parts = set(2);
+        let [k0, k1] = keys();
+        parts.gain(0, 1, None, false);
+        let (_, meta) = parts
+            .filter(batch(
+                &[("e1", k1, 5), ("e2", k0, 6), ("e3", k1, 7)],
+                "pbrt",
+            ))
+            .unwrap();
+        assert_eq!(tokens(&meta), ["e2"], "partition 1 is not held");
+        // Partition 1 comes with a stored position at e1: the stream re-reads from there.
+        let stored = Position::Stream {
+            token: RawDocumentBuf::from_document(&doc! {"_data": "e1"}).unwrap(),
+            cluster_time: Some(Timestamp {
+                time: 5,
+                increment: 1,
+            }),
+            start_after: false,
+        };
+        let reopen = parts.gain(1, 2, Some(stored.clone()), false);
+        assert_eq!(reopen, Some(Some(stored.clone())));
+        parts.reopening_at(Some(&stored));
+        let (_, meta) = parts
+            .filter(batch(
+                &[("e2", k0, 6), ("e3", k1, 7), ("e4", k0, 8)],
+                "pbrt2",
+            ))
+            .unwrap();
+        assert_eq!(tokens(&meta), ["e3", "e4"], "e2 was handed out already");
     }
 }
