@@ -270,11 +270,14 @@ export interface LeaseLostEvent {
 }
 
 /**
- * The second argument of `change` listeners in a group: the tenure the event was read under.
- * Absent for a partitioned member (`group.partitions`): its events come from several leases.
+ * The second argument of `change` listeners in a group: the tenure the event was read under
+ * (a partitioned member's: the event's partition and that partition's epoch).
  */
 export interface ChangeContext {
+  /** The epoch of the lease the event was read under (its partition's, in a partitioned group). */
   epoch: number;
+  /** A partitioned group (`group.partitions`): the event's partition. */
+  partition?: number;
 }
 
 /** A group member's part of `health()`. */

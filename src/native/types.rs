@@ -67,6 +67,8 @@ pub enum NativeItem {
         events: Buffer,
         count: u32,
         end_token: Option<Buffer>,
+        /// A partitioned group member's: each event's partition.
+        partitions: Option<Vec<u32>>,
     },
     /// A resumable failure: the engine waits `delayMs`, then re-opens (attempt ≥ 1).
     Reconnecting {
@@ -121,6 +123,7 @@ impl From<Batch> for NativeItem {
             events: b.docs.into(),
             count: b.count as u32,
             end_token: b.end_token.map(|t| t.into_bytes().into()),
+            partitions: b.partitions,
         }
     }
 }

@@ -88,6 +88,7 @@ impl<S: Source> Commits<S> {
         let ordinal = numbering.next_ordinal;
         numbering.next_seq += 1;
         numbering.next_ordinal += read.count as u64;
+        let partitions = meta.as_ref().map(PartitionSet::partitions_of);
         if self.checkpointer.is_some() || self.parts.is_some() {
             let kept = ReadBatch {
                 docs: read.docs.clone(),
@@ -108,6 +109,7 @@ impl<S: Source> Commits<S> {
             docs: read.docs,
             count: read.count,
             end_token: read.end_token,
+            partitions,
         }
     }
 

@@ -45,6 +45,9 @@ pub struct Batch {
     pub count: usize,
     /// A change stream's resume token after the whole batch.
     pub end_token: Option<RawDocumentBuf>,
+    /// A partitioned group member's: the partition of each document (for the listeners'
+    /// context: which lease, at which epoch, the event was read under).
+    pub partitions: Option<Vec<u32>>,
 }
 
 impl std::fmt::Debug for Batch {

@@ -480,6 +480,11 @@ impl PartitionSet {
         self.checkpointers[0].policy().every_events
     }
 
+    /// Each handed-out event's partition, in order.
+    pub(crate) fn partitions_of(meta: &PartMeta) -> Vec<u32> {
+        meta.events.iter().map(|e| e.partition).collect()
+    }
+
     pub(crate) fn meta_len(meta: &PartMeta) -> usize {
         meta.events.len()
     }
