@@ -89,26 +89,36 @@ function takeDriverOptions(options, inherited = {}) {
  * A value as the driver's command serializer would encode it: functions become BSON Code
  * with `serializeFunctions` (else they are left for the encodability check to refuse, as BSON
  * would drop them), undefined becomes null unless `ignoreUndefined`.
+ * A value that contains itself is returned as it is where it repeats, for the encodability
+ * check to refuse as circular (naming its path).
  * @param {unknown} value
  * @param {{ serializeFunctions?: boolean, ignoreUndefined?: boolean }} flags
+ * @param {Set<object>} [within] the objects this one is inside (cycle detection)
  * @returns {unknown}
  */
-function asCommandValue(value, flags) {
+function asCommandValue(value, flags, within = new Set()) {
   if (typeof value === 'function' && flags.serializeFunctions) return new (bson().Code)(value.toString());
   if (value === null || typeof value !== 'object' || '_bsontype' in value || value instanceof Date || value instanceof RegExp || ArrayBuffer.isView(value)) {
     return value;
   }
-  if (Array.isArray(value)) return value.map((v) => (v === undefined && !flags.ignoreUndefined ? null : asCommandValue(v, flags)));
-  if (Object.getPrototypeOf(value) !== Object.prototype && Object.getPrototypeOf(value) !== null) return value;
-  const out = {};
-  for (const [key, v] of Object.entries(value)) {
-    if (v === undefined) {
-      if (!flags.ignoreUndefined) out[key] = null;
-      continue;
+  if (within.has(value)) return value;
+  within.add(value);
+  try {
+    if (Array.isArray(value)) return value.map((v) => (v === undefined && !flags.ignoreUndefined ? null : asCommandValue(v, flags, within)));
+    if (Object.getPrototypeOf(value) !== Object.prototype && Object.getPrototypeOf(value) !== null) return value;
+    /** @type {Record<string, unknown>} */
+    const out = {};
+    for (const [key, v] of Object.entries(value)) {
+      if (v === undefined) {
+        if (!flags.ignoreUndefined) out[key] = null;
+        continue;
+      }
+      out[key] = asCommandValue(v, flags, within);
     }
-    out[key] = asCommandValue(v, flags);
+    return out;
+  } finally {
+    within.delete(value);
   }
-  return out;
 }
 
 const READ_PREFERENCE_MODES = ['primary', 'primaryPreferred', 'secondary', 'secondaryPreferred', 'nearest'];
