@@ -249,6 +249,13 @@ export interface GroupOptions {
   db?: string;
   /** One document per group (`_id`: the stream's name). @default 'leases' */
   collection?: string;
+  /**
+   * Split the stream's events by a stable hash of `documentKey` into this many partitions
+   * (an integer 1–1024), each with its own lease and stored position (`<name>#p<i>`):
+   * members share them fairly and read only theirs, one change stream each. Per-document
+   * order holds across hand-overs. See the README's "Partitions".
+   */
+  partitions?: number;
 }
 
 /** What a group member holds while it reads ({@link ResilientChangeStream.lease}, `leaseAcquired`). */
@@ -257,6 +264,8 @@ export interface Lease {
   epoch: number;
   member: string;
   since: Date;
+  /** A partitioned group (`group.partitions`): the partition whose lease this is. */
+  partition?: number;
 }
 
 /** Payload of `leaseLost`: this member stopped reading; what it had not handed out is dropped. */
@@ -268,12 +277,21 @@ export interface LeaseLostEvent {
    * could not be reached before the lease ran out; `'unresponsive'`: this process's event
    * loop did not run for half a lease, so renewals stopped.
    */
-  reason: 'takenOver' | 'fenced' | 'renewFailed' | 'unresponsive';
+  reason: 'takenOver' | 'fenced' | 'renewFailed' | 'unresponsive' | 'rebalanced';
+  /** A partitioned group: the partition whose lease it was (`'rebalanced'`: handed over to
+   * the member it is assigned to now, after its position was stored). */
+  partition?: number;
 }
 
-/** The second argument of `change` listeners in a group: the tenure the event was read under. */
+/**
+ * The second argument of `change` listeners in a group: the tenure the event was read under
+ * (a partitioned member's: the event's partition and that partition's epoch).
+ */
 export interface ChangeContext {
+  /** The epoch of the lease the event was read under (its partition's, in a partitioned group). */
   epoch: number;
+  /** A partitioned group (`group.partitions`): the event's partition. */
+  partition?: number;
 }
 
 /** A group member's part of `health()`. */
@@ -288,6 +306,12 @@ export interface GroupHealth {
   leaseMs: number;
   /** Leases this member acquired. */
   takeovers: number;
+  /** A partitioned group: the partitions this member holds now (ascending). */
+  partitions?: number[];
+  /** A partitioned group: how many partitions it has. */
+  partitionCount?: number | null;
+  /** A partitioned group: how many members this one counts alive (itself included). */
+  membersAlive?: number | null;
 }
 
 export type TokenStoreOption =

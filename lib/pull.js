@@ -44,6 +44,7 @@ const TRY_NEXT_WAIT_MS = 10;
  * @property {Buffer} events
  * @property {number} count
  * @property {Buffer | null} endToken
+ * @property {number[] | null} partitions a partitioned group member's: each item's partition
  *
  * @typedef {{ name: string, kind: string, message: string, code?: number, codeName?: string }} HealthError
  */
@@ -135,6 +136,14 @@ class PullSource extends EventEmitter {
     this._leaseDeadline = this._grouped ? 0 : Infinity;
     /** The second argument of item listeners in a group: `{ epoch }` of the tenure. */
     this._eventContext = undefined;
+    /**
+     * A partitioned member (`group.partitions`): the epoch of each partition it holds, and
+     * each handed-out event's context (`{ partition, epoch }`), by event.
+     * @type {Map<number, number>}
+     */
+    this._partitionEpochs = new Map();
+    /** @type {WeakMap<object, Readonly<{ partition: number, epoch: number | null }>>} */
+    this._partitionContexts = new WeakMap();
     /** Tells the engine this event loop runs: a blocked one lets the lease lapse. */
     this._heartbeat = null;
     if (this._grouped) {
@@ -406,7 +415,7 @@ class PullSource extends EventEmitter {
         const listeners = itemEvent === eventName ? this._itemListeners : this.rawListeners(itemEvent);
         try {
           for (const listener of listeners) {
-            const result = listener.call(this, item, this._eventContext);
+            const result = listener.call(this, item, this._contextOf(item));
             if (result !== null && typeof result?.then === 'function') {
               // The listener may take long: what was processed before it is reported now.
               this._checkpoints.report();
@@ -440,7 +449,7 @@ class PullSource extends EventEmitter {
     this._itemListeners ??= this.rawListeners(eventName);
     const listeners = itemEvent === eventName ? this._itemListeners : this.rawListeners(itemEvent);
     for (const listener of listeners) {
-      const result = listener.call(this, item, this._eventContext);
+      const result = listener.call(this, item, this._contextOf(item));
       if (result !== null && typeof result?.then === 'function') await result;
     }
   }
@@ -590,16 +599,28 @@ class PullSource extends EventEmitter {
       case 'stalled': // a re-open follows
         this.emit('stalled', { silentMs: item.silentMs });
         return;
-      case 'leaseAcquired':
-        this._lease = Object.freeze({ epoch: item.epoch, member: item.member, since: new Date(item.sinceMs) });
-        this._eventContext = Object.freeze({ epoch: item.epoch });
+      case 'leaseAcquired': {
+        const partition = item.partition ?? null;
+        /** @type {{ epoch: number, member: string, since: Date, partition?: number }} */
+        const lease = { epoch: item.epoch, member: item.member, since: new Date(item.sinceMs) };
+        if (partition !== null) lease.partition = partition;
+        this._lease = Object.freeze(lease);
+        // A partitioned member's events come from several leases: no one epoch to give.
+        if (partition === null) this._eventContext = Object.freeze({ epoch: item.epoch });
+        else this._partitionEpochs.set(partition, item.epoch);
         this._leaseDeadline = 0; // asked on the first hand-out
         this.emit('leaseAcquired', this._lease);
         return;
-      case 'leaseLost':
+      }
+      case 'leaseLost': {
         this._dropTenure();
-        this.emit('leaseLost', { epoch: item.epoch, reason: item.reason });
+        const partition = item.partition ?? null;
+        if (partition !== null && this._partitionEpochs.get(partition) === item.epoch) this._partitionEpochs.delete(partition);
+        this.emit('leaseLost', partition === null
+          ? { epoch: item.epoch, reason: item.reason }
+          : { epoch: item.epoch, reason: item.reason, partition });
         return;
+      }
       case 'error':
         return this._terminate(this._annotate(fromNative(/** @type {any} */ (item.error))));
       case 'end': // the engine ended by itself, after everything it sent was handed out
@@ -617,7 +638,8 @@ class PullSource extends EventEmitter {
    */
   _holdsLease() {
     if (!this._grouped || performance.now() < this._leaseDeadline) return true;
-    const validMs = this._native.leaseValidMs();
+    // The batch being handed out: a partitioned member may have dropped it.
+    const validMs = this._native.leaseValidMs(this._head === null ? undefined : this._head.seq);
     if (validMs === null || validMs === undefined) {
       this._leaseDeadline = Infinity;
       return true;
@@ -648,7 +670,7 @@ class PullSource extends EventEmitter {
     if (item.kind !== 'batch') return;
     const { seq, ordinal, events, count } = item;
     checkBatch(events, count);
-    const batch = { seq, ordinal, events, count, endToken: item.endToken ?? null };
+    const batch = { seq, ordinal, events, count, endToken: item.endToken ?? null, partitions: item.partitions ?? null };
     if (count === 0) {
       // With items in flight (keyed pump), the position moves past them first.
       if (this._keyed?.holding) return this._keyed.quiet(batch, (b) => this._onEmptyBatch(b));
@@ -670,13 +692,28 @@ class PullSource extends EventEmitter {
       const options = this._decodeOptions;
       options.index = this._offset;
       try {
-        this._peeked = this._deserialize(/** @type {Batch} */ (this._head).events, options);
+        const head = /** @type {Batch} */ (this._head);
+        this._peeked = this._deserialize(head.events, options);
+        const partition = head.partitions?.[this._index];
+        if (partition !== undefined && this._peeked !== null && typeof this._peeked === 'object') {
+          const epoch = this._partitionEpochs.get(partition) ?? null;
+          this._partitionContexts.set(this._peeked, Object.freeze({ partition, epoch }));
+        }
       } catch (err) {
         this._terminate(err);
         throw err;
       }
     }
     return this._peeked;
+  }
+
+  /**
+   * The second argument of an item's listeners: a partitioned member's `{ partition, epoch }`
+   * of that event, a group member's `{ epoch }`, or undefined.
+   * @param {any} item
+   */
+  _contextOf(item) {
+    return (item !== null && typeof item === 'object' && this._partitionContexts.get(item)) || this._eventContext;
   }
 
   /** Hands out the next item, moving the position past it. */
@@ -924,6 +961,9 @@ function groupHealth(g) {
     since: g.sinceMs == null ? null : new Date(g.sinceMs),
     leaseMs: g.leaseMs,
     takeovers: g.takeovers,
+    ...(g.partitions == null
+      ? {}
+      : { partitions: [...g.partitions], partitionCount: g.partitionCount ?? null, membersAlive: g.membersAlive ?? null }),
   };
 }
 

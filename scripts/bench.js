@@ -30,7 +30,7 @@ const DB = 'rcs_bench';
 const RECOVERY_APP = 'rcs-bench-recovery';
 let packageRoot = null;
 const PACKAGE_ROOT = () => packageRoot || REPO_ROOT;
-const ALL_SCENARIOS = ['catchup', 'decode', 'live', 'recovery', 'checkpoint', 'metrics', 'group', 'concurrency', 'large', 'snapshot', 'slow', 'fanout'];
+const ALL_SCENARIOS = ['catchup', 'decode', 'live', 'recovery', 'checkpoint', 'metrics', 'group', 'concurrency', 'partitions', 'large', 'snapshot', 'slow', 'fanout'];
 
 // ---------------------------------------------------------------------------
 // Options
@@ -909,6 +909,131 @@ async function copyCrashRereads(ctx) {
   }
 }
 
+/**
+ * Partitioned groups (issue #14): a 5 ms async handler at concurrency 1; one member holding
+ * all P = 6 partitions vs 3 member processes sharing them. The members start on an empty
+ * collection and are balanced (every partition held, each member its share) before the
+ * clock starts; then PARTITION_EVENTS documents are inserted, and the run ends when every
+ * one was handled by some member. The server's CPU over the same window: each member reads
+ * the whole stream and filters on the client, so the server serves one change stream per
+ * member.
+ */
+const PARTITION_VARIANTS = [
+  { name: '1 member', members: 1 },
+  { name: '3 members', members: 3 },
+];
+const PARTITIONS = 6;
+const PARTITION_LEASE_MS = 2000;
+
+async function scenarioPartitions(outer) {
+  return withServer(outer, {}, async (ctx) => {
+    const runs = Object.fromEntries(PARTITION_VARIANTS.map((v) => [v.name, []]));
+    const events = ctx.opts.quick ? 600 : 1500;
+    for (let rep = 0; rep < ctx.opts.reps; rep++) {
+      for (const v of alternate(PARTITION_VARIANTS, rep)) {
+        const r = await measurePartitions(ctx, v.members, events, rep);
+        runs[v.name].push(r);
+        log(
+          `  partitions rep ${rep + 1} ${v.name.padEnd(9)}: ${fmt(r.eventsPerSec, 0)} ev/s (${HANDLER_MS} ms handler, P = ${PARTITIONS}), ` +
+            `server CPU ${fmt(r.serverCpuMs, 0)} ms (${fmt(r.serverCpuPct, 0)}%), client CPU ${fmt(r.clientCpuMs, 0)} ms, ${r.handled} handled for ${r.events} ` +
+            `(${Object.entries(r.perMember).map(([m, x]) => `${m} ${x.handled} in ${x.firstMs}–${x.lastMs} ms`).join(', ')})`,
+        );
+      }
+    }
+    return { scenario: 'partitions', runs };
+  });
+}
+
+/** One run: `members` member processes, balanced, then `n` inserts handled. */
+async function measurePartitions(ctx, members, n, rep) {
+  const collection = `partitions_${rep}_${members}`;
+  const coll = ctx.client.db(DB).collection(collection);
+  await coll.drop().catch(() => {});
+  const startAt = await operationTimeNow(ctx.client);
+  const distinct = new Set();
+  let allHandled;
+  const handled = new Promise((resolve) => {
+    allHandled = resolve;
+  });
+  const heldBy = new Map();
+  /** member → { handled, firstMs, lastMs } (ms after the first insert) */
+  const perMember = new Map();
+  let t0 = null;
+  const workers = [];
+  for (let k = 0; k < members; k++) {
+    const member = `m${k}`;
+    const params = {
+      scenario: 'partitions', client: 'ours', uri: ctx.server.uri, db: DB, collection, name: `bench-partitions-${rep}-${members}`,
+      member, partitions: PARTITIONS, leaseMs: PARTITION_LEASE_MS, handlerMs: HANDLER_MS, startAt, timeoutMs: 300_000,
+      batchSize: ctx.opts.batchSize, packageDir: ctx.opts.packageDir,
+    };
+    workers.push(
+      startWorker(ctx, params, (msg) => {
+        if (msg.type === 'held') heldBy.set(member, msg.partitions);
+        else if (msg.type === 'handled') {
+          const at = t0 === null ? null : Math.round(hrMs() - t0);
+          const mine = perMember.get(member) ?? { handled: 0, firstMs: at, lastMs: at };
+          mine.handled += 1;
+          mine.lastMs = at;
+          perMember.set(member, mine);
+          distinct.add(msg.i);
+          if (distinct.size >= n) allHandled();
+        }
+      }),
+    );
+  }
+  try {
+    const until = async (predicate, what, ms) => {
+      const deadline = Date.now() + ms;
+      while (!predicate()) {
+        if (Date.now() > deadline) throw new Error(`partitions: timed out waiting for ${what}`);
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+    };
+    const share = Math.floor(PARTITIONS / members);
+    await until(
+      () => {
+        const held = [...heldBy.values()].flat();
+        return heldBy.size === members && new Set(held).size === PARTITIONS && held.length === PARTITIONS && [...heldBy.values()].every((p) => p.length >= share);
+      },
+      `${members} member(s) sharing ${PARTITIONS} partitions`,
+      60_000,
+    );
+    const cpu0 = ctx.serverCpu ? ctx.serverCpu() : null;
+    t0 = hrMs();
+    for (let i = 0; i < n; i += 500) {
+      const docs = [];
+      for (let j = i; j < Math.min(n, i + 500); j++) docs.push({ i: j, s: 'partitioned-event' });
+      await coll.insertMany(docs, { ordered: true });
+    }
+    await Promise.race([
+      handled,
+      ...workers.map((w) => w.done.then(() => Promise.reject(new Error('a member ended early')))),
+      new Promise((_, reject) => setTimeout(() => reject(new Error(`partitions: ${distinct.size}/${n} handled in 240 s`)), 240_000).unref()),
+    ]);
+    const wallMs = hrMs() - t0;
+    const cpu1 = ctx.serverCpu ? ctx.serverCpu() : null;
+    for (const w of workers) w.stop();
+    const results = await Promise.all(workers.map((w) => w.done));
+    const serverCpuMs = cpu0 !== null && cpu1 !== null ? (cpu1 - cpu0) * 1000 : null;
+    return {
+      members,
+      partitions: PARTITIONS,
+      events: n,
+      wallMs,
+      eventsPerSec: n / (wallMs / 1000),
+      handled: results.reduce((sum, r) => sum + r.handled, 0),
+      clientCpuMs: results.reduce((sum, r) => sum + r.cpuMs, 0),
+      serverCpuMs,
+      serverCpuPct: serverCpuMs === null ? null : (serverCpuMs / wallMs) * 100,
+      serverCpuMsPer1k: serverCpuMs === null ? null : (serverCpuMs / n) * 1000,
+      perMember: Object.fromEntries(perMember),
+    };
+  } finally {
+    for (const w of workers) w.kill();
+  }
+}
+
 async function scenarioSlow(outer) {
   return withServer(outer, {}, async (ctx) => {
     const { opts } = ctx;
@@ -1108,6 +1233,18 @@ function buildRows(results, opts) {
     const [one, many] = CONCURRENCY_VARIANTS.map((v) => pick(results, 'concurrency', v.name, (r) => r.eventsPerSec));
     const ratio = one && many !== null ? many / one : null;
     rows.push([S, `ev/s, ${HANDLER_MS} ms async handler: concurrency 1 | 32`, fmt(one, 0), fmt(many, 0), ratio === null ? '—' : `${fmt(ratio, 1)}×`, '≥ 20×', ratio === null ? '' : ratio >= 20 ? 'PASS' : 'MISS']);
+  }
+  if (results.partitions) {
+    const S = 'partitions';
+    const [one, three] = PARTITION_VARIANTS.map((v) => pick(results, 'partitions', v.name, (r) => r.eventsPerSec));
+    const ratio = one && three !== null ? three / one : null;
+    rows.push([S, `ev/s, ${HANDLER_MS} ms handler, P = ${PARTITIONS}: 1 member | 3 members`, fmt(one, 0), fmt(three, 0), ratio === null ? '—' : `${fmt(ratio, 2)}×`, '≥ 2.5×', ratio === null ? '' : ratio >= 2.5 ? 'PASS' : 'MISS']);
+    const [cpuOne, cpuThree] = PARTITION_VARIANTS.map((v) => pick(results, 'partitions', v.name, (r) => r.serverCpuMsPer1k));
+    const more = cpuOne && cpuThree !== null ? cpuThree / cpuOne : null;
+    rows.push([S, 'server CPU ms per 1k events: 1 stream | 3 member streams', fmt(cpuOne, 0), fmt(cpuThree, 0), more === null ? '—' : `${fmt(more, 2)}×`, '', '']);
+    const [pctOne, pctThree] = PARTITION_VARIANTS.map((v) => pick(results, 'partitions', v.name, (r) => r.serverCpuPct));
+    const busier = pctOne && pctThree !== null ? pctThree / pctOne : null;
+    rows.push([S, 'server CPU % of a core while handling: 1 stream | 3', fmt(pctOne, 1), fmt(pctThree, 1), busier === null ? '—' : `${fmt(busier, 2)}×`, '', '']);
   }
   if (results.large) {
     const S = 'large events';
@@ -1312,6 +1449,7 @@ async function main() {
       group: scenarioGroup,
       concurrency: scenarioConcurrency,
       snapshot: scenarioSnapshot,
+      partitions: scenarioPartitions,
       large: scenarioLarge,
       slow: scenarioSlow,
       fanout: scenarioFanout,

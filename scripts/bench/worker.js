@@ -595,8 +595,49 @@ async function copyCollection() {
   finish(throughput(count, r));
 }
 
+// ---------------------------------------------------------------------------
+// partitions: one member of a partitioned group (`group.partitions`), a params.handlerMs
+// async handler at concurrency 1. Lines: {type: 'held', partitions} whenever what it holds
+// changes, {type: 'handled', i} per event handled; `stop` closes it and sends its CPU use.
+
+async function partitionMember() {
+  const { ResilientChangeStream } = loadOurs();
+  const m = meter();
+  const stream = new ResilientChangeStream({
+    uri: params.uri,
+    db: params.db,
+    collection: params.collection,
+    name: params.name,
+    tokenStore: { type: 'mongodb', db: `${params.db}_positions`, collection: 'positions' },
+    group: { partitions: params.partitions, member: params.member, leaseMs: params.leaseMs, db: `${params.db}_positions` },
+    startAtOperationTime: ts(params.startAt),
+    ...(params.batchSize ? { batchSize: params.batchSize } : {}),
+  });
+  const held = new Set();
+  const report = () => send({ type: 'held', partitions: [...held].sort((a, b) => a - b) });
+  stream.on('leaseAcquired', (lease) => {
+    held.add(lease.partition);
+    report();
+  });
+  stream.on('leaseLost', (info) => {
+    held.delete(info.partition);
+    report();
+  });
+  let count = 0;
+  stream.on('error', fail);
+  stream.on('change', async (event) => {
+    await sleep(params.handlerMs);
+    count += 1;
+    send({ type: 'handled', i: event.fullDocument.i });
+  });
+  await stopped;
+  await stream.close();
+  finish({ handled: count, ...m.stop() });
+}
+
 const SCENARIOS = {
   snapshot: copyCollection,
+  partitions: partitionMember,
   concurrency: slowHandlers,
   catchup: catchUp,
   checkpoint: catchUp,

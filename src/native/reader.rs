@@ -118,10 +118,12 @@ impl NativeReader {
     }
 
     /// A group member: how many more milliseconds it may hand out what it read (0: it does
-    /// not hold the lease; drop what is buffered). `null`: not in a group.
+    /// not hold the lease; drop what is buffered). `null`: not in a group. `seq`: the batch
+    /// being handed out (a partitioned member may have dropped it).
     #[napi]
-    pub fn lease_valid_ms(&self) -> Option<f64> {
-        with_reader!(self.reader, r => r.lease_valid_for()).map(|d| d.as_millis() as f64)
+    pub fn lease_valid_ms(&self, seq: Option<f64>) -> Option<f64> {
+        let seq = seq.filter(|s| s.is_finite() && *s >= 0.0).map(|s| s as u64);
+        with_reader!(self.reader, r => r.lease_valid_for(seq)).map(|d| d.as_millis() as f64)
     }
 
     /// The application's event loop is alive: a group member renews its lease only while

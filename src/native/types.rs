@@ -67,6 +67,8 @@ pub enum NativeItem {
         events: Buffer,
         count: u32,
         end_token: Option<Buffer>,
+        /// A partitioned group member's: each event's partition.
+        partitions: Option<Vec<u32>>,
     },
     /// A resumable failure: the engine waits `delayMs`, then re-opens (attempt ≥ 1).
     Reconnecting {
@@ -93,10 +95,16 @@ pub enum NativeItem {
         epoch: f64,
         member: String,
         since_ms: f64,
+        /// A partitioned group: the partition whose lease it is.
+        partition: Option<u32>,
     },
     /// A group member stopped holding the lease ('takenOver' | 'fenced' | 'renewFailed' |
-    /// 'unresponsive'): nothing read under it is handed out any more.
-    LeaseLost { epoch: f64, reason: String },
+    /// 'unresponsive' | 'rebalanced'): nothing read under it is handed out any more.
+    LeaseLost {
+        epoch: f64,
+        reason: String,
+        partition: Option<u32>,
+    },
     /// Fatal: the reader is closed; later calls resolve `end`.
     Error { error: NativeErrorInfo },
     /// The reader ended: 'closed' | 'invalidate' | 'exhausted' | 'stopped'.
@@ -115,6 +123,7 @@ impl From<Batch> for NativeItem {
             events: b.docs.into(),
             count: b.count as u32,
             end_token: b.end_token.map(|t| t.into_bytes().into()),
+            partitions: b.partitions,
         }
     }
 }
@@ -151,14 +160,21 @@ impl From<ReaderItem> for NativeItem {
                 epoch,
                 member,
                 since,
+                partition,
             } => NativeItem::LeaseAcquired {
                 epoch: epoch as f64,
                 member,
                 since_ms: epoch_ms(since),
+                partition,
             },
-            ReaderItem::LeaseLost { epoch, reason } => NativeItem::LeaseLost {
+            ReaderItem::LeaseLost {
+                epoch,
+                reason,
+                partition,
+            } => NativeItem::LeaseLost {
                 epoch: epoch as f64,
                 reason: reason.as_str().to_string(),
+                partition,
             },
             ReaderItem::Failed(error) => NativeItem::Error {
                 error: error.into(),
@@ -228,6 +244,11 @@ pub struct NativeGroupHealth {
     pub since_ms: Option<f64>,
     pub lease_ms: f64,
     pub takeovers: f64,
+    /// A partitioned group: the partitions this member holds (ascending), how many there
+    /// are, and how many members it counts alive.
+    pub partitions: Option<Vec<u32>>,
+    pub partition_count: Option<u32>,
+    pub members_alive: Option<u32>,
 }
 
 impl From<GroupHealth> for NativeGroupHealth {
@@ -240,6 +261,9 @@ impl From<GroupHealth> for NativeGroupHealth {
             since_ms: g.since.map(epoch_ms),
             lease_ms: ms(g.lease),
             takeovers: g.takeovers as f64,
+            partitions: g.partitions,
+            partition_count: g.partition_count,
+            members_alive: g.members_alive,
         }
     }
 }

@@ -192,4 +192,71 @@ impl LeaseStore {
             .map_err(|e| self.error(what, &e))?;
         Ok(updated.matched_count == 1)
     }
+
+    /// A partitioned group's member shows it is alive: its own document in the lease
+    /// collection (`_id` `member_id`, `{ group, member, beats }`), its `beats` counting up.
+    pub(crate) async fn beat(
+        &self,
+        member_id: &str,
+        group: &str,
+        member: &str,
+    ) -> Result<(), EngineError> {
+        self.leases()
+            .await?
+            .update_one(
+                doc! {"_id": member_id},
+                doc! {
+                    "$inc": {"beats": 1i64},
+                    "$set": {"group": group, "member": member, "kind": "member",
+                             "renewedAt": DateTime::now()},
+                },
+            )
+            .upsert(true)
+            .await
+            .map_err(|e| self.error("beat", &e))?;
+        Ok(())
+    }
+
+    /// The member documents of `group`: (member, beats).
+    pub(crate) async fn members(&self, group: &str) -> Result<Vec<(String, u64)>, EngineError> {
+        use futures_util::TryStreamExt;
+        let found: Vec<Document> = self
+            .leases()
+            .await?
+            .find(doc! {"group": group, "kind": "member"})
+            .await
+            .map_err(|e| self.error("read the members of", &e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.error("read the members of", &e))?;
+        Ok(found
+            .iter()
+            .filter_map(|d| {
+                let member = d.get_str("member").ok()?.to_string();
+                let beats = d.get("beats").and_then(crate::engine::options::as_f64)?;
+                Some((member, beats.max(0.0) as u64))
+            })
+            .collect())
+    }
+
+    /// Removes a member document that has not changed (its `beats` still `beats`): a member
+    /// that died long ago, so the collection does not keep every process that ever ran.
+    pub(crate) async fn forget(&self, member_id: &str, beats: u64) -> Result<(), EngineError> {
+        self.leases()
+            .await?
+            .delete_one(doc! {"_id": member_id, "kind": "member", "beats": int(beats)})
+            .await
+            .map_err(|e| self.error("forget a member of", &e))?;
+        Ok(())
+    }
+
+    /// A member leaves its partitioned group (a graceful close): the others rebalance at once.
+    pub(crate) async fn leave(&self, member_id: &str) -> Result<(), EngineError> {
+        self.leases()
+            .await?
+            .delete_one(doc! {"_id": member_id})
+            .await
+            .map_err(|e| self.error("leave", &e))?;
+        Ok(())
+    }
 }

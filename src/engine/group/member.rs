@@ -47,6 +47,9 @@ pub enum LossReason {
     RenewFailed,
     /// The application stopped showing it is alive (event loop blocked) past the lease.
     Unresponsive,
+    /// A partitioned group rebalanced: this member handed the partition over (after its
+    /// position was stored) to the member it is assigned to now.
+    Rebalanced,
 }
 
 impl LossReason {
@@ -56,6 +59,7 @@ impl LossReason {
             LossReason::Fenced => "fenced",
             LossReason::RenewFailed => "renewFailed",
             LossReason::Unresponsive => "unresponsive",
+            LossReason::Rebalanced => "rebalanced",
         }
     }
 }
@@ -74,6 +78,11 @@ pub struct GroupHealth {
     pub lease: Duration,
     /// Leases this member acquired.
     pub takeovers: u64,
+    /// A partitioned group: the partitions this member holds now (ascending).
+    pub partitions: Option<Vec<u32>>,
+    /// A partitioned group: how many partitions, and how many members it counts alive.
+    pub partition_count: Option<u32>,
+    pub members_alive: Option<u32>,
 }
 
 struct Tenure {
@@ -184,7 +193,9 @@ impl Membership {
         }
     }
 
-    async fn try_acquire(
+    /// One look at the lease: takes it when the state watched in `watched` stayed
+    /// unchanged for a lease (or was released). `Some(epoch)`: taken.
+    pub(crate) async fn try_acquire(
         &self,
         watched: &mut Option<(LeaseState, Instant)>,
     ) -> Result<Option<u64>, EngineError> {
@@ -434,6 +445,32 @@ impl Membership {
         }
     }
 
+    /// Hands the lease held at `epoch` back (a partitioned group's rebalance: its position
+    /// is stored) and stays in the group as a standby. False: it was not held at `epoch`.
+    pub async fn hand_back(&self, epoch: u64) -> bool {
+        {
+            let mut state = self.lock();
+            match &state.role {
+                RoleState::Holder(t) if t.epoch == epoch => t.ended.cancel(),
+                _ => return false,
+            }
+            state.role = RoleState::Standby;
+            state.last_loss = Some((epoch, LossReason::Rebalanced));
+        }
+        let release = self.leases.release(&self.name, self.member(), epoch);
+        match tokio::time::timeout(Duration::from_secs(2), release).await {
+            Ok(Ok(_)) => tracing::info!(epoch, lease = %self.name, "handed the lease over"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot release the lease; it lapses"),
+            Err(_) => tracing::warn!("releasing the lease timed out; it lapses"),
+        }
+        true
+    }
+
+    /// How many leases this member acquired.
+    pub fn takeovers(&self) -> u64 {
+        self.takeovers.load(Ordering::Relaxed)
+    }
+
     pub fn health(&self) -> GroupHealth {
         let state = self.lock();
         let role = match &state.role {
@@ -462,6 +499,9 @@ impl Membership {
             since,
             lease: self.spec.lease,
             takeovers: self.takeovers.load(Ordering::Relaxed),
+            partitions: None,
+            partition_count: None,
+            members_alive: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod lease;
 mod member;
+pub mod partitions;
 
 use std::time::Duration;
 
@@ -35,7 +36,13 @@ pub struct GroupSpec {
     pub uri: Option<String>,
     pub db: String,
     pub collection: String,
+    /// `partitions: P`: the stream's events are split by a hash of `documentKey` into P
+    /// partitions, each with its own lease and stored position (`partitions.rs`).
+    pub partitions: Option<u32>,
 }
+
+/// The most partitions a group may have (each is a lease and a stored position).
+pub const MAX_PARTITIONS: u64 = 1024;
 
 impl GroupSpec {
     pub const FIELD: &'static str = "group";
@@ -48,12 +55,12 @@ impl GroupSpec {
             Some(other) => {
                 return Err(EngineError::invalid_option(
                     "group",
-                    "an object ({ leaseMs?, member?, uri?, db?, collection? })",
+                    "an object ({ leaseMs?, member?, uri?, db?, collection?, partitions? })",
                     type_name(other),
                 ))
             }
         };
-        const FIELDS: &[&str] = &["leaseMs", "member", "uri", "db", "collection"];
+        const FIELDS: &[&str] = &["leaseMs", "member", "uri", "db", "collection", "partitions"];
         reject_unknown(d, &[FIELDS], "group.")?;
         let string = |n: &str| optional_string(d, n).map_err(|e| prefix(e, "group."));
         let lease_ms = optional_whole(d, "leaseMs", u32::MAX as u64)
@@ -66,6 +73,29 @@ impl GroupSpec {
                 &lease_ms.to_string(),
             ));
         }
+        let partitions = match d.get("partitions") {
+            None | Some(Bson::Null) => None,
+            Some(v) => {
+                let n = crate::engine::options::as_f64(v)
+                    .filter(|n| n.fract() == 0.0 && *n >= 1.0 && *n <= MAX_PARTITIONS as f64);
+                match n {
+                    Some(n) => Some(n as u32),
+                    None => {
+                        return Err(EngineError::invalid_option(
+                            "group.partitions",
+                            &format!("an integer 1..={MAX_PARTITIONS}"),
+                            &match v {
+                                Bson::Double(_) | Bson::Int32(_) | Bson::Int64(_) => {
+                                    crate::engine::options::as_f64(v)
+                                        .map_or_else(|| type_name(v).to_string(), |n| n.to_string())
+                                }
+                                other => type_name(other).to_string(),
+                            },
+                        ))
+                    }
+                }
+            }
+        };
         let uri = string("uri")?;
         if let Some(uri) = &uri {
             if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
@@ -82,6 +112,7 @@ impl GroupSpec {
             uri,
             db: string("db")?.unwrap_or_else(|| DEFAULT_DB.into()),
             collection: string("collection")?.unwrap_or_else(|| DEFAULT_COLLECTION.into()),
+            partitions,
         }))
     }
 }
@@ -118,5 +149,13 @@ mod tests {
         );
         assert!(err(doc! {"group": {"lease": 10}}).contains("unknown option \"group.lease\""));
         assert!(err(doc! {"group": {"uri": "x"}}).contains("\"group.uri\""));
+        assert!(err(doc! {"group": {"partitions": 0}})
+            .contains("\"group.partitions\" must be an integer 1..=1024, got 0"));
+        assert!(err(doc! {"group": {"partitions": 1.5}}).contains("got 1.5"));
+        assert!(err(doc! {"group": {"partitions": "6"}}).contains("got string"));
+        let g = GroupSpec::parse(&doc! {"group": {"partitions": 6}})
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.partitions, Some(6));
     }
 }

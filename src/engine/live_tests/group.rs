@@ -199,7 +199,8 @@ async fn a_fenced_holder_cannot_write_and_takes_a_higher_epoch_later() {
             i,
             ReaderItem::LeaseLost {
                 epoch: 1,
-                reason: LossReason::Fenced
+                reason: LossReason::Fenced,
+                ..
             }
         )),
         "the refused save ends the tenure: {all:?}"
@@ -277,4 +278,116 @@ async fn a_late_write_of_a_tenure_never_replaces_a_newer_one() {
             .unwrap(),
         "a new tenure numbers its writes afresh"
     );
+}
+
+fn partitioned(fx: &Fixture, name: &str, member: &str) -> ChangeStreamEngine {
+    engine(
+        &fx.server.uri,
+        &fx.db,
+        fx.coll,
+        doc! {
+            "name": name,
+            "tokenStore": {"type": "mongodb", "db": fx.db.as_str(), "collection": "positions"},
+            "checkpoint": {"everyEvents": 1, "everyMs": 50},
+            "group": {"member": member, "leaseMs": 1000, "db": fx.db.as_str(), "partitions": 4},
+        },
+    )
+}
+
+/// The partitions named by the first `n` items matching `kind`.
+async fn partitions_of(
+    rx: &mut mpsc::UnboundedReceiver<ReaderItem>,
+    n: usize,
+    acquired: bool,
+) -> Vec<u32> {
+    let mut found = Vec::new();
+    while found.len() < n {
+        let items = until_item(rx, |i| match i {
+            ReaderItem::LeaseAcquired { .. } => acquired,
+            ReaderItem::LeaseLost { reason, .. } => !acquired && *reason == LossReason::Rebalanced,
+            _ => false,
+        })
+        .await;
+        match items.last() {
+            Some(ReaderItem::LeaseAcquired {
+                partition: Some(p), ..
+            })
+            | Some(ReaderItem::LeaseLost {
+                partition: Some(p), ..
+            }) => found.push(*p),
+            other => panic!("not a partition's lease: {other:?}"),
+        }
+    }
+    found.sort();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_are_shared_fairly_and_handed_over_after_their_positions_are_stored() {
+    let fx = Fixture::start().await;
+    let name = unique_name("parts");
+    let a = Arc::new(partitioned(&fx, &name, "a"));
+    let mut ra = pump(a.clone());
+    assert_eq!(partitions_of(&mut ra, 4, true).await, vec![0, 1, 2, 3]);
+    streaming(&a).await;
+    fx.insert(0..40).await;
+    let (mut first, _) = take_events(&a, &mut ra, 40).await;
+    first.sort();
+    assert_eq!(
+        first,
+        (0..40).collect::<Vec<_>>(),
+        "alone, a reads every partition"
+    );
+    assert_eq!(
+        a.health().group.and_then(|g| g.partitions),
+        Some(vec![0, 1, 2, 3])
+    );
+
+    // b joins: a hands two partitions over (positions stored first), b takes them.
+    let b = Arc::new(partitioned(&fx, &name, "b"));
+    let mut rb = pump(b.clone());
+    let handed = partitions_of(&mut ra, 2, false).await;
+    let taken = partitions_of(&mut rb, 2, true).await;
+    assert_eq!(handed, taken, "b takes what a handed over");
+    for p in &taken {
+        let record = stored(&fx, &format!("{name}#p{p}")).await;
+        assert!(
+            record.get_i64("epoch").is_ok_and(|e| e >= 2),
+            "b fenced partition {p}'s position: {record:?}"
+        );
+    }
+    streaming(&b).await;
+    fx.insert(40..100).await;
+    let (mut seen_a, mut seen_b) = (Vec::new(), Vec::new());
+    let deadline = std::time::Instant::now() + WAIT;
+    while seen_a.len() + seen_b.len() < 60 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out: a {seen_a:?}, b {seen_b:?}"
+        );
+        tokio::select! {
+            Some(item) = ra.recv() => if let ReaderItem::Batch(batch) = item {
+                seen_a.extend(event_seqs(&batch.docs));
+                a.commit(batch.seq, batch.count).expect("commit");
+            },
+            Some(item) = rb.recv() => if let ReaderItem::Batch(batch) = item {
+                seen_b.extend(event_seqs(&batch.docs));
+                b.commit(batch.seq, batch.count).expect("commit");
+            },
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    assert!(
+        !seen_a.is_empty() && !seen_b.is_empty(),
+        "both read: a {seen_a:?}, b {seen_b:?}"
+    );
+    let mut all: Vec<i32> = seen_a.iter().chain(&seen_b).copied().collect();
+    all.sort();
+    assert_eq!(
+        all,
+        (40..100).collect::<Vec<_>>(),
+        "each event once, by the member holding its partition"
+    );
+    a.close().await.expect("close a");
+    b.close().await.expect("close b");
 }

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use super::item::Batch;
+use super::partitioned::{PartMeta, PartitionSet};
 use super::source::{ReadBatch, Source};
 use crate::engine::durable::checkpoint::Checkpointer;
 use crate::engine::errors::{EngineError, ErrorCode};
@@ -36,6 +37,9 @@ struct Kept {
     seq: u64,
     ordinal: u64,
     batch: ReadBatch,
+    /// A partitioned member's: the events' partitions and positions, and how many of them
+    /// were committed already (and whether the batch's end was).
+    parts: Option<(PartMeta, usize, bool)>,
 }
 
 #[derive(Default)]
@@ -54,14 +58,21 @@ pub(crate) struct Commits<S: Source> {
     spec: Arc<S::Spec>,
     /// Present for a named reader.
     checkpointer: Option<Arc<Checkpointer>>,
+    /// A partitioned group member's partitions (their own checkpointers).
+    parts: Option<Arc<PartitionSet>>,
     numbering: Mutex<Numbering>,
 }
 
 impl<S: Source> Commits<S> {
-    pub(crate) fn new(spec: Arc<S::Spec>, checkpointer: Option<Arc<Checkpointer>>) -> Self {
+    pub(crate) fn new(
+        spec: Arc<S::Spec>,
+        checkpointer: Option<Arc<Checkpointer>>,
+        parts: Option<Arc<PartitionSet>>,
+    ) -> Self {
         Commits {
             spec,
             checkpointer,
+            parts,
             numbering: Mutex::new(Numbering::default()),
         }
     }
@@ -71,13 +82,14 @@ impl<S: Source> Commits<S> {
     }
 
     /// Numbers a batch about to be handed out, keeping a copy for commits (named readers).
-    pub(crate) fn number(&self, read: ReadBatch) -> Batch {
+    pub(crate) fn number(&self, read: ReadBatch, meta: Option<PartMeta>) -> Batch {
         let mut numbering = self.lock();
         let seq = numbering.next_seq;
         let ordinal = numbering.next_ordinal;
         numbering.next_seq += 1;
         numbering.next_ordinal += read.count as u64;
-        if self.checkpointer.is_some() {
+        let partitions = meta.as_ref().map(PartitionSet::partitions_of);
+        if self.checkpointer.is_some() || self.parts.is_some() {
             let kept = ReadBatch {
                 docs: read.docs.clone(),
                 count: read.count,
@@ -88,6 +100,7 @@ impl<S: Source> Commits<S> {
                 seq,
                 ordinal,
                 batch: kept,
+                parts: meta.map(|m| (m, 0, false)),
             });
         }
         Batch {
@@ -96,6 +109,7 @@ impl<S: Source> Commits<S> {
             docs: read.docs,
             count: read.count,
             end_token: read.end_token,
+            partitions,
         }
     }
 
@@ -108,6 +122,9 @@ impl<S: Source> Commits<S> {
     /// `n` of it (`n` = its count: the whole batch, and for a change stream the position
     /// after it, even with no document). Returns the new marks. No-op without a store.
     pub(crate) fn commit(&self, seq: u64, n: usize) -> Result<Marks, EngineError> {
+        if let Some(parts) = &self.parts {
+            return self.commit_partitioned(parts, seq, n);
+        }
         let Some(ck) = &self.checkpointer else {
             return Ok(Marks::UNBOUNDED);
         };
@@ -149,6 +166,72 @@ impl<S: Source> Commits<S> {
         Ok(self.marks_of(&numbering, ck))
     }
 
+    /// `commit` of a partitioned member: each partition's position moves by its own events,
+    /// and by a whole batch's end for the partitions caught up through it.
+    fn commit_partitioned(
+        &self,
+        parts: &PartitionSet,
+        seq: u64,
+        n: usize,
+    ) -> Result<Marks, EngineError> {
+        let mut numbering = self.lock();
+        let Some(index) = numbering.kept.iter().position(|k| k.seq == seq) else {
+            if seq < numbering.next_seq {
+                return Ok(Self::partitioned_marks(&numbering, parts));
+            }
+            return Err(EngineError::new(
+                ErrorCode::ClientError,
+                format!("commit: batch {seq} was not handed out"),
+            ));
+        };
+        let count = numbering.kept[index].batch.count;
+        if n > count {
+            return Err(EngineError::new(
+                ErrorCode::ClientError,
+                format!("commit: batch {seq} has {count} documents, not {n}"),
+            ));
+        }
+        for i in 0..=index {
+            let kept = &mut numbering.kept[i];
+            let upto = if i == index { n } else { kept.batch.count };
+            let whole = upto == kept.batch.count;
+            if let Some((meta, applied, end_applied)) = &mut kept.parts {
+                if upto > *applied {
+                    parts.commit_events(PartitionSet::events_of(meta, *applied, upto));
+                    *applied = upto.min(PartitionSet::meta_len(meta));
+                }
+                if whole && !*end_applied {
+                    parts.commit_end(meta);
+                    *end_applied = true;
+                }
+            }
+        }
+        let through = numbering.kept[index].ordinal + n as u64;
+        numbering.committed = numbering.committed.max(through);
+        let done = if n == count { index + 1 } else { index };
+        numbering.kept.drain(..done);
+        Ok(Self::partitioned_marks(&numbering, parts))
+    }
+
+    fn partitioned_marks(numbering: &Numbering, parts: &PartitionSet) -> Marks {
+        Marks {
+            limit: numbering.committed.saturating_add(parts.room()),
+            report_at: numbering.committed.saturating_add(parts.every_events()),
+        }
+    }
+
+    /// A partitioned member dropped what it read and did not commit (a partition was lost
+    /// or handed over): those batches are never handed out or committed; the partitions
+    /// still held keep their committed positions (`PartitionSet::rewind`). Returns under
+    /// the one lock, so no commit of what was dropped lands after it.
+    pub(crate) fn drop_uncommitted(&self, then: impl FnOnce()) {
+        let mut numbering = self.lock();
+        numbering.kept.clear();
+        numbering.committed = numbering.next_ordinal;
+        numbering.stale_below = numbering.next_seq;
+        then();
+    }
+
     /// A group member's tenure ended: what was handed out and not committed is forgotten
     /// (its successor reads it again), with what the checkpointer held unsaved. Under the
     /// one lock, so no commit of that tenure lands after it.
@@ -169,6 +252,9 @@ impl<S: Source> Commits<S> {
 
     /// The current marks.
     pub(crate) fn marks(&self) -> Marks {
+        if let Some(parts) = &self.parts {
+            return Self::partitioned_marks(&self.lock(), parts);
+        }
         match &self.checkpointer {
             None => Marks::UNBOUNDED,
             Some(ck) => self.marks_of(&self.lock(), ck),
@@ -227,10 +313,10 @@ mod tests {
             d.checkpointer(spec.owner(&d.name), &spec.common.uri, None)
                 .unwrap(),
         );
-        let commits = Commits::<StreamSource>::new(spec, Some(ck.clone()));
-        let first = commits.number(batch(&["a1", "a2", "a3"], "pbrt-a", 10));
-        let quiet = commits.number(batch(&[], "pbrt-q", 11));
-        let second = commits.number(batch(&["b1", "b2"], "pbrt-b", 12));
+        let commits = Commits::<StreamSource>::new(spec, Some(ck.clone()), None);
+        let first = commits.number(batch(&["a1", "a2", "a3"], "pbrt-a", 10), None);
+        let quiet = commits.number(batch(&[], "pbrt-q", 11), None);
+        let second = commits.number(batch(&["b1", "b2"], "pbrt-b", 12), None);
         assert_eq!((first.seq, first.ordinal), (0, 0));
         assert_eq!((quiet.seq, quiet.ordinal), (1, 3));
         assert_eq!((second.seq, second.ordinal), (2, 3));
@@ -272,7 +358,7 @@ mod tests {
         assert_eq!(stored_token(&name).await, doc! {"_data": "pbrt-b"});
 
         assert!(commits.commit(7, 0).is_err(), "a batch never handed out");
-        let third = commits.number(batch(&["c1"], "pbrt-c", 13));
+        let third = commits.number(batch(&["c1"], "pbrt-c", 13), None);
         assert!(commits.commit(third.seq, 2).is_err(), "more than it holds");
     }
 }

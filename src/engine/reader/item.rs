@@ -45,6 +45,9 @@ pub struct Batch {
     pub count: usize,
     /// A change stream's resume token after the whole batch.
     pub end_token: Option<RawDocumentBuf>,
+    /// A partitioned group member's: the partition of each document (for the listeners'
+    /// context: which lease, at which epoch, the event was read under).
+    pub partitions: Option<Vec<u32>>,
 }
 
 impl std::fmt::Debug for Batch {
@@ -96,12 +99,16 @@ pub enum ReaderItem {
         epoch: u64,
         member: String,
         since: SystemTime,
+        /// A partitioned group: the partition whose lease it is.
+        partition: Option<u32>,
     },
     /// A group member stopped holding the lease: nothing more of that tenure is handed
     /// out; it waits as a standby.
     LeaseLost {
         epoch: u64,
         reason: LossReason,
+        /// A partitioned group: the partition whose lease it was.
+        partition: Option<u32>,
     },
     /// Fatal: the reader is closed.
     Failed(EngineError),

@@ -8,6 +8,7 @@ mod commits;
 mod item;
 pub mod options;
 mod outage;
+mod partitioned;
 mod recovery;
 pub mod reply;
 mod run;
@@ -27,16 +28,22 @@ use crate::engine::durable::checkpoint::{CheckpointEnd, Checkpointer};
 use crate::engine::durable::position::ReaderKind;
 use crate::engine::durable::store::{StoreConfig, TokenStore};
 use crate::engine::errors::{EngineError, ErrorCode};
+use crate::engine::group::partitions::{partition_name, Partitions};
 use crate::engine::group::{LossReason, Membership};
 use commits::Commits;
 pub use commits::Marks;
 pub use item::{Batch, EndReason, ReaderItem};
-use run::Run;
+use partitioned::PartitionSet;
+use run::{Grouping, Run};
 use source::{ReaderSpec, Source};
 use status::ReaderStatus;
 pub use status::{Health, ReaderState};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A partitioned member's facade asks again this often whether what it holds is still its
+/// own (a handed-over partition stops being handed out within about this long).
+const PARTITION_RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// One reader. `next()`, `stop()` and `close()` may be called from any task.
 pub struct Reader<S: Source> {
@@ -56,6 +63,10 @@ pub struct Reader<S: Source> {
     commits: Arc<Commits<S>>,
     /// Present for a consumer group's member.
     membership: Option<Arc<Membership>>,
+    /// Present for a partitioned group's member (`group.partitions`; then neither
+    /// `checkpointer` nor `membership` is: each partition has its own).
+    parts: Option<Arc<PartitionSet>>,
+    partition_tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -69,16 +80,19 @@ impl<S: Source> Reader<S> {
         custom_store: Option<Arc<dyn TokenStore>>,
     ) -> Result<Self, EngineError> {
         let common = spec.common();
+        let partitioned = common.group.as_ref().and_then(|g| g.partitions);
         let checkpointer = match &common.durability {
             None => None,
+            Some(_) if partitioned.is_some() => None,
             Some(d) => {
-                let ck = d.checkpointer(spec.owner(&d.name), &common.uri, custom_store)?;
+                let ck = d.checkpointer(spec.owner(&d.name), &common.uri, custom_store.clone())?;
                 Some(Arc::new(match common.group {
                     None => ck,
                     Some(_) => ck.grouped()?,
                 }))
             }
         };
+        let mut parts = None;
         let membership = match (&common.group, &common.durability) {
             (Some(group), Some(d)) => {
                 if S::Spec::KIND != ReaderKind::ChangeStream {
@@ -92,7 +106,20 @@ impl<S: Source> Reader<S> {
                     StoreConfig::MongoDb { uri: Some(uri), .. } => uri,
                     _ => &common.uri,
                 };
-                Some(Arc::new(Membership::new(&d.name, group.clone(), uri)))
+                match group.partitions {
+                    Some(count) => {
+                        let mut checkpointers = Vec::with_capacity(count as usize);
+                        for p in 0..count {
+                            let owner = spec.owner(&partition_name(&d.name, p));
+                            let ck = d.checkpointer(owner, &common.uri, custom_store.clone())?;
+                            checkpointers.push(Arc::new(ck.grouped()?));
+                        }
+                        let coord = Partitions::new(&d.name, group.clone(), count, uri);
+                        parts = Some(Arc::new(PartitionSet::new(Arc::new(coord), checkpointers)));
+                        None
+                    }
+                    None => Some(Arc::new(Membership::new(&d.name, group.clone(), uri))),
+                }
             }
             _ => None,
         };
@@ -102,7 +129,11 @@ impl<S: Source> Reader<S> {
         Ok(Reader {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             stop: status.cancel.child_token(),
-            commits: Arc::new(Commits::new(spec.clone(), checkpointer.clone())),
+            commits: Arc::new(Commits::new(
+                spec.clone(),
+                checkpointer.clone(),
+                parts.clone(),
+            )),
             spec,
             status,
             rx: tokio::sync::Mutex::new(rx),
@@ -111,6 +142,8 @@ impl<S: Source> Reader<S> {
             checkpointer,
             checkpoint_task: Mutex::new(None),
             membership,
+            parts,
+            partition_tasks: Mutex::new(Vec::new()),
         })
     }
 
@@ -135,13 +168,34 @@ impl<S: Source> Reader<S> {
         if let Some(failure) = self.checkpointer.as_ref().and_then(|c| c.save_failure()) {
             health.last_error = Some(failure);
         }
-        health.group = self.membership.as_ref().map(|m| m.health());
+        if let Some(parts) = &self.parts {
+            for ck in &parts.checkpointers {
+                let saves = ck.save_stats();
+                health.checkpoints_saved += saves.saved;
+                health.checkpoint_failures += saves.failed;
+                health.last_checkpoint_at = health.last_checkpoint_at.max(saves.last_saved_at);
+                if let Some(failure) = ck.save_failure() {
+                    health.last_error = Some(failure);
+                }
+            }
+            health.group = Some(parts.coord.health());
+        } else {
+            health.group = self.membership.as_ref().map(|m| m.health());
+        }
         health
     }
 
     /// A group member: how much longer it may hand out what it read (zero: it does not
-    /// hold the lease). `None`: not in a group.
-    pub fn lease_valid_for(&self) -> Option<std::time::Duration> {
+    /// hold the lease). `None`: not in a group. `seq`: the batch being handed out; a
+    /// partitioned member answers zero for one it dropped (a partition was handed over or
+    /// lost), and at most `PARTITION_RECHECK`, so the facade asks again that soon.
+    pub fn lease_valid_for(&self, seq: Option<u64>) -> Option<std::time::Duration> {
+        if let Some(parts) = &self.parts {
+            if seq.is_some_and(|s| self.commits.is_stale(s)) {
+                return Some(std::time::Duration::ZERO);
+            }
+            return Some(parts.coord.valid_for().min(PARTITION_RECHECK));
+        }
         self.membership.as_ref().map(|m| m.valid_for())
     }
 
@@ -149,6 +203,9 @@ impl<S: Source> Reader<S> {
     pub fn heartbeat(&self) {
         if let Some(m) = &self.membership {
             m.heartbeat();
+        }
+        if let Some(parts) = &self.parts {
+            parts.coord.heartbeat();
         }
     }
 
@@ -171,7 +228,11 @@ impl<S: Source> Reader<S> {
                 }
                 let item = rx.recv().await;
                 // A group member hands out nothing read under a lease it no longer holds.
-                if let Some(ReaderItem::Batch(batch)) = &item {
+                if let (Some(ReaderItem::Batch(batch)), Some(_)) = (&item, &self.parts) {
+                    if self.commits.is_stale(batch.seq) {
+                        continue;
+                    }
+                } else if let Some(ReaderItem::Batch(batch)) = &item {
                     let holding = self.membership.as_ref().map(|m| m.holding().is_some());
                     if holding == Some(false) || self.commits.is_stale(batch.seq) {
                         continue;
@@ -218,6 +279,18 @@ impl<S: Source> Reader<S> {
             );
             *lock(&self.checkpoint_task) = Some(tokio::spawn(task.instrument(span.clone())));
         }
+        if let Some(parts) = &self.parts {
+            let mut tasks = lock(&self.partition_tasks);
+            for (p, ck) in parts.checkpointers.iter().enumerate() {
+                let task = checkpoint_task(
+                    ck.clone(),
+                    Some(parts.coord.lease(p as u32).clone()),
+                    self.status.clone(),
+                    tx.clone(),
+                );
+                tasks.push(tokio::spawn(task.instrument(span.clone())));
+            }
+        }
         let run = Run::<S>::new(
             self.spec.clone(),
             self.status.clone(),
@@ -225,7 +298,11 @@ impl<S: Source> Reader<S> {
             tx,
             self.checkpointer.clone(),
             self.commits.clone(),
-            self.membership.clone(),
+            match (&self.membership, &self.parts) {
+                (Some(m), _) => Some(Grouping::Lease(m.clone())),
+                (None, Some(p)) => Some(Grouping::Partitions(p.clone())),
+                (None, None) => None,
+            },
         );
         *lock(&self.run_task) = Some(tokio::spawn(run.run().instrument(span)));
     }
@@ -243,6 +320,9 @@ impl<S: Source> Reader<S> {
 
     /// The checkpoint policy's `everyEvents`, for a named reader.
     pub fn checkpoint_every(&self) -> Option<u64> {
+        if let Some(parts) = &self.parts {
+            return Some(parts.every_events());
+        }
         self.checkpointer.as_ref().map(|c| c.policy().every_events)
     }
 
@@ -250,6 +330,17 @@ impl<S: Source> Reader<S> {
     /// committed), or the reader is closed. Fails with the store's error once saving failed
     /// for good (no room will come).
     pub async fn wait_for_room(&self) -> Result<(), EngineError> {
+        if let Some(parts) = &self.parts {
+            let held: Vec<u32> = parts.held().into_iter().map(|(p, _)| p).collect();
+            for p in held {
+                let ck = parts.checkpointer(p).clone();
+                tokio::select! {
+                    waited = ck.wait_for_room() => waited?,
+                    _ = self.status.cancel.cancelled() => return Ok(()),
+                }
+            }
+            return Ok(());
+        }
         let Some(ck) = &self.checkpointer else {
             return Ok(());
         };
@@ -261,6 +352,9 @@ impl<S: Source> Reader<S> {
 
     /// Processed documents not yet stored (0 without a token store).
     pub fn pending_checkpoint(&self) -> u64 {
+        if let Some(parts) = &self.parts {
+            return parts.checkpointers.iter().map(|c| c.unsaved_events()).sum();
+        }
         self.checkpointer.as_ref().map_or(0, |c| c.unsaved_events())
     }
 
@@ -280,19 +374,30 @@ impl<S: Source> Reader<S> {
         self.status.begin_close();
         self.status.cancel.cancel();
         drop(lock(&self.unstarted).take());
-        for task in [&self.run_task, &self.checkpoint_task] {
-            let handle = lock(task).take();
-            if let Some(handle) = handle {
-                // Tasks only end by themselves; a panic inside the run loop is already
-                // reported by `next()`, so a JoinError carries nothing more to say here.
-                let _ = handle.await;
-            }
+        let mut tasks: Vec<JoinHandle<()>> = [&self.run_task, &self.checkpoint_task]
+            .into_iter()
+            .filter_map(|t| lock(t).take())
+            .collect();
+        tasks.extend(lock(&self.partition_tasks).drain(..));
+        for handle in tasks {
+            // Tasks only end by themselves; a panic inside the run loop is already
+            // reported by `next()`, so a JoinError carries nothing more to say here.
+            let _ = handle.await;
         }
         self.status.finish_close();
-        let flushed = match &self.checkpointer {
+        let mut flushed = match &self.checkpointer {
             Some(ck) => ck.flush().await,
             None => Ok(()),
         };
+        if let Some(parts) = &self.parts {
+            for (p, _) in parts.held() {
+                let saved = parts.checkpointer(p).flush().await;
+                if flushed.is_ok() {
+                    flushed = saved;
+                }
+            }
+            parts.coord.leave().await;
+        }
         // After the last save under it: a standby takes over from that position at once.
         if let Some(m) = &self.membership {
             m.release().await;

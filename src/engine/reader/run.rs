@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::commits::Commits;
 use super::item::ReaderItem;
+use super::partitioned::PartitionSet;
 use super::recovery::Recoverer;
 use super::source::{Adapted, AfterLoss, Exhausted, ReaderSpec, Reply, Source};
 use super::status::{ReaderState, ReaderStatus};
@@ -28,6 +29,14 @@ enum Flow {
     Stop,
 }
 
+/// How a group member's run loop coordinates with its group.
+pub(crate) enum Grouping {
+    /// One lease for the whole stream.
+    Lease(Arc<Membership>),
+    /// A lease and a position per partition (`group.partitions`).
+    Partitions(Arc<PartitionSet>),
+}
+
 pub(crate) struct Run<S: Source> {
     spec: Arc<S::Spec>,
     source: S,
@@ -39,6 +48,8 @@ pub(crate) struct Run<S: Source> {
     commits: Arc<Commits<S>>,
     /// A consumer group's member reads only while it holds the lease.
     membership: Option<Arc<Membership>>,
+    /// A partitioned group's member reads the partitions it holds (`partitioned.rs`).
+    parts: Option<Arc<PartitionSet>>,
 }
 
 impl<S: Source> Run<S> {
@@ -49,8 +60,13 @@ impl<S: Source> Run<S> {
         tx: mpsc::Sender<ReaderItem>,
         checkpointer: Option<Arc<Checkpointer>>,
         commits: Arc<Commits<S>>,
-        membership: Option<Arc<Membership>>,
+        group: Option<Grouping>,
     ) -> Self {
+        let (membership, parts) = match group {
+            None => (None, None),
+            Some(Grouping::Lease(m)) => (Some(m), None),
+            Some(Grouping::Partitions(p)) => (None, Some(p)),
+        };
         let backoff = spec.common().backoff.clone();
         let recovery = Recoverer::new(S::WHAT, status.clone(), tx.clone(), stop, backoff);
         Run {
@@ -62,6 +78,7 @@ impl<S: Source> Run<S> {
             checkpointer,
             commits,
             membership,
+            parts,
         }
     }
 
@@ -88,6 +105,9 @@ impl<S: Source> Run<S> {
     }
 
     pub(crate) async fn run(mut self) {
+        if let Some(parts) = self.parts.clone() {
+            return self.run_partitioned(parts).await;
+        }
         let Some(membership) = self.membership.clone() else {
             return self.serve().await;
         };
@@ -105,7 +125,11 @@ impl<S: Source> Run<S> {
             self.source = S::new(self.spec.clone());
             if !self
                 .recovery
-                .send(ReaderItem::LeaseLost { epoch, reason })
+                .send(ReaderItem::LeaseLost {
+                    epoch,
+                    reason,
+                    partition: None,
+                })
                 .await
             {
                 return;
@@ -159,6 +183,7 @@ impl<S: Source> Run<S> {
                 epoch,
                 member: membership.member().to_string(),
                 since,
+                partition: None,
             };
             if !self.recovery.send(acquired).await {
                 return None;
@@ -298,9 +323,20 @@ impl<S: Source> Run<S> {
             let Some(batch) = batch else {
                 continue;
             };
+            let (batch, meta) = match &self.parts {
+                None => (batch, None),
+                Some(parts) => match parts.filter(batch) {
+                    Ok((batch, meta)) => (batch, Some(meta)),
+                    Err(e) => {
+                        drop(permit);
+                        self.recovery.fail(e).await;
+                        return Flow::Stop;
+                    }
+                },
+            };
             self.status
                 .record_progress(batch.count, batch.position_time);
-            permit.send(ReaderItem::Batch(self.commits.number(batch)));
+            permit.send(ReaderItem::Batch(self.commits.number(batch, meta)));
             if self.source.position_check_due() {
                 if let Some(flow) = self.check_open(client).await {
                     return flow;
@@ -391,6 +427,9 @@ impl<S: Source> Run<S> {
         self.recovery.or_cancel(f).await
     }
 }
+
+#[path = "partitioned_run.rs"]
+mod partitioned_run;
 
 /// A read's driver error, classified by the source's rule for the server's wire version.
 fn classify<S: Source>(error: &mongodb::error::Error, client: &ClientLease) -> EngineError {

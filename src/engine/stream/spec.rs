@@ -273,6 +273,31 @@ impl WatchSpec {
                 ),
             ));
         }
+        let partitioned = common
+            .group
+            .as_ref()
+            .is_some_and(|g| g.partitions.is_some());
+        if copies && partitioned {
+            let what = if snapshot.is_some() {
+                "option \"initialSnapshot\""
+            } else {
+                "onHistoryLost: 'resnapshot'"
+            };
+            return Err(EngineError::new(
+                ErrorCode::InvalidOption,
+                format!(
+                    "{what} cannot be used with \"group.partitions\": a copy is one position, \
+                     not one per partition (use a group without partitions)"
+                ),
+            ));
+        }
+        if partitioned && transactions == TransactionMode::Group {
+            return Err(EngineError::new(
+                ErrorCode::InvalidOption,
+                "option \"transactions\": 'group' cannot be used with \"group.partitions\": a \
+                 transaction's documents fall in different partitions, read by different members",
+            ));
+        }
         if snapshot.is_some() && start != StartPoint::Now {
             return Err(EngineError::new(
                 ErrorCode::InvalidOption,
@@ -706,6 +731,36 @@ mod tests {
                 expected
             );
         }
+    }
+
+    #[test]
+    fn partitions_refuse_a_copy_and_whole_transactions() {
+        for copy in [
+            doc! {"initialSnapshot": true},
+            doc! {"onHistoryLost": "resnapshot"},
+        ] {
+            let mut partitioned = doc! {"uri": "mongodb://h", "db": "d", "collection": "c", "name": "n", "group": {"partitions": 4}};
+            partitioned.extend(copy);
+            let refused = WatchSpec::from_document(&partitioned).unwrap_err();
+            assert!(
+                refused
+                    .message
+                    .contains("cannot be used with \"group.partitions\""),
+                "{}",
+                refused.message
+            );
+        }
+        let whole_transactions = WatchSpec::from_document(
+            &doc! {"uri": "mongodb://h", "db": "d", "collection": "c", "name": "n", "group": {"partitions": 4}, "transactions": "group"},
+        )
+        .unwrap_err();
+        assert!(
+            whole_transactions.message.starts_with(
+                "option \"transactions\": 'group' cannot be used with \"group.partitions\""
+            ),
+            "{}",
+            whole_transactions.message
+        );
     }
 
     #[test]
