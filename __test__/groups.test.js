@@ -8,61 +8,32 @@ const assert = require('node:assert/strict');
 const path = require('node:path');
 const fs = require('node:fs');
 const os = require('node:os');
-const { spawn } = require('node:child_process');
-const { EventEmitter } = require('node:events');
 const { ResilientChangeStream, InvalidOptionError } = require('..');
 const { setup, waitUntil, waitForEvent, insertSeq, uniqueDb } = require('./helpers');
 const { startServer, skipIfExternal } = require('../harness');
+const { MemberProcess } = require('./member-process');
 const { CHECKPOINT } = require('./fixtures/group-member');
 
 const FIXTURE = path.join(__dirname, 'fixtures', 'group-member.js');
 const LEASE_MS = 1000;
 
-/** One member process; its control lines become events ('acquired', 'lost', 'error'). */
-class Member extends EventEmitter {
+/** One member process; its control lines become events ('acquired', 'lost', 'failed'). */
+class Member extends MemberProcess {
   constructor(config, dir) {
-    super();
-    this.id = config.member;
-    this.out = path.join(dir, `${this.id}.log`);
-    this.lines = [];
+    super(FIXTURE, config, dir);
     /** Its stream is open (it said so once). */
     this.reading = false;
-    this.proc = spawn(process.execPath, [FIXTURE, JSON.stringify(config), this.out], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    this.exited = new Promise((resolve) => this.proc.once('exit', resolve));
-    let buffered = '';
-    this.proc.stdout.on('data', (chunk) => {
-      buffered += chunk;
-      let nl;
-      while ((nl = buffered.indexOf('\n')) >= 0) {
-        const line = buffered.slice(0, nl);
-        buffered = buffered.slice(nl + 1);
-        this.lines.push(line);
-        const [kind, ...rest] = line.split(' ');
-        if (kind === 'acquired') this.emit('acquired', { epoch: Number(rest[0]), at: Number(rest[1]), member: this });
-        else if (kind === 'lost') this.emit('lost', { epoch: Number(rest[0]), reason: rest[1], at: Number(rest[2]) });
-        else if (kind === 'reading') this.reading = true;
-        else if (kind === 'error') this.emit('failed', line);
-      }
-    });
+  }
+
+  onLine(kind, rest) {
+    if (kind === 'acquired') this.emit('acquired', { epoch: Number(rest[0]), at: Number(rest[1]), member: this });
+    else if (kind === 'lost') this.emit('lost', { epoch: Number(rest[0]), reason: rest[1], at: Number(rest[2]) });
+    else if (kind === 'reading') this.reading = true;
   }
 
   /** Every event it handed out: `{ member, epoch, seq, at }`, in order. */
   deliveries() {
-    if (!fs.existsSync(this.out)) return [];
-    return fs
-      .readFileSync(this.out, 'utf8')
-      .split('\n')
-      .filter(Boolean)
-      .map((line) => {
-        const [epoch, seq, at] = line.split(' ').map(Number);
-        return { member: this.id, epoch, seq, at };
-      });
-  }
-
-  signal(name) {
-    this.proc.kill(name);
+    return this.outLines().map(([epoch, seq, at]) => ({ member: this.id, epoch: Number(epoch), seq: Number(seq), at: Number(at) }));
   }
 }
 

@@ -10,10 +10,9 @@ const assert = require('node:assert/strict');
 const path = require('node:path');
 const fs = require('node:fs');
 const os = require('node:os');
-const { spawn } = require('node:child_process');
-const { EventEmitter } = require('node:events');
 const { ResilientChangeStream, InvalidOptionError } = require('..');
 const { setup, waitUntil } = require('./helpers');
+const { MemberProcess } = require('./member-process');
 const { CHECKPOINT, partitionOf } = require('./fixtures/partition-member');
 
 const FIXTURE = path.join(__dirname, 'fixtures', 'partition-member.js');
@@ -22,49 +21,29 @@ const PARTITIONS = 6;
 const KEYS = 50;
 
 /** One member process; `holds` follows its acquired/lost lines. */
-class Member extends EventEmitter {
+class Member extends MemberProcess {
   constructor(config, dir) {
-    super();
-    this.id = config.member;
-    this.out = path.join(dir, `${this.id}.log`);
-    this.lines = [];
+    super(FIXTURE, config, dir);
     /** partition → epoch held now */
     this.holds = new Map();
-    this.proc = spawn(process.execPath, [FIXTURE, JSON.stringify(config), this.out], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    this.exited = new Promise((resolve) => this.proc.once('exit', resolve));
-    let buffered = '';
-    this.proc.stdout.on('data', (chunk) => {
-      buffered += chunk;
-      let nl;
-      while ((nl = buffered.indexOf('\n')) >= 0) {
-        const line = buffered.slice(0, nl);
-        buffered = buffered.slice(nl + 1);
-        this.lines.push(line);
-        const [kind, ...rest] = line.split(' ');
-        if (kind === 'acquired') this.holds.set(Number(rest[0]), Number(rest[1]));
-        else if (kind === 'lost' && this.holds.get(Number(rest[0])) === Number(rest[1])) this.holds.delete(Number(rest[0]));
-        else if (kind === 'error') this.emit('failed', line);
-      }
-    });
   }
 
-  alive() {
-    return this.proc.exitCode === null && this.proc.signalCode === null;
+  onLine(kind, rest) {
+    const [partition, epoch] = rest.map(Number);
+    if (kind === 'acquired') this.holds.set(partition, epoch);
+    else if (kind === 'lost' && this.holds.get(partition) === epoch) this.holds.delete(partition);
   }
 
   /** Every event it handed out: `{ member, partition, epoch, key, v, at }`, in order. */
   deliveries() {
-    if (!fs.existsSync(this.out)) return [];
-    return fs
-      .readFileSync(this.out, 'utf8')
-      .split('\n')
-      .filter(Boolean)
-      .map((line) => {
-        const [partition, epoch, key, v, at] = line.split(' ');
-        return { member: this.id, partition: Number(partition), epoch: Number(epoch), key, v: Number(v), at: Number(at) };
-      });
+    return this.outLines().map(([partition, epoch, key, v, at]) => ({
+      member: this.id,
+      partition: Number(partition),
+      epoch: Number(epoch),
+      key,
+      v: Number(v),
+      at: Number(at),
+    }));
   }
 }
 

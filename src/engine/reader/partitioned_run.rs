@@ -163,24 +163,7 @@ impl<S: Source> Run<S> {
     ) -> Option<Option<Option<Position>>> {
         let lease = parts.coord.lease(partition).clone();
         let ck = parts.checkpointer(partition).clone();
-        let mut epoch = epoch;
-        let mut fenced = false;
-        for _ in 0..3 {
-            match self.or_cancel(ck.begin_tenure(epoch)).await? {
-                Ok(None) => {
-                    fenced = true;
-                    break;
-                }
-                Ok(Some(stored)) => match lease.raise(epoch, stored + 1).await {
-                    Ok(true) => epoch = stored + 1,
-                    _ => break,
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, partition, "cannot fence the partition's position; giving it up");
-                    break;
-                }
-            }
-        }
+        let (epoch, fenced) = self.fence_tenure(&ck, &lease, epoch).await?;
         let position = if fenced {
             match self.or_cancel(ck.load_position()).await? {
                 Ok(position) => Some(position),

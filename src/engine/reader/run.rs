@@ -145,26 +145,8 @@ impl<S: Source> Run<S> {
             if !self.status.transition(ReaderState::Standby) {
                 return None;
             }
-            let mut epoch = self.or_cancel(membership.acquire()).await?;
-            // A store holding a higher epoch (the lease collection was reset) lifts ours
-            // above it; a few rounds at most.
-            let mut fenced = false;
-            for _ in 0..3 {
-                match self.or_cancel(ck.begin_tenure(epoch)).await? {
-                    Ok(None) => {
-                        fenced = true;
-                        break;
-                    }
-                    Ok(Some(stored)) => match membership.raise(epoch, stored + 1).await {
-                        Ok(true) => epoch = stored + 1,
-                        _ => break,
-                    },
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot fence the token store; giving the lease up");
-                        break;
-                    }
-                }
-            }
+            let epoch = self.or_cancel(membership.acquire()).await?;
+            let (epoch, fenced) = self.fence_tenure(&ck, membership, epoch).await?;
             if !fenced {
                 membership.lose(epoch, LossReason::RenewFailed);
                 self.or_cancel(tokio::time::sleep(membership.poll_interval()))
@@ -190,6 +172,32 @@ impl<S: Source> Run<S> {
             }
             return Some(epoch);
         }
+    }
+
+    /// Fences the token store's record by the lease's `epoch`; a store holding a higher
+    /// epoch (the lease collection was reset) lifts the lease above it, a few rounds at
+    /// most. Returns the epoch held and whether the record is fenced by it; `None`: the
+    /// reader stops.
+    pub(super) async fn fence_tenure(
+        &self,
+        ck: &Checkpointer,
+        lease: &Membership,
+        mut epoch: u64,
+    ) -> Option<(u64, bool)> {
+        for _ in 0..3 {
+            match self.or_cancel(ck.begin_tenure(epoch)).await? {
+                Ok(None) => return Some((epoch, true)),
+                Ok(Some(stored)) => match lease.raise(epoch, stored + 1).await {
+                    Ok(true) => epoch = stored + 1,
+                    _ => break,
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot fence the token store; giving the lease up");
+                    break;
+                }
+            }
+        }
+        Some((epoch, false))
     }
 
     /// Restores the position, then opens and reads until the reader stops.

@@ -258,38 +258,35 @@ impl WatchSpec {
             }
         };
         let snapshot = SnapshotOptions::parse(doc)?;
-        let copies = snapshot.is_some() || on_history_lost == HistoryLostPolicy::Resnapshot;
-        if copies && !matches!(scope, Scope::Collection { .. }) {
-            let what = if snapshot.is_some() {
-                "option \"initialSnapshot\""
-            } else {
-                "onHistoryLost: 'resnapshot'"
-            };
-            return Err(EngineError::new(
-                ErrorCode::InvalidOption,
-                format!(
-                    "{what} copies one collection: use it on a collection stream, not a \
-                     database or cluster stream (watch each collection with its own name)"
-                ),
-            ));
-        }
+        // What copies the collection, for messages: None if nothing does.
+        let copier = match (&snapshot, on_history_lost) {
+            (Some(_), _) => Some("option \"initialSnapshot\""),
+            (None, HistoryLostPolicy::Resnapshot) => Some("onHistoryLost: 'resnapshot'"),
+            (None, _) => None,
+        };
         let partitioned = common
             .group
             .as_ref()
             .is_some_and(|g| g.partitions.is_some());
-        if copies && partitioned {
-            let what = if snapshot.is_some() {
-                "option \"initialSnapshot\""
-            } else {
-                "onHistoryLost: 'resnapshot'"
-            };
-            return Err(EngineError::new(
-                ErrorCode::InvalidOption,
-                format!(
-                    "{what} cannot be used with \"group.partitions\": a copy is one position, \
-                     not one per partition (use a group without partitions)"
-                ),
-            ));
+        if let Some(what) = copier {
+            if !matches!(scope, Scope::Collection { .. }) {
+                return Err(EngineError::new(
+                    ErrorCode::InvalidOption,
+                    format!(
+                        "{what} copies one collection: use it on a collection stream, not a \
+                         database or cluster stream (watch each collection with its own name)"
+                    ),
+                ));
+            }
+            if partitioned {
+                return Err(EngineError::new(
+                    ErrorCode::InvalidOption,
+                    format!(
+                        "{what} cannot be used with \"group.partitions\": a copy is one \
+                         position, not one per partition (use a group without partitions)"
+                    ),
+                ));
+            }
         }
         if partitioned && transactions == TransactionMode::Group {
             return Err(EngineError::new(
