@@ -1,7 +1,7 @@
 'use strict';
 // Partitioned groups (`group: { partitions: P }`): 3 member processes share P = 6 partitions
-// of one stream; a writer updates 50 keys over and over; a 4th member joins mid-run and one of
-// the first three is killed with -9 later. Every partition is served, each key's versions come
+// of one stream; a writer updates 50 keys over and over; a 4th member (with `concurrency: 4`)
+// joins mid-run and one of the first three is killed with -9 later. Every partition is served, each key's versions come
 // in order across the whole run (a hand-over may repeat what was already delivered, never skip
 // or reorder), nothing is lost and repeats stay bounded.
 
@@ -72,7 +72,7 @@ test('partitions: 3 members, P = 6; one joins and one is killed -9 mid-run — e
   assert.ok(operationTime, 'the server reports its operation time');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rcs-parts-'));
   const members = [];
-  const start = (member) => {
+  const start = (member, extra = {}) => {
     const m = new Member(
       {
         uri: ctx.server.uri,
@@ -84,6 +84,7 @@ test('partitions: 3 members, P = 6; one joins and one is killed -9 mid-run — e
         partitions: PARTITIONS,
         tokenStore: { type: 'mongodb', db: ctx.dbName, collection: 'positions' },
         startAt: { t: operationTime.high, i: operationTime.low },
+        ...extra,
       },
       dir,
     );
@@ -119,8 +120,9 @@ test('partitions: 3 members, P = 6; one joins and one is killed -9 mid-run — e
   w = writer(ctx.coll);
   await waitUntil(() => delivered() >= 1500, '1500 deliveries', 30000).catch((e) => assert.fail(`${e.message}: ${describe()}`));
 
-  // A 4th member joins: the others hand partitions over to it.
-  const joiner = start('m3');
+  // A 4th member joins, running up to 4 handlers at once (key-ordered): the others hand
+  // partitions over to it.
+  const joiner = start('m3', { concurrency: 4 });
   await waitUntil(() => joiner.holds.size >= 1 && balanced(), 'the 4 members rebalanced', 30000).catch((e) =>
     assert.fail(`${e.message}: ${describe()}`),
   );
