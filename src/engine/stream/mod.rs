@@ -7,6 +7,7 @@ pub mod oplog;
 pub mod reply;
 pub mod resume;
 pub mod snapshot;
+pub mod snapshot_options;
 pub mod spec;
 pub mod token_time;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::options::{ReadPreference, ReadPreferenceOptions};
 
-use super::snapshot::SnapshotOptions;
+use super::snapshot_options::SnapshotOptions;
 use crate::engine::durable::position::ReaderKind;
 use crate::engine::errors::{EngineError, ErrorCode};
 use crate::engine::options::{
