@@ -24,7 +24,7 @@ const {
   StreamClosedError,
   HandlerError,
 } = rcs;
-const { setup, insertSeq, withTimeout, waitForEvent, nextN, seqs, range, opened, startIterating, skipWithoutFailPoints } = require('./helpers');
+const { setup, insertSeq, withTimeout, waitForEvent, nextN, seqs, range, opened, startIterating, skipWithoutFailPoints, withUniqueAppName } = require('./helpers');
 
 const FAST = { maxAwaitTimeMS: 100, backoff: { initialDelayMS: 50 } };
 const DEADLINE_MS = 30000;
@@ -42,16 +42,6 @@ function closeEvent(stream, ms = DEADLINE_MS) {
 }
 
 const isSentinel = (event) => event.operationType === 'insert' && event.fullDocument?.sentinel === true;
-
-let appCounter = 0;
-/** The server's URI with an appName unique to this stream, to scope fail points to it. */
-function withUniqueAppName(uri, label) {
-  appCounter += 1;
-  const appName = `rcs-api-${label}-${process.pid}-${appCounter}`;
-  const url = new URL(uri);
-  url.searchParams.set('appName', appName);
-  return { uri: url.toString(), appName };
-}
 
 /** Asserts `err` is an instance of `Class` with the class's stable kind and name. */
 function assertErrorClass(err, Class, kind) {

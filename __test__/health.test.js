@@ -5,7 +5,7 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { watch } = require('..');
-const { setup, insertSeq, nextN, seqs, range, waitForEvent, withTimeout, skipIfExternal } = require('./helpers');
+const { setup, insertSeq, nextN, seqs, range, waitForEvent, withTimeout, skipIfExternal, withUniqueAppName } = require('./helpers');
 
 const FAST = { maxAwaitTimeMS: 100, backoff: { initialDelayMS: 5, maxDelayMS: 50 } };
 
@@ -35,8 +35,10 @@ test('health() follows the stream through start, events, an outage, and close', 
   assert.equal(streaming.currentBackoffMs, null);
 
   // An outage with a long backoff: health() shows it while it lasts.
-  await server.failCommand({ commands: ['getMore'], errorCode: 6, errorLabels: ['ResumableChangeStreamError'], times: 1 });
-  const slow = watch(coll, [], { ...FAST, backoff: { initialDelayMS: 60000, multiplier: 1, maxDelayMS: 60000 } });
+  // Scoped to the slow stream by its appName: the first stream's getMores must not take it.
+  const { uri, appName } = withUniqueAppName(server.uri, 'health-slow');
+  await server.failCommand({ commands: ['getMore'], errorCode: 6, errorLabels: ['ResumableChangeStreamError'], times: 1, appName });
+  const slow = watch(coll, [], { uri, ...FAST, backoff: { initialDelayMS: 60000, multiplier: 1, maxDelayMS: 60000 } });
   t.after(() => slow.close());
   const reconnecting = waitForEvent(slow, 'reconnecting');
   const pending = slow.next();

@@ -143,6 +143,16 @@ async function skipWithoutFailPoints(t, server) {
   }
 }
 
+let appCounter = 0;
+/** `uri` with an appName unique to one reader, to scope fail points to it (`appName`). */
+function withUniqueAppName(uri, label) {
+  appCounter += 1;
+  const appName = `rcs-${label}-${process.pid}-${appCounter}`;
+  const url = new URL(uri);
+  url.searchParams.set('appName', appName);
+  return { uri: url.toString(), appName };
+}
+
 /** A small seeded PRNG (mulberry32): a failing run can be repeated with its seed. */
 function prng(seed) {
   let a = seed >>> 0;
@@ -157,6 +167,7 @@ function prng(seed) {
 
 module.exports = {
   prng,
+  withUniqueAppName,
   skipWithoutFailPoints,
   opened,
   startIterating,
