@@ -14,8 +14,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::hashed_key::hash_document;
 use super::lease::{LeaseState, LeaseStore};
 use super::member::Membership;
+use super::server_split::{PartitionFilter, SplitState};
 use super::{GroupHealth, GroupSpec};
 use crate::engine::errors::EngineError;
 
@@ -31,25 +33,20 @@ pub enum Change {
 }
 
 /// The partition of a change event whose `documentKey` is `key` (its BSON bytes; `None`:
-/// an event without one, e.g. a `drop`, goes to partition 0). FNV-1a 64 over the bytes, then
-/// MurmurHash3's 64-bit finalizer (FNV alone spreads keys that differ in a few bytes, such as
-/// ObjectIds from one insertMany, badly over small moduli), modulo `count`: stable across
-/// processes, machines and versions.
+/// an event without one, e.g. a `drop`, goes to partition 0): MongoDB's hashed-index hash of
+/// the key (`hashed_key.rs`, what `$toHashedIndexKey: "$documentKey"` computes) modulo
+/// `count`, never negative. Stable across processes, machines and versions, and the same as
+/// a server that splits for the member (`server_split.rs`).
 pub fn partition_of(key: Option<&[u8]>, count: u32) -> u32 {
-    let Some(bytes) = key else {
-        return 0;
-    };
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    match key.map(hash_document) {
+        Some(Ok(hash)) => partition_of_hash(hash, count),
+        _ => 0,
     }
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    hash ^= hash >> 33;
-    (hash % u64::from(count.max(1))) as u32
+}
+
+/// The partition of a key whose hash is `hash`.
+pub fn partition_of_hash(hash: i64, count: u32) -> u32 {
+    hash.rem_euclid(i64::from(count.max(1))) as u32
 }
 
 /// The lease (and stored position) name of partition `partition` of group `name`.
@@ -90,6 +87,8 @@ pub struct Partitions {
     members: Vec<Arc<Membership>>,
     views: Mutex<Views>,
     heartbeat: Mutex<Option<Instant>>,
+    /// Where this member's events are split (known after its stream first opened).
+    split: Arc<SplitState>,
 }
 
 impl Partitions {
@@ -115,6 +114,7 @@ impl Partitions {
             }),
             spec,
             heartbeat: Mutex::new(None),
+            split: Arc::default(),
         }
     }
 
@@ -132,6 +132,16 @@ impl Partitions {
 
     fn member_id(&self) -> String {
         member_id(&self.name, &self.spec.member)
+    }
+
+    /// What the stream filters on at its next open: the partitions in `held`.
+    pub fn filter(&self, held: Vec<u32>) -> PartitionFilter {
+        PartitionFilter {
+            count: self.count,
+            held,
+            choice: self.spec.split,
+            state: self.split.clone(),
+        }
     }
 
     /// Partition `partition`'s lease.
@@ -285,6 +295,7 @@ impl Partitions {
             partitions: Some(held),
             partition_count: Some(self.count),
             members_alive: Some(alive),
+            split: self.split.get().map(|m| m.as_str()),
         }
     }
 }
