@@ -253,9 +253,18 @@ export interface GroupOptions {
    * Split the stream's events by a stable hash of `documentKey` into this many partitions
    * (an integer 1–1024), each with its own lease and stored position (`<name>#p<i>`):
    * members share them fairly and read only theirs, one change stream each. Per-document
-   * order holds across hand-overs. See the README's "Partitions".
+   * order holds across hand-overs. The hash is MongoDB's hashed-index hash of the
+   * `documentKey` (`$toHashedIndexKey`). See the README's "Partitions".
    */
   partitions?: number;
+  /**
+   * Where a partitioned member's events are split. `'auto'`: on the server when it can
+   * (`$toHashedIndexKey`, MongoDB 7.0+, detected at the first open: each member then
+   * receives only its partitions' events), else in this process (each member receives every
+   * event and keeps its own). `'client'`: always in this process (no per-event work on the
+   * server). Only with `partitions`. @default 'auto'
+   */
+  split?: 'auto' | 'client';
 }
 
 /** What a group member holds while it reads ({@link ResilientChangeStream.lease}, `leaseAcquired`). */
@@ -312,6 +321,11 @@ export interface GroupHealth {
   partitionCount?: number | null;
   /** A partitioned group: how many members this one counts alive (itself included). */
   membersAlive?: number | null;
+  /**
+   * A partitioned group: where this member's events are split — `'server'` (the server
+   * sends only its partitions' events) or `'client'`; null until its stream first opened.
+   */
+  split?: 'server' | 'client' | null;
 }
 
 export type TokenStoreOption =

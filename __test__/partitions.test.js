@@ -223,6 +223,16 @@ function checkPartitioned(all, rounds) {
   return { deliveries: all.length, repeats, largestRepeat, tenures: tenures.size };
 }
 
+/** Whether the server computes `$toHashedIndexKey` (MongoDB 7.0+). */
+async function serverHashesKeys(ctx) {
+  const pipeline = [{ $documents: [{ k: 1 }] }, { $project: { h: { $toHashedIndexKey: '$k' } } }];
+  return ctx.client
+    .db(ctx.dbName)
+    .aggregate(pipeline)
+    .toArray()
+    .then(() => true, () => false);
+}
+
 test('group.partitions is validated and needs a store that fences', async (t) => {
   const ctx = await setup(t);
   const base = { uri: ctx.server.uri, db: ctx.dbName, collection: ctx.collName, name: 'g' };
@@ -232,6 +242,17 @@ test('group.partitions is validated and needs a store that fences', async (t) =>
       () => new ResilientChangeStream({ ...base, tokenStore, group: { partitions } }),
       (err) => err instanceof InvalidOptionError && err.message.includes(`option "group.partitions" must be an integer 1..=1024, got ${got}`),
       String(partitions),
+    );
+  }
+  for (const [group, message] of [
+    [{ partitions: 6, split: 'server' }, `option "group.split" must be 'auto' or 'client', got 'server'`],
+    [{ partitions: 6, split: 1 }, 'option "group.split" must be a non-empty string'],
+    [{ split: 'client' }, 'option "group.split" must be given only with group.partitions'],
+  ]) {
+    assert.throws(
+      () => new ResilientChangeStream({ ...base, tokenStore, group }),
+      (err) => err instanceof InvalidOptionError && err.message.includes(message),
+      JSON.stringify(group),
     );
   }
   for (const store of [{ type: 'memory' }, { type: 'file', path: path.join(os.tmpdir(), 'rcs-p.json') }]) {
@@ -250,5 +271,9 @@ test('group.partitions is validated and needs a store that fences', async (t) =>
   assert.deepEqual(group.partitions, [0, 1]);
   assert.equal(group.partitionCount, 2);
   assert.equal(group.role, 'holder');
+  // Known once the stream opened: the test server cannot hash keys ($toHashedIndexKey), a
+  // MongoDB 7.0+ server can.
+  await waitUntil(() => s.health().group.split != null, 'the split is known');
+  assert.equal(s.health().group.split, (await serverHashesKeys(ctx)) ? 'server' : 'client');
   await s.close();
 });

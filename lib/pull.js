@@ -963,7 +963,12 @@ function groupHealth(g) {
     takeovers: g.takeovers,
     ...(g.partitions == null
       ? {}
-      : { partitions: [...g.partitions], partitionCount: g.partitionCount ?? null, membersAlive: g.membersAlive ?? null }),
+      : {
+          partitions: [...g.partitions],
+          partitionCount: g.partitionCount ?? null,
+          membersAlive: g.membersAlive ?? null,
+          split: g.split ?? null,
+        }),
   };
 }
 

@@ -934,7 +934,7 @@ async function scenarioPartitions(outer) {
         const r = await measurePartitions(ctx, v.members, events, rep);
         runs[v.name].push(r);
         log(
-          `  partitions rep ${rep + 1} ${v.name.padEnd(9)}: ${fmt(r.eventsPerSec, 0)} ev/s (${HANDLER_MS} ms handler, P = ${PARTITIONS}), ` +
+          `  partitions rep ${rep + 1} ${v.name.padEnd(9)}: ${fmt(r.eventsPerSec, 0)} ev/s (${HANDLER_MS} ms handler, P = ${PARTITIONS}, split ${r.split}), ` +
             `server CPU ${fmt(r.serverCpuMs, 0)} ms (${fmt(r.serverCpuPct, 0)}%), client CPU ${fmt(r.clientCpuMs, 0)} ms, ${r.handled} handled for ${r.events} ` +
             `(${Object.entries(r.perMember).map(([m, x]) => `${m} ${x.handled} in ${x.firstMs}–${x.lastMs} ms`).join(', ')})`,
         );
@@ -1023,6 +1023,7 @@ async function measurePartitions(ctx, members, n, rep) {
       wallMs,
       eventsPerSec: n / (wallMs / 1000),
       handled: results.reduce((sum, r) => sum + r.handled, 0),
+      split: [...new Set(results.map((r) => r.split))].join('/'),
       clientCpuMs: results.reduce((sum, r) => sum + r.cpuMs, 0),
       serverCpuMs,
       serverCpuPct: serverCpuMs === null ? null : (serverCpuMs / wallMs) * 100,

@@ -598,7 +598,8 @@ async function copyCollection() {
 // ---------------------------------------------------------------------------
 // partitions: one member of a partitioned group (`group.partitions`), a params.handlerMs
 // async handler at concurrency 1. Lines: {type: 'held', partitions} whenever what it holds
-// changes, {type: 'handled', i} per event handled; `stop` closes it and sends its CPU use.
+// changes, {type: 'handled', i} per event handled; `stop` closes it and sends its CPU use
+// and where its events were split (health().group.split).
 
 async function partitionMember() {
   const { ResilientChangeStream } = loadOurs();
@@ -631,8 +632,9 @@ async function partitionMember() {
     send({ type: 'handled', i: event.fullDocument.i });
   });
   await stopped;
+  const split = stream.health().group?.split ?? null;
   await stream.close();
-  finish({ handled: count, ...m.stop() });
+  finish({ handled: count, split, ...m.stop() });
 }
 
 const SCENARIOS = {

@@ -249,6 +249,9 @@ pub struct NativeGroupHealth {
     pub partitions: Option<Vec<u32>>,
     pub partition_count: Option<u32>,
     pub members_alive: Option<u32>,
+    /// A partitioned group: where its events are split, 'server' | 'client' (null until the
+    /// stream first opened).
+    pub split: Option<String>,
 }
 
 impl From<GroupHealth> for NativeGroupHealth {
@@ -264,6 +267,7 @@ impl From<GroupHealth> for NativeGroupHealth {
             partitions: g.partitions,
             partition_count: g.partition_count,
             members_alive: g.members_alive,
+            split: g.split.map(str::to_string),
         }
     }
 }

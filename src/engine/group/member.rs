@@ -83,6 +83,9 @@ pub struct GroupHealth {
     /// A partitioned group: how many partitions, and how many members it counts alive.
     pub partition_count: Option<u32>,
     pub members_alive: Option<u32>,
+    /// A partitioned group: where this member's events are split ("server" or "client";
+    /// `None` until its stream first opened).
+    pub split: Option<&'static str>,
 }
 
 struct Tenure {
@@ -502,6 +505,7 @@ impl Membership {
             partitions: None,
             partition_count: None,
             members_alive: None,
+            split: None,
         }
     }
 }

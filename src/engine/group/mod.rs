@@ -4,9 +4,11 @@
 //! each acquisition has a higher epoch, which fences the holder's position writes
 //! (`durable::checkpoint`). `member.rs` is the state machine of one member.
 
+pub mod hashed_key;
 mod lease;
 mod member;
 pub mod partitions;
+pub mod server_split;
 
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use mongodb::bson::{Bson, Document};
 
 use crate::engine::errors::EngineError;
 use crate::engine::options::{optional_string, optional_whole, prefix, reject_unknown, type_name};
+use server_split::SplitChoice;
 
 pub use member::{GroupHealth, LossReason, Membership};
 
@@ -39,6 +42,8 @@ pub struct GroupSpec {
     /// `partitions: P`: the stream's events are split by a hash of `documentKey` into P
     /// partitions, each with its own lease and stored position (`partitions.rs`).
     pub partitions: Option<u32>,
+    /// `split`: where a partitioned member's events are split (`server_split.rs`).
+    pub split: SplitChoice,
 }
 
 /// The most partitions a group may have (each is a lease and a stored position).
@@ -52,15 +57,21 @@ impl GroupSpec {
         let d = match doc.get(Self::FIELD) {
             None | Some(Bson::Null) => return Ok(None),
             Some(Bson::Document(d)) => d,
-            Some(other) => {
-                return Err(EngineError::invalid_option(
-                    "group",
-                    "an object ({ leaseMs?, member?, uri?, db?, collection?, partitions? })",
-                    type_name(other),
-                ))
-            }
+            Some(other) => return Err(EngineError::invalid_option(
+                "group",
+                "an object ({ leaseMs?, member?, uri?, db?, collection?, partitions?, split? })",
+                type_name(other),
+            )),
         };
-        const FIELDS: &[&str] = &["leaseMs", "member", "uri", "db", "collection", "partitions"];
+        const FIELDS: &[&str] = &[
+            "leaseMs",
+            "member",
+            "uri",
+            "db",
+            "collection",
+            "partitions",
+            "split",
+        ];
         reject_unknown(d, &[FIELDS], "group.")?;
         let string = |n: &str| optional_string(d, n).map_err(|e| prefix(e, "group."));
         let lease_ms = optional_whole(d, "leaseMs", u32::MAX as u64)
@@ -96,6 +107,19 @@ impl GroupSpec {
                 }
             }
         };
+        let split = match string("split")? {
+            None => SplitChoice::default(),
+            Some(_) if partitions.is_none() => {
+                return Err(EngineError::invalid_option(
+                    "group.split",
+                    "given only with group.partitions",
+                    "a group without partitions",
+                ))
+            }
+            Some(s) => SplitChoice::parse(&s).ok_or_else(|| {
+                EngineError::invalid_option("group.split", "'auto' or 'client'", &format!("'{s}'"))
+            })?,
+        };
         let uri = string("uri")?;
         if let Some(uri) = &uri {
             if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
@@ -113,6 +137,7 @@ impl GroupSpec {
             db: string("db")?.unwrap_or_else(|| DEFAULT_DB.into()),
             collection: string("collection")?.unwrap_or_else(|| DEFAULT_COLLECTION.into()),
             partitions,
+            split,
         }))
     }
 }
@@ -157,5 +182,14 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(g.partitions, Some(6));
+        assert_eq!(g.split, SplitChoice::Auto);
+        let g = GroupSpec::parse(&doc! {"group": {"partitions": 6, "split": "client"}})
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.split, SplitChoice::Client);
+        assert!(err(doc! {"group": {"partitions": 6, "split": "server"}})
+            .contains("\"group.split\" must be 'auto' or 'client', got 'server'"));
+        assert!(err(doc! {"group": {"split": "client"}})
+            .contains("\"group.split\" must be given only with group.partitions"));
     }
 }

@@ -280,7 +280,7 @@ async fn a_late_write_of_a_tenure_never_replaces_a_newer_one() {
     );
 }
 
-fn partitioned(fx: &Fixture, name: &str, member: &str) -> ChangeStreamEngine {
+fn partitioned(fx: &Fixture, name: &str, member: &str, split: &str) -> ChangeStreamEngine {
     engine(
         &fx.server.uri,
         &fx.db,
@@ -289,7 +289,10 @@ fn partitioned(fx: &Fixture, name: &str, member: &str) -> ChangeStreamEngine {
             "name": name,
             "tokenStore": {"type": "mongodb", "db": fx.db.as_str(), "collection": "positions"},
             "checkpoint": {"everyEvents": 1, "everyMs": 50},
-            "group": {"member": member, "leaseMs": 1000, "db": fx.db.as_str(), "partitions": 4},
+            "group": {
+                "member": member, "leaseMs": 1000, "db": fx.db.as_str(), "partitions": 4,
+                "split": split,
+            },
         },
     )
 }
@@ -326,7 +329,7 @@ async fn partitions_of(
 async fn partitions_are_shared_fairly_and_handed_over_after_their_positions_are_stored() {
     let fx = Fixture::start().await;
     let name = unique_name("parts");
-    let a = Arc::new(partitioned(&fx, &name, "a"));
+    let a = Arc::new(partitioned(&fx, &name, "a", "auto"));
     let mut ra = pump(a.clone());
     assert_eq!(partitions_of(&mut ra, 4, true).await, vec![0, 1, 2, 3]);
     streaming(&a).await;
@@ -342,9 +345,20 @@ async fn partitions_are_shared_fairly_and_handed_over_after_their_positions_are_
         a.health().group.and_then(|g| g.partitions),
         Some(vec![0, 1, 2, 3])
     );
+    let expected = if server_hashes(&fx).await {
+        "server"
+    } else {
+        "client"
+    };
+    assert_eq!(
+        a.health().group.and_then(|g| g.split),
+        Some(expected),
+        "'auto' splits on the server exactly when it hashes keys"
+    );
 
     // b joins: a hands two partitions over (positions stored first), b takes them.
-    let b = Arc::new(partitioned(&fx, &name, "b"));
+    // b splits here whatever the server can: the hashes agree, so the members may differ.
+    let b = Arc::new(partitioned(&fx, &name, "b", "client"));
     let mut rb = pump(b.clone());
     let handed = partitions_of(&mut ra, 2, false).await;
     let taken = partitions_of(&mut rb, 2, true).await;
@@ -388,6 +402,31 @@ async fn partitions_are_shared_fairly_and_handed_over_after_their_positions_are_
         (40..100).collect::<Vec<_>>(),
         "each event once, by the member holding its partition"
     );
+    assert_eq!(b.health().group.and_then(|g| g.split), Some("client"));
     a.close().await.expect("close a");
     b.close().await.expect("close b");
+}
+
+/// Whether the server computes `$toHashedIndexKey` (MongoDB 7.0+; our test server does not).
+async fn server_hashes(fx: &Fixture) -> bool {
+    let pipeline = vec![
+        doc! {"$documents": [{"k": 1}]},
+        doc! {"$project": {"h": {"$toHashedIndexKey": "$k"}}},
+    ];
+    fx.client.database(&fx.db).aggregate(pipeline).await.is_ok()
+}
+
+/// The probe: a server that hashes keys agrees with ours on every sample key (else the split
+/// would stay here, and this fails); one that cannot is answered with a split here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_split_goes_to_the_server_only_when_its_hash_agrees_with_ours() {
+    use crate::engine::group::server_split::{probe, SplitMode};
+    let fx = Fixture::start().await;
+    let mode = probe(&fx.client, &fx.db).await.expect("probe");
+    let expected = if server_hashes(&fx).await {
+        SplitMode::Server
+    } else {
+        SplitMode::Client
+    };
+    assert_eq!(mode, expected);
 }

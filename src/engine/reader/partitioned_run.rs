@@ -4,7 +4,9 @@
 //! changes between them: a partition taken is fenced and its position loaded (the stream
 //! re-opens earlier when that position is earlier); a partition lost or handed over drops
 //! what was read and not committed (the facade drops it too), and a handed-over one is
-//! stored before its lease is released.
+//! stored before its lease is released. After every change the stream re-opens with the
+//! partitions now held, which it pushes to the server when the server can split
+//! (`group::server_split`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,16 +93,14 @@ impl<S: Source> Run<S> {
                     partition,
                     epoch,
                     reason,
-                } => {
-                    if !parts.holds(partition, epoch) {
-                        continue;
-                    }
+                } if parts.holds(partition, epoch) => {
                     let reopen = self
                         .drop_partition(&parts, partition, epoch, reason, false)
                         .await;
                     let Some(reopen) = reopen else { return };
                     reopen
                 }
+                Event::Lost { .. } => None,
                 Event::Changes(changes) => {
                     let mut reopen: Option<Option<Position>> = None;
                     for change in changes {
@@ -138,9 +138,17 @@ impl<S: Source> Run<S> {
                     reopen
                 }
             };
-            if let Some(at) = &reopen {
-                parts.reopening_at(at.as_ref());
-            }
+            let reopen = match reopen {
+                Some(at) => {
+                    parts.reopening_at(at.as_ref());
+                    Some(at)
+                }
+                // Otherwise the stream goes on from the end of the last reply filtered (every
+                // filter stays as it is): the source may have read one more reply (serving
+                // stopped between reading and filtering), and a server that splits sends
+                // only the partitions held at the open.
+                None => parts.stream_position().map(Some),
+            };
             match reopen {
                 None => {}
                 Some(None) => self.source = S::new(self.spec.clone()),
@@ -149,6 +157,8 @@ impl<S: Source> Run<S> {
                     self.status.record_progress(0, time);
                 }
             }
+            let held = parts.held().into_iter().map(|(p, _)| p).collect();
+            self.source.filter_partitions(coord.filter(held));
         }
     }
 

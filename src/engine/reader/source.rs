@@ -15,6 +15,7 @@ use super::item::{EndReason, ReaderItem};
 use super::options::ReaderOptions;
 use crate::engine::durable::position::{fingerprint_of, Owner, Position, ReaderKind};
 use crate::engine::errors::{EngineError, Rules};
+use crate::engine::group::server_split::PartitionFilter;
 
 /// A reader's immutable arguments.
 pub trait ReaderSpec: Send + Sync + 'static {
@@ -112,6 +113,10 @@ pub trait Source: Send + Sync + Sized + 'static {
 
     /// Continues from a stored position; returns its cluster time, when known.
     fn restore(&mut self, position: Position) -> Option<Timestamp>;
+
+    /// A partitioned member's partitions, for its next opens (only a change stream is
+    /// partitioned: it may push the filter to the server, `group::server_split`).
+    fn filter_partitions(&mut self, _filter: PartitionFilter) {}
 
     /// Opens a server cursor where the reader stands.
     fn open<'a>(

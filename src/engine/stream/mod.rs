@@ -14,7 +14,7 @@ pub mod token_time;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mongodb::bson::{RawDocument, RawDocumentBuf, Timestamp};
+use mongodb::bson::{Document, RawDocument, RawDocumentBuf, Timestamp};
 use mongodb::options::SelectionCriteria;
 use mongodb::raw_batch_cursor::RawBatchCursor;
 use mongodb::Client;
@@ -23,6 +23,7 @@ use crate::engine::client_pool::client_for;
 use crate::engine::cursor::CursorSpec;
 use crate::engine::durable::position::Position;
 use crate::engine::errors::{EngineError, ErrorCode, Rules};
+use crate::engine::group::server_split::PartitionFilter;
 use crate::engine::reader::reply::doc_at;
 use crate::engine::reader::source::{Adapted, AfterLoss, Exhausted, ReadBatch, Reply, Source};
 use crate::engine::reader::{EndReason, Reader, ReaderItem};
@@ -79,6 +80,8 @@ pub struct StreamSource {
     phase: Phase,
     /// The copy's find (a collection stream only).
     copy_spec: Option<Arc<CursorSpec>>,
+    /// A partitioned member's partitions (`group.partitions`).
+    partitions: Option<PartitionFilter>,
 }
 
 impl StreamSource {
@@ -143,6 +146,7 @@ impl Source for StreamSource {
             resume: ResumeState::new(&spec),
             phase: Phase::initial(&spec),
             copy_spec,
+            partitions: None,
             invalidated: false,
             idle_advance_seen: false,
             last_progress: Instant::now(),
@@ -231,7 +235,22 @@ impl Source for StreamSource {
         self.last_progress = Instant::now();
         // It opens after the last position handed out: what was held is read again.
         self.assembler.reset();
-        open_cursor(client, &self.spec, start, self.split.is_on()).await
+        let stage = match &self.partitions {
+            Some(filter) => filter.stage(client, self.spec.command_db()).await?,
+            None => None,
+        };
+        open_cursor(
+            client,
+            &self.spec,
+            start,
+            self.split.is_on(),
+            stage.as_ref(),
+        )
+        .await
+    }
+
+    fn filter_partitions(&mut self, filter: PartitionFilter) {
+        self.partitions = Some(filter);
     }
 
     /// During a copy (and at the seam, before the stream moved past its start time): is the
@@ -526,9 +545,14 @@ async fn open_cursor(
     spec: &WatchSpec,
     start: StartPoint,
     split_large_events: bool,
+    partition_stage: Option<&Document>,
 ) -> Result<RawBatchCursor, mongodb::error::Error> {
-    let command =
-        RawDocumentBuf::from_document(&aggregate_command(spec, &start, split_large_events))?;
+    let command = RawDocumentBuf::from_document(&aggregate_command(
+        spec,
+        &start,
+        split_large_events,
+        partition_stage,
+    ))?;
     let db = client.database(spec.command_db());
     let mut action = db.run_raw_cursor_command(command);
     if let Some(n) = spec.batch_size {

@@ -115,11 +115,14 @@ pub fn choose_start(spec: &WatchSpec, state: &ResumeState) -> StartPoint {
 }
 
 /// The `aggregate` command for a start point; `split_large_events`: with
-/// `$changeStreamSplitLargeEvent` as the last stage (the server requires it last).
+/// `$changeStreamSplitLargeEvent` as the last stage (the server requires it last);
+/// `partition_stage`: a partitioned member's filter, after the user's stages (it sees the
+/// events as the member does).
 pub fn aggregate_command(
     spec: &WatchSpec,
     start: &StartPoint,
     split_large_events: bool,
+    partition_stage: Option<&Document>,
 ) -> Document {
     let mut stage = spec.stage_options.clone();
     match start {
@@ -145,6 +148,9 @@ pub fn aggregate_command(
     let mut pipeline: Vec<Bson> = Vec::with_capacity(spec.pipeline.len() + 2);
     pipeline.push(Bson::Document(doc! {"$changeStream": stage}));
     pipeline.extend(spec.pipeline.iter().cloned().map(Bson::Document));
+    if let Some(stage) = partition_stage {
+        pipeline.push(Bson::Document(stage.clone()));
+    }
     if split_large_events {
         pipeline.push(Bson::Document(doc! {"$changeStreamSplitLargeEvent": {}}));
     }
@@ -317,7 +323,12 @@ mod tests {
         let s = spec(
             doc! {"fullDocument": "updateLookup", "batchSize": 5, "pipeline": [{"$match": {"x": 1}}]},
         );
-        let cmd = aggregate_command(&s, &StartPoint::ResumeAfter(doc! {"_data": "01"}), false);
+        let cmd = aggregate_command(
+            &s,
+            &StartPoint::ResumeAfter(doc! {"_data": "01"}),
+            false,
+            None,
+        );
         assert_eq!(
             cmd,
             doc! {
@@ -330,18 +341,30 @@ mod tests {
             }
         );
         let cluster = WatchSpec::from_document(&doc! {"uri": "mongodb://h"}).unwrap();
-        let cmd = aggregate_command(&cluster, &StartPoint::Now, false);
+        let cmd = aggregate_command(&cluster, &StartPoint::Now, false, None);
         assert_eq!(
             cmd,
             doc! {"aggregate": 1, "pipeline": [{"$changeStream": {"allChangesForCluster": true}}], "cursor": {}}
         );
         assert_eq!(cluster.command_db(), "admin");
         // The split stage goes last, after the user's stages (the server requires it).
-        let cmd = aggregate_command(&s, &StartPoint::Now, true);
+        let cmd = aggregate_command(&s, &StartPoint::Now, true, None);
         let stages = cmd.get_array("pipeline").unwrap();
         assert_eq!(stages.len(), 3);
         assert_eq!(
             stages[2],
+            Bson::Document(doc! {"$changeStreamSplitLargeEvent": {}})
+        );
+        // A partitioned member's filter: after the user's stages (it sees what the member
+        // sees), before the split stage.
+        let filter = doc! {"$match": {"p": 1}};
+        let cmd = aggregate_command(&s, &StartPoint::Now, true, Some(&filter));
+        let stages = cmd.get_array("pipeline").unwrap();
+        assert_eq!(stages.len(), 4);
+        assert_eq!(stages[1], Bson::Document(s.pipeline[0].clone()));
+        assert_eq!(stages[2], Bson::Document(filter));
+        assert_eq!(
+            stages[3],
             Bson::Document(doc! {"$changeStreamSplitLargeEvent": {}})
         );
     }
