@@ -14,7 +14,7 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { ResilientChangeStream, InvalidPipelineError, ChangeStreamFatalError } = require('..');
-const { setup, skipWithoutFailPoints, withTimeout, take } = require('./helpers');
+const { setup, skipWithoutFailPoints, withTimeout, take, waitUntil } = require('./helpers');
 
 const SIX_MB = 6 * 1024 * 1024;
 
@@ -228,4 +228,52 @@ test('a 10334 again with the stage on (one field over 16 MB) fails instead of lo
   assert.ok(err instanceof ChangeStreamFatalError, err.name);
   assert.equal(err.code, 10334);
   assert.match(err.message, /even with \$changeStreamSplitLargeEvent/);
+});
+
+test('partitions with split large events: each event joined, in its own partition, positioned after its last fragment', async (t) => {
+  const env = await setup(t);
+  const { partitionOf } = require('./fixtures/partition-member');
+  const start = await now(env);
+  await writeWithLargeEvent(env.coll);
+  const options = streamOptions(env, {
+    name: 'large-partitions',
+    startAtOperationTime: start,
+    splitLargeEvents: true,
+    tokenStore: { type: 'mongodb', db: env.dbName, collection: 'positions' },
+    checkpoint: { everyEvents: 1 },
+    group: { partitions: 2, member: 'solo', leaseMs: 1000 },
+  });
+  const read = async (want) => {
+    const stream = new ResilientChangeStream(options);
+    const got = [];
+    stream.on('change', (event, ctx) => got.push({ event, ctx }));
+    await waitUntil(() => got.length >= want, `${want} events`, 60000);
+    await stream.close();
+    return got;
+  };
+  const first = await read(4);
+  assert.deepEqual(
+    first.map(({ event }) => [event.operationType, event.documentKey._id]),
+    [
+      ['insert', 'small-0'],
+      ['insert', 'big'],
+      ['update', 'big'],
+      ['insert', 'small-1'],
+    ],
+  );
+  for (const { event, ctx } of first) {
+    assert.equal(ctx.partition, partitionOf(event.documentKey, 2), `${event.documentKey._id}'s partition`);
+    assert.equal(splitMarks([event]), 0);
+  }
+  assert.equal(first[2].event.fullDocument.b.length, SIX_MB, 'the update joined whole');
+  assert.equal(first[2].event.updateDescription.updatedFields.b.length, SIX_MB);
+
+  // Every partition's position was stored after its last event (the update's, its last
+  // fragment's): a restart hands out only what comes next.
+  await env.coll.insertOne({ _id: 'small-2', seq: 2 });
+  const second = await read(1);
+  assert.deepEqual(
+    second.map(({ event }) => event.documentKey._id),
+    ['small-2'],
+  );
 });

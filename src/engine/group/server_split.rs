@@ -86,11 +86,13 @@ pub struct PartitionFilter {
 
 impl PartitionFilter {
     /// The `$match` stage to append to the stream's pipeline (`None`: the split is ours),
-    /// deciding the mode first if it is not known yet (`db`: where the probe runs).
+    /// deciding the mode first if it is not known yet (`db`: where the probe runs;
+    /// `resume_token`: the event the stream resumes after, if it does).
     pub async fn stage(
         &self,
         client: &Client,
         db: &str,
+        resume_token: Option<&Document>,
     ) -> Result<Option<Document>, mongodb::error::Error> {
         let mode = match (self.choice, self.state.get()) {
             (_, Some(mode)) => mode,
@@ -109,14 +111,18 @@ impl PartitionFilter {
                 mode
             }
         };
-        Ok((mode == SplitMode::Server).then(|| partition_stage(self.count, &self.held)))
+        Ok((mode == SplitMode::Server)
+            .then(|| partition_stage(self.count, &self.held, resume_token)))
     }
 }
 
 /// Keeps the events of the `held` partitions of `count` (and those without a `documentKey`,
 /// which the member assigns itself): `$toHashedIndexKey` modulo `count` is in `(-count,
-/// count)`, so partition `p` is the remainder `p` or `p - count`.
-pub fn partition_stage(count: u32, held: &[u32]) -> Document {
+/// count)`, so partition `p` is the remainder `p` or `p - count`. It also keeps the event
+/// the stream resumes after (`resume_token`): the set held may have changed since it was
+/// read, and a server that applies the filter while scanning the oplog would otherwise not
+/// find that event and refuse to resume (280); the server swallows it either way.
+pub fn partition_stage(count: u32, held: &[u32], resume_token: Option<&Document>) -> Document {
     let count = i64::from(count);
     let remainders: Vec<Bson> = held
         .iter()
@@ -126,13 +132,15 @@ pub fn partition_stage(count: u32, held: &[u32]) -> Document {
         })
         .map(Bson::Int64)
         .collect();
-    doc! {"$match": {"$or": [
-        {"documentKey": {"$exists": false}},
-        {"$expr": {"$in": [
-            {"$mod": [{"$toHashedIndexKey": "$documentKey"}, count]},
-            remainders,
-        ]}},
-    ]}}
+    let mut kept = vec![Bson::Document(doc! {"documentKey": {"$exists": false}})];
+    if let Some(token) = resume_token {
+        kept.push(Bson::Document(doc! {"_id": token.clone()}));
+    }
+    kept.push(Bson::Document(doc! {"$expr": {"$in": [
+        {"$mod": [{"$toHashedIndexKey": "$documentKey"}, count]},
+        remainders,
+    ]}}));
+    doc! {"$match": {"$or": kept}}
 }
 
 /// Keys of the types a `documentKey` holds, for the probe.
@@ -211,12 +219,18 @@ mod tests {
 
     #[test]
     fn the_stage_keeps_both_remainders_of_each_held_partition() {
-        let stage = partition_stage(6, &[0, 4]);
-        let expr = stage
+        let stage = partition_stage(6, &[0, 4], None);
+        let kept = stage
             .get_document("$match")
             .and_then(|m| m.get_array("$or"))
-            .map(|or| or[1].clone())
-            .unwrap();
+            .unwrap()
+            .clone();
+        assert_eq!(kept.len(), 2);
+        assert_eq!(
+            kept[0],
+            Bson::Document(doc! {"documentKey": {"$exists": false}})
+        );
+        let expr = kept[1].clone();
         assert_eq!(
             expr,
             Bson::Document(doc! {"$expr": {"$in": [
@@ -246,7 +260,7 @@ mod tests {
                 i64::MIN + 1,
             ] {
                 let p = crate::engine::group::partitions::partition_of_hash(h, count);
-                let stage = partition_stage(count, &[p]);
+                let stage = partition_stage(count, &[p], None);
                 let listed = format!("{stage:?}");
                 let r = h % i64::from(count);
                 assert!(r == i64::from(p) || r == i64::from(p) - i64::from(count));
@@ -256,6 +270,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_event_resumed_after_is_kept() {
+        let token = doc! {"_data": "8263"};
+        let stage = partition_stage(6, &[1], Some(&token));
+        let kept = stage
+            .get_document("$match")
+            .and_then(|m| m.get_array("$or"))
+            .unwrap()
+            .clone();
+        assert_eq!(kept.len(), 3);
+        assert_eq!(kept[1], Bson::Document(doc! {"_id": token}));
     }
 
     #[test]

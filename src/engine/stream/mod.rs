@@ -236,7 +236,13 @@ impl Source for StreamSource {
         // It opens after the last position handed out: what was held is read again.
         self.assembler.reset();
         let stage = match &self.partitions {
-            Some(filter) => filter.stage(client, self.spec.command_db()).await?,
+            Some(filter) => {
+                let token = match &start {
+                    StartPoint::ResumeAfter(t) | StartPoint::StartAfter(t) => Some(t),
+                    StartPoint::Now | StartPoint::StartAtOperationTime(_) => None,
+                };
+                filter.stage(client, self.spec.command_db(), token).await?
+            }
             None => None,
         };
         open_cursor(
