@@ -29,7 +29,7 @@ const MIN_LEASE_MS: u64 = 200;
 pub const DEFAULT_DB: &str = "resilient_change_stream";
 pub const DEFAULT_COLLECTION: &str = "leases";
 
-/// `group: { leaseMs, member, uri, db, collection }`.
+/// `group: { leaseMs, member, uri, db, collection, partitions, split }`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupSpec {
     pub lease: Duration,
