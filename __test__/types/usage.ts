@@ -247,6 +247,13 @@ async function replicas(client: MongoClient): Promise<void> {
   watch(orders, { name: 'x', group: { leaseMs: '10s' } });
   // @ts-expect-error no such lease-loss reason
   grouped.on('leaseLost', (info) => info.reason === 'expired');
+  // Partitions: where the split happens, and what health says of it.
+  const parts = watch(orders, [], { name: 'p', tokenStore: fencing, group: { partitions: 6, split: 'client' } });
+  parts.on('change', (_event, context) => console.log(context?.partition));
+  const split: 'server' | 'client' | null | undefined = parts.health().group?.split;
+  console.log(split, parts.health().group?.membersAlive);
+  // @ts-expect-error the server split is chosen at run time ('auto'), not forced
+  watch(orders, { name: 'p', group: { partitions: 6, split: 'server' } });
   console.log(new LeaseStoreError('x').kind);
   await grouped.close();
 }
