@@ -237,11 +237,9 @@ impl Source for StreamSource {
         self.assembler.reset();
         let stage = match &self.partitions {
             Some(filter) => {
-                let token = match &start {
-                    StartPoint::ResumeAfter(t) | StartPoint::StartAfter(t) => Some(t),
-                    StartPoint::Now | StartPoint::StartAtOperationTime(_) => None,
-                };
-                filter.stage(client, self.spec.command_db(), token).await?
+                filter
+                    .stage(client, self.spec.command_db(), start.token())
+                    .await?
             }
             None => None,
         };

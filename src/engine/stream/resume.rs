@@ -23,12 +23,10 @@ pub struct ResumeState {
 impl ResumeState {
     /// At start the cached token is the user's `startAfter`/`resumeAfter`, if any.
     pub fn new(spec: &WatchSpec) -> Self {
-        let token = match &spec.start {
-            StartPoint::ResumeAfter(t) | StartPoint::StartAfter(t) => {
-                RawDocumentBuf::from_document(t).ok()
-            }
-            _ => None,
-        };
+        let token = spec
+            .start
+            .token()
+            .and_then(|t| RawDocumentBuf::from_document(t).ok());
         ResumeState {
             token,
             start_after_pending: matches!(spec.start, StartPoint::StartAfter(_)),

@@ -44,6 +44,14 @@ impl StartPoint {
             StartPoint::StartAtOperationTime(_) => "startAtOperationTime",
         }
     }
+
+    /// The token it starts after, if it is one.
+    pub fn token(&self) -> Option<&Document> {
+        match self {
+            StartPoint::ResumeAfter(t) | StartPoint::StartAfter(t) => Some(t),
+            StartPoint::Now | StartPoint::StartAtOperationTime(_) => None,
+        }
+    }
 }
 
 /// What to do when the position fell off the oplog (286).
