@@ -73,6 +73,10 @@ struct Pending {
     failed: Option<EngineError>,
     /// A group member's epoch while it holds the lease: every save is fenced by it.
     epoch: Option<u64>,
+    /// A group's store held no position when this member loaded it: the first one it
+    /// processes is saved at once, not at the policy's pace, so a successor never starts
+    /// later than where this member started reading.
+    first_save_due: bool,
     stats: SaveStats,
 }
 
@@ -196,7 +200,9 @@ impl Checkpointer {
     /// The stored position, checked against this consumer (a record of another kind is
     /// always refused; one of another namespace or shape unless `allow_mismatch`).
     pub async fn load_position(&self) -> Result<Option<Position>, EngineError> {
-        let Some(record) = load_record(self.store.as_ref(), self.name()).await? else {
+        let record = load_record(self.store.as_ref(), self.name()).await?;
+        self.lock().first_save_due = self.grouped && record.is_none();
+        let Some(record) = record else {
             return Ok(None);
         };
         let source = self.store.describe();
@@ -290,7 +296,8 @@ impl Checkpointer {
                 let pending = self.lock();
                 let dirty = pending.generation != pending.saved_generation;
                 if dirty
-                    && (pending.unsaved_events >= self.policy.every_events
+                    && ((pending.first_save_due && pending.epoch.is_some())
+                        || pending.unsaved_events >= self.policy.every_events
                         || last_save.elapsed() >= self.policy.every)
                 {
                     None
@@ -422,6 +429,7 @@ impl Checkpointer {
                 Ok(true) => {
                     let mut pending = self.lock();
                     pending.saved_generation = generation;
+                    pending.first_save_due = false;
                     pending.unsaved_events = pending.unsaved_events.saturating_sub(events);
                     pending.save_failure = None;
                     pending.stats.saved += 1;
