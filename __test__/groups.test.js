@@ -9,7 +9,7 @@ const path = require('node:path');
 const fs = require('node:fs');
 const os = require('node:os');
 const { ResilientChangeStream, InvalidOptionError } = require('..');
-const { setup, waitUntil, waitForEvent, insertSeq, uniqueDb } = require('./helpers');
+const { setup, waitUntil, waitForEvent, insertSeq, uniqueDb, range } = require('./helpers');
 const { startServer, skipIfExternal } = require('../harness');
 const { MemberProcess } = require('./member-process');
 const { CHECKPOINT } = require('./fixtures/group-member');
@@ -38,7 +38,7 @@ class Member extends MemberProcess {
 }
 
 /** Starts a group of members on `ctx`'s collection; `t.after` kills what is left. */
-function groupOf(t, ctx, { tokenStore, groupUri, name = 'indexer' }) {
+function groupOf(t, ctx, { tokenStore, groupUri, name = 'indexer', checkpoint }) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rcs-group-'));
   const members = [];
   let next = 0;
@@ -51,6 +51,7 @@ function groupOf(t, ctx, { tokenStore, groupUri, name = 'indexer' }) {
     leaseMs: LEASE_MS,
     tokenStore,
     groupUri,
+    checkpoint,
   });
   const start = () => {
     const member = new Member(config(), dir);
@@ -365,4 +366,39 @@ test('a group is refused over stores that cannot fence; a custom store with fenc
   assert.deepEqual(got.b, Array.from({ length: 10 }, (_, i) => [i + 11, 2]), 'b continues after what a stored: no loss, no repeat');
   assert.equal(records.get('g').epoch, 2);
   assert.deepEqual(b.health().group.role, 'holder');
+});
+
+test("the group's first position is stored at once: a holder killed -9 before its first checkpoint leaves its successor nothing to skip", async (t) => {
+  const ctx = await setup(t);
+  const name = 'first-save';
+  const tokenStore = { type: 'mongodb', db: ctx.dbName, collection: 'positions' };
+  // No save by the policy within the test: only the group's first position.
+  const checkpoint = { everyEvents: 1_000_000, everyMs: 3_600_000, maxUnsavedEvents: 1_000_000 };
+  const { start } = groupOf(t, ctx, { tokenStore, name, checkpoint });
+  const positions = ctx.client.db(ctx.dbName).collection('positions');
+  const first = start();
+  await waitForEvent(first, 'acquired', () => true, 20000);
+  await waitUntil(() => first.reading, 'the holder reading');
+  await waitUntil(
+    async () => (await positions.countDocuments({ _id: name, 'token._data': { $type: 'string' } })) === 1,
+    'a stored position (not only its fence)',
+    20000,
+  );
+  await insertSeq(ctx.coll, 0, 10);
+  await waitUntil(() => first.deliveries().length === 10, 'the holder hands out every insert');
+  first.signal('SIGKILL');
+  await first.exited;
+
+  // No start option: without that position the successor would start at "now", after them.
+  const second = start();
+  await waitForEvent(second, 'acquired', () => true, 20000);
+  await insertSeq(ctx.coll, 10, 11);
+  await waitUntil(() => second.deliveries().length >= 11, 'the successor hands out every insert', 20000).catch((e) =>
+    assert.fail(`${e.message}: it handed out ${second.deliveries().map((d) => d.seq)}`),
+  );
+  assert.deepEqual(
+    second.deliveries().map((d) => d.seq),
+    range(0, 11),
+    'from the first position: each insert once, in order',
+  );
 });

@@ -11,7 +11,7 @@ const path = require('node:path');
 const fs = require('node:fs');
 const os = require('node:os');
 const { ResilientChangeStream, InvalidOptionError } = require('..');
-const { setup, waitUntil } = require('./helpers');
+const { setup, waitUntil, range } = require('./helpers');
 const { MemberProcess } = require('./member-process');
 const { CHECKPOINT, partitionOf } = require('./fixtures/partition-member');
 
@@ -276,4 +276,65 @@ test('group.partitions is validated and needs a store that fences', async (t) =>
   await waitUntil(() => s.health().group.split != null, 'the split is known');
   assert.equal(s.health().group.split, (await serverHashesKeys(ctx)) ? 'server' : 'client');
   await s.close();
+});
+
+test("a partition's first position is stored at once: a member killed -9 before its first checkpoint leaves its successor nothing to skip", async (t) => {
+  const ctx = await setup(t);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rcs-first-'));
+  const NAME = 'first-save';
+  const COUNT = 2;
+  const members = [];
+  const start = (member) => {
+    const m = new Member(
+      {
+        uri: ctx.server.uri,
+        db: ctx.dbName,
+        collection: ctx.collName,
+        name: NAME,
+        member,
+        leaseMs: LEASE_MS,
+        partitions: COUNT,
+        tokenStore: { type: 'mongodb', db: ctx.dbName, collection: 'positions' },
+        // No start option (a member without a stored position starts at "now"), and no
+        // save by the policy within the test: only the first position of each partition.
+        checkpoint: { everyEvents: 1_000_000, everyMs: 3_600_000, maxUnsavedEvents: 1_000_000 },
+      },
+      dir,
+    );
+    m.on('failed', (line) => assert.fail(`${m.id}: ${line}`));
+    members.push(m);
+    return m;
+  };
+  t.after(async () => {
+    for (const m of members) m.proc.kill('SIGKILL');
+    await Promise.all(members.map((m) => m.exited));
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const positions = ctx.client.db(ctx.dbName).collection('positions');
+  const names = range(0, COUNT).map((p) => `${NAME}#p${p}`);
+  const keys = (m) => new Set(m.deliveries().map((d) => d.key));
+
+  const first = start('a');
+  await waitUntil(() => first.holds.size === COUNT, 'the first member takes both partitions');
+  await waitUntil(async () => (await positions.countDocuments({ _id: { $in: names }, 'token._data': { $type: 'string' } })) === COUNT,
+    'a stored position for each partition (not only its fence)',
+    20000,
+  );
+  const written = range(0, 20).map((i) => ({ _id: `k${i}`, v: 1 }));
+  await ctx.coll.insertMany(written);
+  await waitUntil(() => keys(first).size === written.length, 'the first member hands out every insert');
+  const partitionsWritten = new Set(written.map((d) => partitionOf({ _id: d._id }, COUNT)));
+  assert.equal(partitionsWritten.size, COUNT, 'the inserts fall in both partitions');
+  first.proc.kill('SIGKILL');
+  await first.exited;
+
+  // Its leases lapse; the successor continues from the first positions, before the inserts.
+  const second = start('b');
+  await waitUntil(() => second.holds.size === COUNT, 'the successor takes both partitions', 20000);
+  await ctx.coll.insertOne({ _id: 'after', v: 1 });
+  await waitUntil(() => keys(second).size === written.length + 1, 'the successor hands out every insert', 20000).catch((e) =>
+    assert.fail(`${e.message}: it handed out ${[...keys(second)].sort().join(',')}`),
+  );
+  for (const d of second.deliveries()) assert.equal(d.v, 1);
+  assert.equal(second.deliveries().length, written.length + 1, 'each once');
 });
