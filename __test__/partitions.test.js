@@ -66,10 +66,11 @@ function writer(coll) {
   return { stop: () => ((stop = true), done), rounds: () => rounds };
 }
 
-test('partitions: 3 members, P = 6; one joins and one is killed -9 mid-run — every partition served, per-key order, 0 lost', async (t) => {
-  const ctx = await setup(t);
-  const { operationTime } = await ctx.db.command({ ping: 1 });
-  assert.ok(operationTime, 'the server reports its operation time');
+/**
+ * Member processes of one partitioned group on `ctx`'s collection (`options`: what differs from
+ * the fixture's defaults, for every member); `t.after` kills what is left.
+ */
+function groupOf(t, ctx, options) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rcs-parts-'));
   const members = [];
   const start = (member, extra = {}) => {
@@ -78,12 +79,10 @@ test('partitions: 3 members, P = 6; one joins and one is killed -9 mid-run — e
         uri: ctx.server.uri,
         db: ctx.dbName,
         collection: ctx.collName,
-        name: 'indexer',
         member,
         leaseMs: LEASE_MS,
-        partitions: PARTITIONS,
         tokenStore: { type: 'mongodb', db: ctx.dbName, collection: 'positions' },
-        startAt: { t: operationTime.high, i: operationTime.low },
+        ...options,
         ...extra,
       },
       dir,
@@ -96,6 +95,18 @@ test('partitions: 3 members, P = 6; one joins and one is killed -9 mid-run — e
     for (const m of members) m.proc.kill('SIGKILL');
     await Promise.all(members.map((m) => m.exited));
     fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return { members, start };
+}
+
+test('partitions: 3 members, P = 6; one joins and one is killed -9 mid-run — every partition served, per-key order, 0 lost', async (t) => {
+  const ctx = await setup(t);
+  const { operationTime } = await ctx.db.command({ ping: 1 });
+  assert.ok(operationTime, 'the server reports its operation time');
+  const { members, start } = groupOf(t, ctx, {
+    name: 'indexer',
+    partitions: PARTITIONS,
+    startAt: { t: operationTime.high, i: operationTime.low },
   });
   const live = () => members.filter((m) => m.alive());
   /** Every partition held by exactly one live member, each holding its fair share. */
@@ -280,35 +291,14 @@ test('group.partitions is validated and needs a store that fences', async (t) =>
 
 test("a partition's first position is stored at once: a member killed -9 before its first checkpoint leaves its successor nothing to skip", async (t) => {
   const ctx = await setup(t);
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rcs-first-'));
   const NAME = 'first-save';
   const COUNT = 2;
-  const members = [];
-  const start = (member) => {
-    const m = new Member(
-      {
-        uri: ctx.server.uri,
-        db: ctx.dbName,
-        collection: ctx.collName,
-        name: NAME,
-        member,
-        leaseMs: LEASE_MS,
-        partitions: COUNT,
-        tokenStore: { type: 'mongodb', db: ctx.dbName, collection: 'positions' },
-        // No start option (a member without a stored position starts at "now"), and no
-        // save by the policy within the test: only the first position of each partition.
-        checkpoint: { everyEvents: 1_000_000, everyMs: 3_600_000, maxUnsavedEvents: 1_000_000 },
-      },
-      dir,
-    );
-    m.on('failed', (line) => assert.fail(`${m.id}: ${line}`));
-    members.push(m);
-    return m;
-  };
-  t.after(async () => {
-    for (const m of members) m.proc.kill('SIGKILL');
-    await Promise.all(members.map((m) => m.exited));
-    fs.rmSync(dir, { recursive: true, force: true });
+  const { start } = groupOf(t, ctx, {
+    name: NAME,
+    partitions: COUNT,
+    // No start option (a member without a stored position starts at "now"), and no save
+    // by the policy within the test: only the first position of each partition.
+    checkpoint: { everyEvents: 1_000_000, everyMs: 3_600_000, maxUnsavedEvents: 1_000_000 },
   });
   const positions = ctx.client.db(ctx.dbName).collection('positions');
   const names = range(0, COUNT).map((p) => `${NAME}#p${p}`);
