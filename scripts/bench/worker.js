@@ -305,6 +305,23 @@ async function live() {
   const client = await connect();
   const coll = client.db(params.db).collection(params.collection);
   const stream = open(coll, streamOptions({ startAtOperationTime: ts(params.startAt) }));
+  const live = liveLatency(params.measured);
+  stream.on('error', fail);
+  stream.on('change', (event) => live.record(event.fullDocument, hrMs()));
+  send({ type: 'ready' });
+  await Promise.race([live.allIn, stopped]);
+  const { summary, rss } = live.stop();
+  await stream.close();
+  await client.close();
+  finish({ ...summary, ...rss });
+}
+
+/**
+ * The latencies of the measured documents (`p: 'm'`, stamped `t` by the writer) as they
+ * arrive; the CPU meter and the RSS sampler start with the first one. `allIn`: all
+ * `measured` have come.
+ */
+function liveLatency(measured) {
   const latencies = [];
   let warm = 0;
   let m = null;
@@ -313,36 +330,35 @@ async function live() {
   const allIn = new Promise((resolve) => {
     done = resolve;
   });
-  stream.on('error', fail);
-  stream.on('change', (event) => {
-    const now = hrMs();
-    const doc = event.fullDocument;
-    if (doc.p !== 'm') {
-      warm += 1;
-      return;
-    }
-    if (m === null) {
-      m = meter();
-      sampler = rssSampler(100);
-    }
-    latencies.push(now - doc.t);
-    if (latencies.length === params.measured) done();
-  });
-  send({ type: 'ready' });
-  await Promise.race([allIn, stopped]);
-  const r = m ? m.stop() : null;
-  const rss = sampler ? sampler.stop() : null;
-  await stream.close();
-  await client.close();
-  finish({
-    warm,
-    measured: latencies.length,
-    expected: params.measured,
-    latency: latencyStats(latencies),
-    ...r,
-    cpuMsPer1k: r ? (r.cpuMs / latencies.length) * 1000 : null,
-    ...rss,
-  });
+  return {
+    allIn,
+    /** One event's document; false for a warm-up one. */
+    record(doc, now) {
+      if (doc.p !== 'm') {
+        warm += 1;
+        return false;
+      }
+      if (m === null) {
+        m = meter();
+        sampler = rssSampler(100);
+      }
+      latencies.push(now - doc.t);
+      if (latencies.length === measured) done();
+      return true;
+    },
+    stop() {
+      const r = m ? m.stop() : null;
+      const summary = {
+        warm,
+        measured: latencies.length,
+        expected: measured,
+        latency: latencyStats(latencies),
+        ...r,
+        cpuMsPer1k: r ? (r.cpuMs / latencies.length) * 1000 : null,
+      };
+      return { summary, rss: sampler ? sampler.stop() : null };
+    },
+  };
 }
 
 // ---------------------------------------------------------------------------
@@ -457,15 +473,8 @@ async function fanOut() {
   if (isOurs()) loadOurs();
   global.gc?.();
   const baselineRss = process.memoryUsage.rss();
-  const latencies = [];
+  const live = liveLatency(params.measured);
   const perStream = Array.from({ length: params.streams }, () => 0);
-  let warm = 0;
-  let m = null;
-  let sampler = null;
-  let done;
-  const allIn = new Promise((resolve) => {
-    done = resolve;
-  });
   const streams = [];
   const errors = [];
   let closing = false;
@@ -492,45 +501,28 @@ async function fanOut() {
       if (!closing) errors.push(String(err?.message || err));
     });
     stream.on('change', (event) => {
-      const now = hrMs();
-      const doc = event.fullDocument;
-      if (doc.p !== 'm') {
-        warm += 1;
-        return;
-      }
-      if (m === null) {
-        m = meter();
-        sampler = rssSampler(100);
-      }
-      perStream[s] += 1;
-      latencies.push(now - doc.t);
-      if (latencies.length === params.measured) done();
+      if (live.record(event.fullDocument, hrMs())) perStream[s] += 1;
     });
     streams.push(stream);
   }
   send({ type: 'ready' });
-  await Promise.race([allIn, stopped]);
-  const r = m ? m.stop() : null;
-  const rss = sampler ? sampler.stop() : { peakSampledBytes: null, maxRssBytes: process.resourceUsage().maxRSS * 1024 };
+  await Promise.race([live.allIn, stopped]);
+  const { summary, rss: sampled } = live.stop();
+  const rss = sampled ?? { peakSampledBytes: null, maxRssBytes: process.resourceUsage().maxRSS * 1024 };
   closing = true;
   await Promise.all(streams.map((s) => s.close().catch(() => {})));
   await client.close();
   const peak = Math.max(rss.peakSampledBytes ?? 0, rss.maxRssBytes);
   finish({
-    warm,
-    measured: latencies.length,
-    expected: params.measured,
+    ...summary,
     streamsServed: perStream.filter((c) => c > 0).length,
     streams: params.streams,
     errors: errors.slice(0, 5),
     errorCount: errors.length,
     // Only the driver's streams use this client's pool (ours has its own, in the engine).
     driverPool: isOurs() ? null : { maxWaiting: pool.maxWaiting, maxCheckedOut: pool.maxCheckedOut },
-    latency: latencyStats(latencies),
     baselineRssBytes: baselineRss,
     peakRssBytes: peak,
-    ...r,
-    cpuMsPer1k: r ? (r.cpuMs / latencies.length) * 1000 : null,
   });
 }
 
