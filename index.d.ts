@@ -107,7 +107,9 @@ export interface WatchOptions {
    * others wait as standbys and take over when it dies, stops renewing, or closes. Needs a
    * `tokenStore` every member shares that fences writes: `{ type: 'mongodb', … }` or a custom
    * store with `fence()`. In a group, a stored position wins over `resumeAfter`/`startAfter`/
-   * `startAtOperationTime` (those apply only when nothing is stored yet).
+   * `startAtOperationTime` (those apply only when nothing is stored yet). When nothing is
+   * stored, the first position read is stored at once, not at the `checkpoint` pace: a
+   * member killed before its first checkpoint leaves its successor that position.
    */
   group?: GroupOptions;
   /**
