@@ -14,6 +14,16 @@ use tokio::sync::mpsc;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn member(fx: &Fixture, name: &str, member: &str) -> ChangeStreamEngine {
+    member_saving(fx, name, member, doc! {"everyEvents": 1, "everyMs": 50})
+}
+
+/// A member with its own `checkpoint` policy.
+fn member_saving(
+    fx: &Fixture,
+    name: &str,
+    member: &str,
+    checkpoint: Document,
+) -> ChangeStreamEngine {
     engine(
         &fx.server.uri,
         &fx.db,
@@ -21,7 +31,7 @@ fn member(fx: &Fixture, name: &str, member: &str) -> ChangeStreamEngine {
         doc! {
             "name": name,
             "tokenStore": {"type": "mongodb", "db": fx.db.as_str(), "collection": "positions"},
-            "checkpoint": {"everyEvents": 1, "everyMs": 50},
+            "checkpoint": checkpoint,
             "group": {"member": member, "leaseMs": 1000, "db": fx.db.as_str()},
         },
     )
@@ -84,16 +94,24 @@ async fn until_item(
     }
 }
 
-/// Waits until the holder's change stream answered its open: later writes are seen.
-async fn streaming(engine: &ChangeStreamEngine) {
+/// Waits (polling, up to WAIT) until `holds` says yes.
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut holds: impl FnMut() -> F,
+) {
     let deadline = std::time::Instant::now() + WAIT;
-    while engine.health().state != ReaderState::Streaming {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the holder never opened"
-        );
+    while !holds().await {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits until the holder's change stream answered its open: later writes are seen.
+async fn streaming(engine: &ChangeStreamEngine) {
+    wait_until("the holder opened", || async {
+        engine.health().state == ReaderState::Streaming
+    })
+    .await;
 }
 
 async fn stored(fx: &Fixture, name: &str) -> Document {
@@ -167,22 +185,18 @@ async fn a_fenced_holder_cannot_write_and_takes_a_higher_epoch_later() {
         matches!(i, ReaderItem::LeaseAcquired { .. })
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    streaming(&a).await;
     fx.insert(1..4).await;
     take_events(&a, &mut items, 3).await;
     let positions = fx
         .client
         .database(&fx.db)
         .collection::<Document>("positions");
-    let deadline = std::time::Instant::now() + WAIT;
     // Every commit saved: the record holds the third event's position.
-    while a.pending_checkpoint() > 0 || stored(&fx, &name).await.get_i64("epoch") != Ok(1) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the position is saved under epoch 1"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the position is saved under epoch 1", || async {
+        a.pending_checkpoint() == 0 && stored(&fx, &name).await.get_i64("epoch") == Ok(1)
+    })
+    .await;
     let before = stored(&fx, &name).await;
 
     // Another holder fenced the record (as a takeover does).
@@ -232,6 +246,54 @@ async fn a_fenced_holder_cannot_write_and_takes_a_higher_epoch_later() {
     );
     a.close().await.expect("close");
     assert_eq!(stored(&fx, &name).await.get_i64("epoch"), Ok(6));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_stores_its_first_position_at_once_when_none_was_stored() {
+    let fx = Fixture::start().await;
+    let name = unique_name("first");
+    // The policy alone would not save within the test.
+    let hourly = doc! {"everyEvents": 1_000_000, "everyMs": 3_600_000};
+    let a = Arc::new(member_saving(&fx, &name, "a", hourly));
+    let mut a_items = pump(a.clone());
+    until_item(&mut a_items, |i| {
+        matches!(i, ReaderItem::LeaseAcquired { .. })
+    })
+    .await;
+    // The opening reply (no events) is processed as it comes, as the facade does.
+    let positions = fx
+        .client
+        .database(&fx.db)
+        .collection::<Document>("positions");
+    let first = doc! {"_id": &name, "token._data": {"$type": "string"}};
+    let deadline = std::time::Instant::now() + WAIT;
+    while positions
+        .find_one(first.clone())
+        .await
+        .expect("read")
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out: a stored position, not only the fence"
+        );
+        if let Ok(Some(ReaderItem::Batch(b))) =
+            tokio::time::timeout(Duration::from_millis(10), a_items.recv()).await
+        {
+            a.commit(b.seq, b.count).expect("commit");
+        }
+    }
+    fx.insert(1..6).await;
+    let (seqs, _) = take_events(&a, &mut a_items, 5).await;
+    assert_eq!(seqs, (1..6).collect::<Vec<_>>());
+    assert_eq!(
+        a.pending_checkpoint(),
+        5,
+        "later positions wait for the policy"
+    );
+    a.close().await.expect("close");
+    // (A successor reading from that first position after a kill -9: groups.test.js and
+    // partitions.test.js, with real processes.)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
