@@ -306,7 +306,8 @@ test("a partition's first position is stored at once: a member killed -9 before 
 
   const first = start('a');
   await waitUntil(() => first.holds.size === COUNT, 'the first member takes both partitions');
-  await waitUntil(async () => (await positions.countDocuments({ _id: { $in: names }, 'token._data': { $type: 'string' } })) === COUNT,
+  await waitUntil(
+    async () => (await positions.countDocuments({ _id: { $in: names }, 'token._data': { $type: 'string' } })) === COUNT,
     'a stored position for each partition (not only its fence)',
     20000,
   );
